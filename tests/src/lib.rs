@@ -1,0 +1,1046 @@
+//! Test harness: throwaway **real** servers for Portcullis tests.
+//!
+//! This crate starts private, disposable instances of `redis-server` and PostgreSQL
+//! from the binaries installed on the machine, each on its own free loopback port and
+//! in its own temporary directory, so that every crate's tests (unit, integration and
+//! the end-to-end suite) exercise the real thing instead of mocks:
+//!
+//! - [`RedisServer`]: an empty, non-persistent `redis-server`; can be stopped and
+//!   restarted on the same port (with fresh, empty data) to test reconnect paths.
+//! - [`PostgresServer`]: a fresh cluster made by `initdb` (trust auth, user `postgres`),
+//!   with [`PostgresServer::create_database`] for per-test databases; a restart keeps
+//!   the data.
+//!
+//! Servers are independent of each other, so tests using them can run in parallel:
+//! give every test its own server. Dropping a server kills its process and removes its
+//! directory. Every server writes its output to a log file in its directory, and a
+//! failed start reports the last lines of that log.
+//!
+//! What it is **not** for: it is not a way to run Portcullis in production or to
+//! manage long-lived services, nothing here is tuned for durability (PostgreSQL runs
+//! with `fsync=off`, Redis never saves), and it does not install anything: missing
+//! binaries produce an error naming the Debian package to install (or run
+//! `scripts/ensure-deps`). It is not meant for benchmarking either: the settings favour
+//! fast start-up over realistic performance.
+//!
+//! When the tests run as root, PostgreSQL (which refuses to run as root) is run as the
+//! `postgres` system user.
+
+use std::collections::BTreeSet;
+use std::env;
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{self, Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+/// How many times a server start is attempted, each time on a new port.
+const START_ATTEMPTS: usize = 3;
+/// How long a `redis-server` may take to answer `PING`.
+const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a `postgres` may take to accept connections.
+const POSTGRES_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `stop()` waits for a clean PostgreSQL shutdown before killing it.
+const POSTGRES_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Poll interval while waiting for a server.
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+/// Lines of a server log quoted in a start error.
+const LOG_TAIL_LINES: usize = 25;
+/// Start of the line written to a server log before each (re)start.
+const LOG_BANNER: &str = "===== portcullis-tests:";
+/// Hint appended to every missing-binary error.
+const ENSURE_DEPS_HINT: &str = "(or run scripts/ensure-deps)";
+
+/// Ports handed out by [`free_port`] in this process, never handed out twice.
+static HANDED_OUT_PORTS: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// Returns a TCP port on 127.0.0.1 that was free a moment ago.
+///
+/// The port is found by binding an ephemeral port and releasing it, so another process
+/// may take it before the caller binds it (the servers here retry on a new port when
+/// that happens). Within this process the same port is never returned twice.
+///
+/// # Panics
+///
+/// Panics if no loopback port can be bound at all.
+pub fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|listener| listener.local_addr())
+            .map(|addr| addr.port())
+            .expect("binding an ephemeral TCP port on 127.0.0.1 must work to run servers");
+        let mut handed_out = HANDED_OUT_PORTS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
+}
+
+/// Looks for an executable named `name`.
+///
+/// Searches, in order: `PATH`; the `bin` directories of the PostgreSQL versions under
+/// `/usr/lib/postgresql` (newest version first; Debian installs `initdb` and `postgres`
+/// there, off `PATH`); then `/usr/local/sbin`, `/usr/sbin` and `/sbin` (not on a
+/// non-root user's `PATH` on Debian). A `name` containing `/` is checked as a path.
+pub fn find_binary(name: &str) -> Option<PathBuf> {
+    if name.is_empty() {
+        return None;
+    }
+    if name.contains('/') {
+        let path = PathBuf::from(name);
+        return is_executable(&path).then_some(path);
+    }
+    let path_dirs = env::var_os("PATH")
+        .map(|path| env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let fallback_dirs = ["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from);
+    path_dirs
+        .into_iter()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .chain(postgres_bin_dirs())
+        .chain(fallback_dirs)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+/// `/usr/lib/postgresql/<version>/bin` directories, newest version first.
+fn postgres_bin_dirs() -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir("/usr/lib/postgresql") else {
+        return Vec::new();
+    };
+    let mut versions: Vec<(Vec<u32>, PathBuf)> = entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let version = name
+                .to_str()?
+                .split('.')
+                .map(|part| part.parse::<u32>().ok())
+                .collect::<Option<Vec<u32>>>()?;
+            let bin = entry.path().join("bin");
+            bin.is_dir().then_some((version, bin))
+        })
+        .collect();
+    versions.sort_by(|a, b| b.0.cmp(&a.0));
+    versions.into_iter().map(|(_, bin)| bin).collect()
+}
+
+fn is_executable(path: &Path) -> bool {
+    fs::metadata(path)
+        .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// [`find_binary`], or an error telling which Debian package provides `name`.
+fn require_binary(name: &str, package: &str) -> Result<PathBuf> {
+    find_binary(name).ok_or_else(|| {
+        anyhow!(
+            "{name} not found on PATH: install it with 'apt-get install {package}' \
+             {ENSURE_DEPS_HINT}"
+        )
+    })
+}
+
+/// Whether this process runs with effective uid 0.
+fn running_as_root() -> bool {
+    if let Ok(status) = fs::read_to_string("/proc/self/status") {
+        // "Uid:\t<real>\t<effective>\t<saved>\t<fs>"
+        if let Some(euid) = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+        {
+            return euid == "0";
+        }
+    }
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Uid and gid of the local user `user`, via `id`.
+fn user_ids(user: &str) -> Result<(u32, u32)> {
+    let id = |flag: &str| -> Result<u32> {
+        let out = Command::new("id")
+            .args([flag, user])
+            .output()
+            .with_context(|| format!("running 'id {flag} {user}'"))?;
+        if !out.status.success() {
+            bail!(
+                "'id {flag} {user}' failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .with_context(|| format!("parsing the output of 'id {flag} {user}'"))
+    };
+    Ok((id("-u")?, id("-g")?))
+}
+
+/// Sends `signal` (a name such as `INT`) to `pid` with the `kill` command.
+fn send_signal(pid: u32, signal: &str) -> bool {
+    let kill = find_binary("kill").unwrap_or_else(|| PathBuf::from("kill"));
+    Command::new(kill)
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|status| status.success())
+        .unwrap_or(false)
+}
+
+/// Waits up to `timeout` for `child` to exit.
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+/// A uniquely named directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new(kind: &str) -> Result<Self> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        // Only a uniqueness salt for the directory name, not a time check.
+        #[allow(clippy::disallowed_methods)]
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|since| since.subsec_nanos())
+            .unwrap_or(0);
+        let path = env::temp_dir().join(format!(
+            "portcullis-{kind}-{}-{}-{nanos}",
+            process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+        ));
+        fs::create_dir_all(env::temp_dir())
+            .with_context(|| format!("creating {}", env::temp_dir().display()))?;
+        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Opens `path` for appending, writes `banner` and returns it as (stdout, stderr).
+fn open_log(path: &Path, banner: &str) -> Result<(Stdio, Stdio)> {
+    let mut file: File = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening log file {}", path.display()))?;
+    writeln!(file, "{LOG_BANNER} {banner} =====")
+        .with_context(|| format!("writing to {}", path.display()))?;
+    let stderr = file
+        .try_clone()
+        .with_context(|| format!("duplicating log file handle {}", path.display()))?;
+    Ok((Stdio::from(file), Stdio::from(stderr)))
+}
+
+/// The last lines of a log file, formatted for an error message.
+fn log_tail(path: &Path) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            // Only this run's output: from the last banner written by `open_log`.
+            let run_start = lines
+                .iter()
+                .rposition(|line| line.starts_with(LOG_BANNER))
+                .unwrap_or(0);
+            let start = lines.len().saturating_sub(LOG_TAIL_LINES).max(run_start);
+            let mut out = format!("last lines of {}:", path.display());
+            for line in &lines[start..] {
+                let _ = write!(out, "\n    {line}");
+            }
+            out
+        }
+        Err(err) => format!("(could not read log {}: {err})", path.display()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis
+// ---------------------------------------------------------------------------------------
+
+/// A throwaway `redis-server` on a free 127.0.0.1 port, in its own temporary directory.
+///
+/// It never persists anything (`--save ""`, `--appendonly no`). Dropping it kills the
+/// process and removes the directory.
+#[derive(Debug)]
+pub struct RedisServer {
+    binary: PathBuf,
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a `redis-server` from `PATH` and waits (up to ~10 s) until it answers
+    /// `PING`. If it does not come up, tries again on a new port (3 attempts in all).
+    ///
+    /// # Errors
+    ///
+    /// Fails when `redis-server` is not installed (naming the package to install), or
+    /// when it does not come up; the error then quotes the end of the server log.
+    pub fn start() -> Result<Self> {
+        let binary = require_binary("redis-server", "redis-server")?;
+        let mut server = Self {
+            binary,
+            port: 0,
+            dir: TempDir::new("redis")?,
+            child: None,
+        };
+        let mut errors = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            server.port = free_port();
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(err) => errors.push(format!("{err:#}")),
+            }
+        }
+        bail!(
+            "redis-server did not start after {START_ATTEMPTS} attempts:\n{}",
+            errors.join("\n")
+        )
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The TCP port on 127.0.0.1; it stays the same across [`stop`](Self::stop) and
+    /// [`restart`](Self::restart).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The file that receives the server's stdout and stderr.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path.join("redis.log")
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit. Connections to
+    /// [`port`](Self::port) are refused afterwards. Does nothing when already stopped.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server if it runs, then starts it again on the same port and in the
+    /// same directory, with fresh, empty data; waits until it answers `PING`.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the server does not come up again (for instance if another process
+    /// took the port meanwhile); the error quotes the end of the server log.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        for leftover in ["dump.rdb", "appendonly.aof", "appendonlydir"] {
+            let path = self.dir.path.join(leftover);
+            let _ = fs::remove_file(&path);
+            let _ = fs::remove_dir_all(&path);
+        }
+        let mut errors = Vec::new();
+        for attempt in 0..START_ATTEMPTS {
+            if attempt > 0 {
+                thread::sleep(Duration::from_millis(200));
+            }
+            match self.spawn() {
+                Ok(()) => return Ok(()),
+                Err(err) => errors.push(format!("{err:#}")),
+            }
+        }
+        bail!(
+            "redis-server did not restart on port {}:\n{}",
+            self.port,
+            errors.join("\n")
+        )
+    }
+
+    /// Opens a new multiplexed async connection to the server (needs a Tokio runtime).
+    ///
+    /// # Errors
+    ///
+    /// Fails when the server does not accept the connection (e.g. it is stopped).
+    pub async fn connection(&self) -> Result<redis::aio::MultiplexedConnection> {
+        let url = self.url();
+        let client = redis::Client::open(url.as_str()).with_context(|| format!("parsing {url}"))?;
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .with_context(|| format!("connecting to redis-server at {url}"))
+    }
+
+    /// Spawns the server on `self.port` and waits until it answers.
+    fn spawn(&mut self) -> Result<()> {
+        self.stop();
+        let log = self.log_path();
+        let (stdout, stderr) = open_log(&log, &format!("redis-server on port {}", self.port))?;
+        let child = Command::new(&self.binary)
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir.path)
+            .args(["--protected-mode", "no"])
+            .args(["--daemonize", "no"])
+            .args(["--loglevel", "warning"])
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("spawning {}", self.binary.display()))?;
+        let pid = child.id();
+        let child = self.child.insert(child);
+
+        let deadline = Instant::now() + REDIS_READY_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                bail!(
+                    "redis-server on port {} exited ({status}) before answering PING; {}",
+                    self.port,
+                    log_tail(&log)
+                );
+            }
+            match redis_ping(self.port) {
+                // Answered by *this* server (not by someone else who took the port).
+                Some(RedisPong {
+                    pid: Some(answering),
+                }) if answering == pid => return Ok(()),
+                Some(RedisPong { pid: None }) => return Ok(()),
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                self.stop();
+                bail!(
+                    "redis-server on port {} did not answer PING within {:?}; {}",
+                    self.port,
+                    REDIS_READY_TIMEOUT,
+                    log_tail(&log)
+                );
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A `+PONG` answer, with the `process_id` the server reported (if it did).
+#[derive(Debug)]
+struct RedisPong {
+    pid: Option<u32>,
+}
+
+/// Sends `PING` and `INFO server` to 127.0.0.1:`port`; `Some` if it answered `+PONG`.
+fn redis_ping(port: u16) -> Option<RedisPong> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .ok()?;
+    stream.write_all(b"PING\r\nINFO server\r\n").ok()?;
+
+    const PONG: &[u8] = b"+PONG\r\n";
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0_u8; 4096];
+    loop {
+        if buf.len() >= PONG.len() && !buf.starts_with(PONG) {
+            return None; // e.g. "-LOADING ..." while starting
+        }
+        if buf.len() >= PONG.len()
+            && let Some(info) = complete_bulk_string(&buf[PONG.len()..])
+        {
+            let pid = String::from_utf8_lossy(info).lines().find_map(|line| {
+                line.strip_prefix("process_id:")
+                    .and_then(|pid| pid.trim().parse().ok())
+            });
+            return Some(RedisPong { pid });
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => {
+                // Answered PONG but no usable INFO: treat as up, identity unknown.
+                return buf.starts_with(PONG).then_some(RedisPong { pid: None });
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 1 << 20 {
+            return None;
+        }
+    }
+}
+
+/// The payload of a complete RESP bulk string (`$<len>\r\n<payload>\r\n`) at the start
+/// of `buf`, or `None` if it is incomplete or not a bulk string.
+fn complete_bulk_string(buf: &[u8]) -> Option<&[u8]> {
+    let rest = buf.strip_prefix(b"$")?;
+    let header_end = rest.windows(2).position(|w| w == b"\r\n")?;
+    let len: usize = std::str::from_utf8(&rest[..header_end])
+        .ok()?
+        .parse()
+        .ok()?;
+    let payload = &rest[header_end + 2..];
+    (payload.len() >= len + 2).then(|| &payload[..len])
+}
+
+// ---------------------------------------------------------------------------------------
+// PostgreSQL
+// ---------------------------------------------------------------------------------------
+
+/// A throwaway PostgreSQL cluster on a free 127.0.0.1 port, in its own temporary
+/// directory: superuser `postgres`, trust authentication, `fsync=off`.
+///
+/// Dropping it shuts the server down and removes the directory (and all data).
+#[derive(Debug)]
+pub struct PostgresServer {
+    postgres: PathBuf,
+    port: u16,
+    dir: TempDir,
+    /// Uid and gid to run `initdb`/`postgres` as, when this process is root.
+    run_as: Option<(u32, u32)>,
+    child: Option<Child>,
+}
+
+impl PostgresServer {
+    /// Creates a cluster with `initdb` and starts `postgres` on a free port, waiting
+    /// (up to ~30 s) until it accepts connections; if it does not come up, tries again
+    /// on a new port (3 attempts in all).
+    ///
+    /// `initdb` and `postgres` are looked up with [`find_binary`] (so Debian's
+    /// `/usr/lib/postgresql/<version>/bin` is found). When this process runs as root,
+    /// both run as the `postgres` system user, which then owns the directory.
+    ///
+    /// # Errors
+    ///
+    /// Fails when PostgreSQL is not installed (naming the package to install), when
+    /// `initdb` fails, or when the server does not come up; the error then quotes the
+    /// end of the server log.
+    pub fn start() -> Result<Self> {
+        let initdb = require_binary("initdb", "postgresql")?;
+        // Use the `postgres` next to `initdb` (same installation) when there is one.
+        let postgres = fs::canonicalize(&initdb)
+            .ok()
+            .and_then(|real| real.parent().map(|dir| dir.join("postgres")))
+            .filter(|candidate| is_executable(candidate))
+            .map_or_else(|| require_binary("postgres", "postgresql"), Ok)?;
+        let run_as = if running_as_root() {
+            Some(user_ids("postgres").context(
+                "running as root, so PostgreSQL must run as the 'postgres' user, which \
+                 was not found: install it with 'apt-get install postgresql' \
+                 (or run scripts/ensure-deps)",
+            )?)
+        } else {
+            None
+        };
+
+        let mut server = Self {
+            postgres,
+            port: 0,
+            dir: TempDir::new("postgres")?,
+            run_as,
+            child: None,
+        };
+        server.init_cluster(&initdb)?;
+
+        let mut errors = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            server.port = free_port();
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(err) => errors.push(format!("{err:#}")),
+            }
+        }
+        bail!(
+            "postgres did not start after {START_ATTEMPTS} attempts:\n{}",
+            errors.join("\n")
+        )
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub fn url(&self) -> String {
+        self.database_url("postgres")
+    }
+
+    /// The TCP port on 127.0.0.1; it stays the same across [`stop`](Self::stop) and
+    /// [`restart`](Self::restart).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The file that receives the output of `initdb` and `postgres`.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path.join("postgres.log")
+    }
+
+    /// Creates a new, empty database named `name` (any name PostgreSQL accepts, at
+    /// most 63 bytes) with `psql`, and returns its URL
+    /// (`postgres://postgres@127.0.0.1:PORT/<name>`).
+    ///
+    /// # Errors
+    ///
+    /// Fails when the server is stopped, the name is invalid or already taken, or
+    /// `psql` is not installed.
+    pub fn create_database(&self, name: &str) -> Result<String> {
+        if self.child.is_none() {
+            bail!("cannot create database {name:?}: the PostgreSQL server is stopped");
+        }
+        if name.is_empty() || name.len() > 63 || name.contains('\0') {
+            bail!("invalid database name {name:?}: must be 1 to 63 bytes, without NUL");
+        }
+        let psql = require_binary("psql", "postgresql")?;
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        let out = Command::new(&psql)
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(self.url())
+            .arg("-c")
+            .arg(&sql)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", psql.display()))?;
+        if !out.status.success() {
+            bail!(
+                "creating database {name:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(self.database_url(name))
+    }
+
+    /// Shuts the server down cleanly ("fast" shutdown: open sessions are cut) and waits
+    /// for it, killing it if it takes more than ~10 s. The data directory is kept.
+    /// Does nothing when already stopped.
+    pub fn stop(&mut self) {
+        self.shutdown("INT", POSTGRES_STOP_TIMEOUT);
+    }
+
+    /// Stops the server if it runs, then starts it again on the same port with the
+    /// same data directory (databases and data are kept); waits until it accepts
+    /// connections.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the server does not come up again (for instance if another process
+    /// took the port meanwhile); the error quotes the end of the server log.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let mut errors = Vec::new();
+        for attempt in 0..START_ATTEMPTS {
+            if attempt > 0 {
+                thread::sleep(Duration::from_millis(200));
+            }
+            match self.spawn() {
+                Ok(()) => return Ok(()),
+                Err(err) => errors.push(format!("{err:#}")),
+            }
+        }
+        bail!(
+            "postgres did not restart on port {}:\n{}",
+            self.port,
+            errors.join("\n")
+        )
+    }
+
+    fn database_url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{}",
+            self.port,
+            percent_encode(database)
+        )
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path.join("data")
+    }
+
+    fn socket_dir(&self) -> PathBuf {
+        self.dir.path.join("sock")
+    }
+
+    /// A command running `program`, as the `postgres` user when this process is root.
+    fn command(&self, program: &Path) -> Command {
+        let mut command = Command::new(program);
+        if let Some((uid, gid)) = self.run_as {
+            // Not `runuser`: it forks a PAM session parent that does not pass SIGINT
+            // on, so a clean shutdown of the server would be impossible.
+            command.uid(uid).gid(gid);
+        }
+        command.stdin(Stdio::null());
+        command
+    }
+
+    /// Prepares the directory and runs `initdb`.
+    fn init_cluster(&self, initdb: &Path) -> Result<()> {
+        let socket_dir = self.socket_dir();
+        fs::create_dir(&socket_dir)
+            .with_context(|| format!("creating {}", socket_dir.display()))?;
+        let log = self.log_path();
+        let (stdout, stderr) = open_log(&log, "initdb")?;
+        if let Some((uid, gid)) = self.run_as {
+            for path in [&self.dir.path, &socket_dir, &log] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                    .with_context(|| format!("chown postgres {}", path.display()))?;
+            }
+        }
+        let status = self
+            .command(initdb)
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-U", "postgres", "-A", "trust", "--no-sync"])
+            .args(["-E", "UTF8", "--locale=C"])
+            .stdout(stdout)
+            .stderr(stderr)
+            .status()
+            .with_context(|| format!("running {}", initdb.display()))?;
+        if !status.success() {
+            let hint = if self.run_as.is_some() {
+                "\n(initdb runs as user 'postgres': every parent directory of the temp \
+                 dir must be searchable by it; set TMPDIR=/tmp if not)"
+            } else {
+                ""
+            };
+            bail!("initdb failed ({status}); {}{hint}", log_tail(&log));
+        }
+        Ok(())
+    }
+
+    /// Spawns `postgres` on `self.port` and waits until it accepts connections.
+    fn spawn(&mut self) -> Result<()> {
+        self.stop();
+        let log = self.log_path();
+        let (stdout, stderr) = open_log(&log, &format!("postgres on port {}", self.port))?;
+        let child = self
+            .command(&self.postgres)
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-k")
+            .arg(self.socket_dir())
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", "fsync=off"])
+            .args(["-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off"])
+            .args(["-c", "max_connections=200"])
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("spawning {}", self.postgres.display()))?;
+        let pid = child.id();
+        self.child = Some(child);
+
+        let pg_isready = find_binary("pg_isready");
+        let deadline = Instant::now() + POSTGRES_READY_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                bail!(
+                    "postgres on port {} exited ({status}) before accepting connections; {}",
+                    self.port,
+                    log_tail(&log)
+                );
+            }
+            // The postmaster writes "ready" into postmaster.pid once it accepts
+            // connections: that proves the server on the port is this one.
+            if self.postmaster_ready(pid) && self.accepts_connections(pg_isready.as_deref()) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.shutdown("QUIT", Duration::from_secs(5));
+                bail!(
+                    "postgres on port {} did not accept connections within {:?}; {}",
+                    self.port,
+                    POSTGRES_READY_TIMEOUT,
+                    log_tail(&log)
+                );
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Whether `data/postmaster.pid` names `pid`, our port, and status "ready".
+    fn postmaster_ready(&self, pid: u32) -> bool {
+        let Ok(text) = fs::read_to_string(self.data_dir().join("postmaster.pid")) else {
+            return false;
+        };
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        lines.first().and_then(|line| line.parse::<u32>().ok()) == Some(pid)
+            && lines.get(3).and_then(|line| line.parse::<u16>().ok()) == Some(self.port)
+            && lines.get(7) == Some(&"ready")
+    }
+
+    /// TCP connect to the port, then `pg_isready` when it is installed.
+    fn accepts_connections(&self, pg_isready: Option<&Path>) -> bool {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err() {
+            return false;
+        }
+        let Some(pg_isready) = pg_isready else {
+            return true;
+        };
+        Command::new(pg_isready)
+            .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+            .args(["-t", "2", "-p"])
+            .arg(self.port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|status| status.success())
+            .unwrap_or(false)
+    }
+
+    /// Sends `signal` to the postmaster and waits up to `timeout` for it to exit, then
+    /// kills it.
+    fn shutdown(&mut self, signal: &str, timeout: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if matches!(child.try_wait(), Ok(None))
+            && send_signal(child.id(), signal)
+            && wait_timeout(&mut child, timeout).is_some()
+        {
+            return;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        // The data is thrown away: an "immediate" shutdown is enough.
+        self.shutdown("QUIT", Duration::from_secs(5));
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn assert_refused(port: u16) {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let err = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    }
+
+    fn psql(url: &str, sql: &str) -> String {
+        let psql = find_binary("psql").unwrap();
+        let out = Command::new(psql)
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {url} -c {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    #[test]
+    fn free_ports_are_distinct_and_bindable() {
+        let ports: BTreeSet<u16> = (0..20).map(|_| free_port()).collect();
+        assert_eq!(ports.len(), 20);
+        for port in ports {
+            assert_ne!(port, 0);
+            drop(TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap());
+        }
+    }
+
+    #[test]
+    fn missing_binary_names_the_package() {
+        assert_eq!(find_binary("portcullis-no-such-binary"), None);
+        let err = require_binary("portcullis-no-such-binary", "some-package").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "portcullis-no-such-binary not found on PATH: install it with \
+             'apt-get install some-package' (or run scripts/ensure-deps)"
+        );
+    }
+
+    #[test]
+    fn finds_binaries() {
+        assert!(find_binary("sh").unwrap().is_absolute());
+        assert_eq!(find_binary("/bin/sh"), Some(PathBuf::from("/bin/sh")));
+        assert!(find_binary("initdb").is_some(), "postgresql is installed");
+    }
+
+    #[test]
+    fn bulk_string_parsing() {
+        assert_eq!(complete_bulk_string(b"$3\r\nabc\r\n"), Some(&b"abc"[..]));
+        assert_eq!(complete_bulk_string(b"$3\r\nabc"), None);
+        assert_eq!(complete_bulk_string(b"$3\r\nab"), None);
+        assert_eq!(complete_bulk_string(b"-ERR\r\n"), None);
+    }
+
+    #[test]
+    fn percent_encoding() {
+        assert_eq!(percent_encode("app_test-1.x~"), "app_test-1.x~");
+        assert_eq!(percent_encode("a b/é"), "a%20b%2F%C3%A9");
+    }
+
+    #[tokio::test]
+    async fn redis_set_get_stop_restart() {
+        let mut server = RedisServer::start().unwrap();
+        let port = server.port();
+        assert_eq!(server.url(), format!("redis://127.0.0.1:{port}"));
+        let dir = server.dir.path.clone();
+        assert!(dir.is_dir());
+
+        let mut conn = server.connection().await.unwrap();
+        redis::cmd("SET")
+            .arg("portcullis:key")
+            .arg("value")
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        let value: Option<String> = redis::cmd("GET")
+            .arg("portcullis:key")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(value.as_deref(), Some("value"));
+
+        server.stop();
+        server.stop(); // idempotent
+        assert_refused(port);
+        assert!(server.connection().await.is_err());
+
+        server.restart().unwrap();
+        assert_eq!(server.port(), port);
+        let mut conn = server.connection().await.unwrap();
+        let value: Option<String> = redis::cmd("GET")
+            .arg("portcullis:key")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(value, None, "restart starts with empty data");
+        let size: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+        assert_eq!(size, 0);
+        let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+        assert_eq!(pong, "PONG");
+
+        drop(conn);
+        drop(server);
+        assert!(!dir.exists(), "drop removes the temp dir");
+        assert_refused(port);
+    }
+
+    #[test]
+    fn redis_servers_are_independent() {
+        let a = RedisServer::start().unwrap();
+        let b = RedisServer::start().unwrap();
+        assert_ne!(a.port(), b.port());
+        assert_ne!(a.dir.path, b.dir.path);
+        assert!(redis_ping(a.port()).is_some());
+        assert!(redis_ping(b.port()).is_some());
+        assert!(a.log_path().is_file());
+    }
+
+    #[test]
+    fn postgres_databases_stop_restart() {
+        let mut server = PostgresServer::start().unwrap();
+        let port = server.port();
+        assert_eq!(
+            server.url(),
+            format!("postgres://postgres@127.0.0.1:{port}/postgres")
+        );
+        assert_eq!(psql(&server.url(), "select 1"), "1");
+
+        let alpha = server.create_database("alpha").unwrap();
+        let beta = server.create_database("beta db").unwrap();
+        assert_eq!(alpha, format!("postgres://postgres@127.0.0.1:{port}/alpha"));
+        assert_eq!(
+            beta,
+            format!("postgres://postgres@127.0.0.1:{port}/beta%20db")
+        );
+        for url in [&alpha, &beta] {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+            assert_eq!(psql(url, "select 1"), "1");
+        }
+        assert_eq!(psql(&alpha, "select current_database()"), "alpha");
+        assert_eq!(psql(&beta, "select current_database()"), "beta db");
+        assert!(server.create_database("alpha").is_err(), "already exists");
+        psql(
+            &alpha,
+            "create table t (v text); insert into t values ('kept')",
+        );
+
+        server.stop();
+        assert_refused(port);
+        assert!(server.create_database("gamma").is_err());
+
+        server.restart().unwrap();
+        assert_eq!(server.port(), port);
+        assert_eq!(
+            psql(&alpha, "select v from t"),
+            "kept",
+            "restart keeps data"
+        );
+
+        let dir = server.dir.path.clone();
+        drop(server);
+        assert!(!dir.exists(), "drop removes the temp dir");
+        assert_refused(port);
+    }
+}

@@ -1,0 +1,319 @@
+//! The verifier's configuration, parsed once at start-up from environment variables
+//! (API.md §4) through a small [`Env`] trait so tests can feed a map.
+//!
+//! A bad setting is a [`ConfigError`] naming the variable; `main` prints it on one line
+//! and exits with status 64.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::core::Settings;
+use crate::policy::Policy;
+
+/// Where configuration values come from.
+pub trait Env {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+impl Env for HashMap<&str, &str> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).map(|v| (*v).to_owned())
+    }
+}
+
+/// A refused setting: the variable and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+/// Where keys (and, for Redis, revocations) come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    Redis { url: String },
+    JwksUrl { url: String },
+    JwksFile { path: PathBuf },
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// `None` when set to `off`.
+    pub grpc_listen: Option<SocketAddr>,
+    pub source: KeySource,
+    pub settings: Settings,
+    pub cookie: Option<String>,
+    pub policy_file: Option<PathBuf>,
+    pub policy: Policy,
+    pub max_staleness_secs: i64,
+    /// Full resync period for the Redis source (and file poll period).
+    pub resync_interval: Duration,
+    pub cache_entries: usize,
+    pub max_connections: usize,
+    pub drain_timeout: Duration,
+}
+
+const LISTEN: &str = "PORTCULLIS_VERIFIER_LISTEN";
+const GRPC_LISTEN: &str = "PORTCULLIS_VERIFIER_GRPC_LISTEN";
+const REDIS_URL: &str = "PORTCULLIS_REDIS_URL";
+const JWKS_URL: &str = "PORTCULLIS_VERIFIER_JWKS_URL";
+const JWKS_FILE: &str = "PORTCULLIS_VERIFIER_JWKS_FILE";
+const ISSUER: &str = "PORTCULLIS_VERIFIER_ISSUER";
+const AUDIENCE: &str = "PORTCULLIS_VERIFIER_AUDIENCE";
+const LEEWAY: &str = "PORTCULLIS_VERIFIER_LEEWAY_SECS";
+const TYP: &str = "PORTCULLIS_VERIFIER_TYP";
+const COOKIE: &str = "PORTCULLIS_VERIFIER_COOKIE";
+const POLICY_FILE: &str = "PORTCULLIS_VERIFIER_POLICY_FILE";
+const MAX_STALENESS: &str = "PORTCULLIS_VERIFIER_MAX_STALENESS_SECS";
+const RESYNC: &str = "PORTCULLIS_VERIFIER_RESYNC_SECS";
+const CACHE_ENTRIES: &str = "PORTCULLIS_VERIFIER_CACHE_ENTRIES";
+const MAX_CONNECTIONS: &str = "PORTCULLIS_VERIFIER_MAX_CONNECTIONS";
+const DRAIN: &str = "PORTCULLIS_VERIFIER_DRAIN_SECS";
+
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn number<T: std::str::FromStr>(
+    env: &impl Env,
+    var: &'static str,
+    default: T,
+) -> Result<T, ConfigError> {
+    match env.get(var).filter(|v| !v.trim().is_empty()) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| err(var, format!("{v:?} is not a valid number"))),
+    }
+}
+
+fn addr(env: &impl Env, var: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
+    let v = env.get(var).unwrap_or_else(|| default.to_owned());
+    v.trim()
+        .parse()
+        .map_err(|_| err(var, format!("{v:?} is not a host:port socket address")))
+}
+
+impl Config {
+    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        let listen = addr(env, LISTEN, "0.0.0.0:8081")?;
+        let grpc_listen = match env.get(GRPC_LISTEN) {
+            Some(v) if v.trim().eq_ignore_ascii_case("off") => None,
+            _ => Some(addr(env, GRPC_LISTEN, "0.0.0.0:8082")?),
+        };
+
+        let set = |var| env.get(var).filter(|v| !v.trim().is_empty());
+        let source = match (set(REDIS_URL), set(JWKS_URL), set(JWKS_FILE)) {
+            (Some(url), None, None) => {
+                if !(url.starts_with("redis://")
+                    || url.starts_with("rediss://")
+                    || url.starts_with("unix://"))
+                {
+                    return Err(err(
+                        REDIS_URL,
+                        "must be a redis://, rediss:// or unix:// URL",
+                    ));
+                }
+                KeySource::Redis { url }
+            }
+            (None, Some(url), None) => {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(err(JWKS_URL, "must be an http:// or https:// URL"));
+                }
+                KeySource::JwksUrl { url }
+            }
+            (None, None, Some(path)) => KeySource::JwksFile { path: path.into() },
+            (None, None, None) => {
+                return Err(err(
+                    REDIS_URL,
+                    format!("no key source: set {REDIS_URL}, {JWKS_URL} or {JWKS_FILE}"),
+                ));
+            }
+            _ => {
+                return Err(err(
+                    REDIS_URL,
+                    format!("set only one of {REDIS_URL}, {JWKS_URL}, {JWKS_FILE}"),
+                ));
+            }
+        };
+
+        let issuers = list(&env.get(ISSUER).unwrap_or_default());
+        if issuers.is_empty() {
+            return Err(err(
+                ISSUER,
+                "required: the issuer URL(s) tokens must carry in `iss`",
+            ));
+        }
+        let leeway_secs: i64 = number(env, LEEWAY, 30)?;
+        if !(0..=600).contains(&leeway_secs) {
+            return Err(err(LEEWAY, "must be between 0 and 600 seconds"));
+        }
+        let typs = match env.get(TYP) {
+            Some(v) => list(&v),
+            None => vec![portcullis_common::token::ACCESS_TOKEN_TYP.to_owned()],
+        };
+        let settings = Settings {
+            issuers,
+            audiences: list(&env.get(AUDIENCE).unwrap_or_default()),
+            leeway_secs,
+            typs,
+        };
+
+        let cookie = set(COOKIE).map(|c| c.trim().to_owned());
+        let token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if cookie.as_ref().is_some_and(|c| !c.bytes().all(token_char)) {
+            return Err(err(COOKIE, "not a valid cookie name"));
+        }
+        let policy_file = set(POLICY_FILE).map(PathBuf::from);
+        let policy = match &policy_file {
+            Some(path) => Policy::from_file(path).map_err(|e| err(POLICY_FILE, e.to_string()))?,
+            None => Policy::default(),
+        };
+
+        let max_staleness_secs: i64 = number(env, MAX_STALENESS, 60)?;
+        if max_staleness_secs < 2 {
+            return Err(err(MAX_STALENESS, "must be at least 2 seconds"));
+        }
+        let default_resync = (max_staleness_secs / 2).clamp(1, 30) as u64;
+        let resync: u64 = number(env, RESYNC, default_resync)?;
+        if resync == 0 || resync as i64 >= max_staleness_secs {
+            return Err(err(
+                RESYNC,
+                format!("must be between 1 and {MAX_STALENESS} - 1"),
+            ));
+        }
+        let cache_entries = number(env, CACHE_ENTRIES, 65_536usize)?;
+        if cache_entries > 1 << 24 {
+            return Err(err(CACHE_ENTRIES, "at most 16777216"));
+        }
+        let max_connections = number(env, MAX_CONNECTIONS, 10_000usize)?;
+        if max_connections == 0 {
+            return Err(err(MAX_CONNECTIONS, "must be at least 1"));
+        }
+        let drain: u64 = number(env, DRAIN, 10)?;
+
+        Ok(Self {
+            listen,
+            grpc_listen,
+            source,
+            settings,
+            cookie,
+            policy_file,
+            policy,
+            max_staleness_secs,
+            resync_interval: Duration::from_secs(resync),
+            cache_entries,
+            max_connections,
+            drain_timeout: Duration::from_secs(drain),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&'static str, &'static str)]) -> HashMap<&'static str, &'static str> {
+        pairs.iter().copied().collect()
+    }
+
+    const BASE: [(&str, &str); 2] = [
+        (REDIS_URL, "redis://127.0.0.1:6379"),
+        (ISSUER, "https://a.test, https://b.test"),
+    ];
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_env(&env(&BASE)).unwrap();
+        assert_eq!(c.listen.port(), 8081);
+        assert_eq!(c.grpc_listen.unwrap().port(), 8082);
+        assert_eq!(c.settings.issuers, ["https://a.test", "https://b.test"]);
+        assert_eq!(c.settings.leeway_secs, 30);
+        assert_eq!(c.settings.typs, ["at+jwt"]);
+        assert!(c.settings.audiences.is_empty());
+        assert_eq!(c.max_staleness_secs, 60);
+        assert_eq!(c.resync_interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn each_bad_setting_names_its_variable() {
+        let cases: [(&[(&str, &str)], &str); 8] = [
+            (&[(ISSUER, "x")], REDIS_URL),
+            (
+                &[(REDIS_URL, "redis://h"), (JWKS_FILE, "/x"), (ISSUER, "x")],
+                REDIS_URL,
+            ),
+            (&[(REDIS_URL, "http://h")], REDIS_URL),
+            (&[(REDIS_URL, "redis://h")], ISSUER),
+            (
+                &[(REDIS_URL, "redis://h"), (ISSUER, "x"), (LEEWAY, "abc")],
+                LEEWAY,
+            ),
+            (
+                &[(REDIS_URL, "redis://h"), (ISSUER, "x"), (LISTEN, "nope")],
+                LISTEN,
+            ),
+            (
+                &[
+                    (REDIS_URL, "redis://h"),
+                    (ISSUER, "x"),
+                    (POLICY_FILE, "/nonexistent/p.toml"),
+                ],
+                POLICY_FILE,
+            ),
+            (
+                &[(REDIS_URL, "redis://h"), (ISSUER, "x"), (COOKIE, "a b")],
+                COOKIE,
+            ),
+        ];
+        for (pairs, var) in cases {
+            let e = Config::from_env(&env(pairs)).unwrap_err();
+            assert_eq!(e.var, var, "{pairs:?}: {e}");
+            assert!(e.to_string().starts_with(&format!("invalid {var}:")));
+        }
+    }
+
+    #[test]
+    fn empty_typ_accepts_any_and_grpc_can_be_off() {
+        let mut e = env(&BASE);
+        e.insert(TYP, "");
+        e.insert(GRPC_LISTEN, "off");
+        let c = Config::from_env(&e).unwrap();
+        assert!(c.settings.typs.is_empty());
+        assert!(c.grpc_listen.is_none());
+    }
+}

@@ -1,0 +1,422 @@
+//! The verification keys of one snapshot, built from a JWKS when keys change (cold path).
+//!
+//! The algorithm is pinned by the key: an Ed25519 key verifies only `EdDSA`, an RSA key
+//! only `RS256`, a P-256 key only `ES256`. Keys from the Portcullis control plane must be
+//! Ed25519; RSA and EC keys are accepted only from a foreign issuer's JWKS.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::scalar::Scalar;
+use ed25519_dalek::VerifyingKey;
+use portcullis_common::jwk::{Jwk, Jwks};
+use sha2::{Digest, Sha512};
+
+use super::json::JsonStr;
+
+/// Signing algorithms a key can be pinned to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alg {
+    EdDSA,
+    Rs256,
+    Es256,
+}
+
+impl Alg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alg::EdDSA => "EdDSA",
+            Alg::Rs256 => "RS256",
+            Alg::Es256 => "ES256",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Material {
+    Ed25519 {
+        compressed: [u8; 32],
+        minus_a: EdwardsPoint,
+    },
+    /// Big-endian modulus and exponent.
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+    /// Uncompressed SEC1 point `04 || x || y`.
+    P256(Vec<u8>),
+}
+
+/// One verification key.
+#[derive(Clone, Debug)]
+pub struct Key {
+    kid: String,
+    alg: Alg,
+    material: Material,
+}
+
+impl Key {
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn alg(&self) -> Alg {
+        self.alg
+    }
+
+    /// Verifies `signature` over `message`. EdDSA allocates nothing, for valid and invalid
+    /// signatures alike (see [`ed25519_verify_strict`]).
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        match &self.material {
+            Material::Ed25519 {
+                compressed,
+                minus_a,
+            } => {
+                let Ok(sig) = <&[u8; 64]>::try_from(signature) else {
+                    return false;
+                };
+                ed25519_verify_strict(compressed, minus_a, message, sig)
+            }
+            Material::Rsa { n, e } => ring::signature::RsaPublicKeyComponents { n, e }
+                .verify(
+                    &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                    message,
+                    signature,
+                )
+                .is_ok(),
+            Material::P256(point) => ring::signature::UnparsedPublicKey::new(
+                &ring::signature::ECDSA_P256_SHA256_FIXED,
+                point,
+            )
+            .verify(message, signature)
+            .is_ok(),
+        }
+    }
+}
+
+/// Ed25519 verification (RFC 8032 §5.1.7) with exactly the checks of ed25519-dalek's
+/// `VerifyingKey::verify_strict`: `S` canonical (`S < L`), `R` a valid encoding and not of
+/// small order, `A` not of small order (checked when the key is loaded), and
+/// `[S]B - [k]A` compared with `R` in its encoded form.
+///
+/// Written here on curve25519-dalek, the library ed25519-dalek itself computes with,
+/// because `verify_strict` reports a refusal through an error that boxes its source when
+/// ed25519-dalek's `std`/`alloc` feature is on, and any crate in the build enabling it
+/// (jsonwebtoken does) would make every refused signature allocate. The
+/// `matches_ed25519_dalek_verify_strict` test holds the two equal.
+pub fn ed25519_verify_strict(
+    a: &[u8; 32],
+    minus_a: &EdwardsPoint,
+    message: &[u8],
+    sig: &[u8; 64],
+) -> bool {
+    let mut r = [0u8; 32];
+    let mut s = [0u8; 32];
+    r.copy_from_slice(&sig[..32]);
+    s.copy_from_slice(&sig[32..]);
+    let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s)) else {
+        return false;
+    };
+    let r = CompressedEdwardsY(r);
+    match r.decompress() {
+        Some(point) if !point.is_small_order() => {}
+        _ => return false,
+    }
+    let hash: [u8; 64] = Sha512::new()
+        .chain_update(r.as_bytes())
+        .chain_update(a)
+        .chain_update(message)
+        .finalize()
+        .into();
+    let k = Scalar::from_bytes_mod_order_wide(&hash);
+    EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, minus_a, &s).compress() == r
+}
+
+/// Which keys a source may supply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trust {
+    /// Portcullis' own control plane (Redis): Ed25519 only.
+    Portcullis,
+    /// Any OIDC issuer's JWKS (URL or file): Ed25519, RS256, ES256.
+    Foreign,
+}
+
+/// Why a JWKS was refused as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error("JWKS is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("JWKS holds no usable verification key ({skipped} skipped)")]
+    NoUsableKey { skipped: usize },
+}
+
+/// Generation counter: every key set built gets a new number, which stamps the
+/// verified-token cache so that a key change invalidates every entry at once.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// An immutable set of keys, looked up by `kid`.
+#[derive(Clone, Debug)]
+pub struct KeySet {
+    keys: Vec<Key>,
+    generation: u64,
+    /// Keys refused while building, with the reason, for logs.
+    skipped: Vec<String>,
+}
+
+impl KeySet {
+    /// No keys: the state before the first load.
+    pub fn empty() -> Self {
+        Self {
+            keys: Vec::new(),
+            generation: 0,
+            skipped: Vec::new(),
+        }
+    }
+
+    /// Builds a key set from a JWKS document. Keys that carry a private part, are not for
+    /// signatures, are malformed, small-order, of an unsupported type or a duplicate `kid`
+    /// are skipped (and listed in [`KeySet::skipped`]); a JWKS with no usable key is refused.
+    pub fn from_jwks(json: &[u8], trust: Trust) -> Result<Self, KeysError> {
+        let jwks: Jwks = serde_json::from_slice(json)?;
+        let mut keys: Vec<Key> = Vec::new();
+        let mut skipped = Vec::new();
+        for jwk in &jwks.keys {
+            match key_from_jwk(jwk, trust) {
+                Ok(key) if keys.iter().any(|k| k.kid == key.kid) => {
+                    skipped.push(format!("{}: duplicate kid", key.kid));
+                }
+                Ok(key) => keys.push(key),
+                Err(why) => skipped.push(format!(
+                    "{}: {why}",
+                    jwk.kid.as_deref().unwrap_or("<no kid>")
+                )),
+            }
+        }
+        if keys.is_empty() {
+            return Err(KeysError::NoUsableKey {
+                skipped: skipped.len(),
+            });
+        }
+        Ok(Self {
+            keys,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            skipped,
+        })
+    }
+
+    /// The key whose `kid` equals the token's (compared without allocating).
+    pub fn get(&self, kid: JsonStr<'_>) -> Option<&Key> {
+        match kid.as_plain() {
+            Some(plain) => self.keys.iter().find(|k| k.kid == plain),
+            None => self.keys.iter().find(|k| kid.eq_str(&k.kid)),
+        }
+    }
+
+    /// Cold-path lookup by a plain `kid`.
+    pub fn by_kid(&self, kid: &str) -> Option<&Key> {
+        self.keys.iter().find(|k| k.kid == kid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn skipped(&self) -> &[String] {
+        &self.skipped
+    }
+
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| k.kid.as_str())
+    }
+}
+
+fn b64(field: &Option<String>, name: &'static str) -> Result<Vec<u8>, String> {
+    let text = field.as_deref().ok_or_else(|| format!("{name} missing"))?;
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| format!("{name} is not base64url"))
+}
+
+fn key_from_jwk(jwk: &Jwk, trust: Trust) -> Result<Key, String> {
+    if jwk.has_private_part() {
+        return Err("carries a private part; refused".into());
+    }
+    if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
+        return Err("not a signature key".into());
+    }
+    if jwk
+        .key_ops
+        .as_ref()
+        .is_some_and(|ops| !ops.iter().any(|o| o == "verify"))
+    {
+        return Err("key_ops lacks verify".into());
+    }
+    let kid = jwk
+        .kid
+        .clone()
+        .or_else(|| jwk.thumbprint())
+        .ok_or("no kid")?;
+    let (alg, material) = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
+        ("OKP", Some("Ed25519")) => {
+            let x: [u8; 32] = b64(&jwk.x, "x")?
+                .try_into()
+                .map_err(|_| "x is not 32 bytes")?;
+            let key = VerifyingKey::from_bytes(&x).map_err(|_| "x is not a curve point")?;
+            if key.is_weak() {
+                return Err("small-order public key".into());
+            }
+            (
+                Alg::EdDSA,
+                Material::Ed25519 {
+                    compressed: x,
+                    minus_a: -key.to_edwards(),
+                },
+            )
+        }
+        _ if trust == Trust::Portcullis => {
+            return Err("only Ed25519 keys come from Portcullis".into());
+        }
+        ("RSA", _) => {
+            let n = b64(&jwk.n, "n")?;
+            let e = b64(&jwk.e, "e")?;
+            let bits = n
+                .iter()
+                .position(|b| *b != 0)
+                .map_or(0, |i| (n.len() - i) * 8);
+            if bits < 2048 {
+                return Err("RSA modulus shorter than 2048 bits".into());
+            }
+            (Alg::Rs256, Material::Rsa { n, e })
+        }
+        ("EC", Some("P-256")) => {
+            let x = b64(&jwk.x, "x")?;
+            let y = b64(&jwk.y, "y")?;
+            if x.len() != 32 || y.len() != 32 {
+                return Err("P-256 coordinates must be 32 bytes".into());
+            }
+            let mut point = Vec::with_capacity(65);
+            point.push(4);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            (Alg::Es256, Material::P256(point))
+        }
+        (kty, crv) => return Err(format!("unsupported key type {kty}/{}", crv.unwrap_or("-"))),
+    };
+    if let Some(declared) = jwk.alg.as_deref().filter(|d| *d != alg.as_str()) {
+        return Err(format!("alg {declared} is not supported for this key"));
+    }
+    Ok(Key { kid, alg, material })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn jwks(keys: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({ "keys": keys })).unwrap()
+    }
+
+    fn ed_jwk() -> serde_json::Value {
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+        serde_json::to_value(Jwk::ed25519(sk.verifying_key().as_bytes())).unwrap()
+    }
+
+    #[test]
+    fn loads_ed25519_and_pins_alg() {
+        let set =
+            KeySet::from_jwks(&jwks(serde_json::json!([ed_jwk()])), Trust::Portcullis).unwrap();
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.keys[0].alg(), Alg::EdDSA);
+    }
+
+    #[test]
+    fn refuses_private_parts_and_empty_sets() {
+        let mut private = ed_jwk();
+        private["d"] = "AAAA".into();
+        let err =
+            KeySet::from_jwks(&jwks(serde_json::json!([private])), Trust::Portcullis).unwrap_err();
+        assert!(matches!(err, KeysError::NoUsableKey { skipped: 1 }));
+        assert!(KeySet::from_jwks(&jwks(serde_json::json!([])), Trust::Portcullis).is_err());
+        assert!(KeySet::from_jwks(b"{\"keys\":", Trust::Portcullis).is_err());
+        assert!(KeySet::from_jwks(b"null", Trust::Portcullis).is_err());
+    }
+
+    #[test]
+    fn refuses_small_order_and_foreign_keys_from_portcullis() {
+        // The identity point (y = 1) has order 1.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = serde_json::json!({"kty":"OKP","crv":"Ed25519","kid":"w","x": URL_SAFE_NO_PAD.encode(identity)});
+        let hs = serde_json::json!({"kty":"oct","kid":"h","k":"c2VjcmV0"});
+        let ec = serde_json::json!({"kty":"EC","crv":"P-256","kid":"e","x":"AA","y":"AA"});
+        let set = KeySet::from_jwks(
+            &jwks(serde_json::json!([weak, hs, ec, ed_jwk()])),
+            Trust::Portcullis,
+        )
+        .unwrap();
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.skipped().len(), 3);
+    }
+
+    #[test]
+    fn mismatched_declared_alg_is_skipped_and_duplicates_dropped() {
+        let mut wrong = ed_jwk();
+        wrong["alg"] = "HS256".into();
+        wrong["kid"] = "other".into();
+        let set = KeySet::from_jwks(
+            &jwks(serde_json::json!([ed_jwk(), ed_jwk(), wrong])),
+            Trust::Foreign,
+        )
+        .unwrap();
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.skipped().len(), 2);
+    }
+
+    /// The hand-written strict check agrees with ed25519-dalek's `verify_strict` on valid
+    /// signatures and on every single-bit corruption of signature and message.
+    #[test]
+    fn matches_ed25519_dalek_verify_strict() {
+        use ed25519_dalek::Signer;
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[5u8; 32]);
+        let vk = sk.verifying_key();
+        let minus_a = -vk.to_edwards();
+        for len in [0usize, 1, 33, 200] {
+            let msg: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let sig = sk.sign(&msg).to_bytes();
+            let mut cases = vec![(msg.clone(), sig)];
+            for bit in (0..512).step_by(7) {
+                let mut s = sig;
+                s[bit / 8] ^= 1 << (bit % 8);
+                cases.push((msg.clone(), s));
+            }
+            if len > 0 {
+                let mut m = msg.clone();
+                m[0] ^= 1;
+                cases.push((m, sig));
+            }
+            for (m, s) in cases {
+                let ours = ed25519_verify_strict(vk.as_bytes(), &minus_a, &m, &s);
+                let theirs = vk
+                    .verify_strict(&m, &ed25519_dalek::Signature::from_bytes(&s))
+                    .is_ok();
+                assert_eq!(ours, theirs, "len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn generations_increase() {
+        let doc = jwks(serde_json::json!([ed_jwk()]));
+        let a = KeySet::from_jwks(&doc, Trust::Portcullis).unwrap();
+        let b = KeySet::from_jwks(&doc, Trust::Portcullis).unwrap();
+        assert!(b.generation() > a.generation() && a.generation() > 0);
+    }
+}

@@ -1,0 +1,72 @@
+//! `portcullis-verifier`: reads its configuration, sets up logging and runs
+//! [`portcullis_verifier::run`] until SIGTERM or Ctrl-C.
+
+use portcullis_verifier::config::{Config, ProcessEnv};
+use portcullis_verifier::{Listeners, run};
+
+fn main() {
+    let config = match Config::from_env(&ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("portcullis-verifier: {e}");
+            std::process::exit(64);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis-verifier: cannot start the runtime: {e}");
+            std::process::exit(70);
+        }
+    };
+    let result = runtime.block_on(async {
+        let http = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on PORTCULLIS_VERIFIER_LISTEN {}: {e}",
+                    config.listen
+                )
+            })?;
+        let grpc = match config.grpc_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on PORTCULLIS_VERIFIER_GRPC_LISTEN {addr}: {e}")
+            })?),
+            None => None,
+        };
+        run(config, Listeners { http, grpc }, shutdown_signal()).await
+    });
+    if let Err(e) = result {
+        eprintln!("portcullis-verifier: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested; draining");
+}

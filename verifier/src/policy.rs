@@ -1,0 +1,233 @@
+//! Route policy: which authenticated callers may reach which paths.
+//!
+//! A TOML file of rules, first match wins:
+//!
+//! ```toml
+//! [[rule]]
+//! prefix = "/admin"            # path prefix, matched on whole segments
+//! methods = ["POST", "DELETE"] # optional; absent = every method
+//! any_role = ["admin"]         # caller needs at least one of these roles
+//! all_scopes = ["users:write"] # and every one of these scopes
+//!
+//! [[rule]]
+//! prefix = "/public"
+//! public = true                # no token needed
+//! ```
+//!
+//! A path that matches no rule needs only a valid token. Checking a rule walks the
+//! token's `roles` and `scope` in place: it allocates nothing. Paths that are not
+//! normalized (`//`, `.` or `..` segments, encoded `/`, `.` or `\`) are refused when a
+//! policy is configured, since the upstream may resolve them to a path the rules do not
+//! see; have the proxy normalize paths (Envoy `normalize_path`, `merge_slashes`).
+
+use serde::Deserialize;
+
+use crate::core::Claims;
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default, rename = "rule")]
+    rules: Vec<Rule>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rule {
+    prefix: String,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    any_role: Vec<String>,
+    #[serde(default)]
+    all_scopes: Vec<String>,
+    #[serde(default)]
+    public: bool,
+}
+
+/// What the policy asks of a request before the token is looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// No token needed.
+    Public,
+    /// A valid token needed; then [`Policy::permits`] decides.
+    Token,
+    /// Refused outright (path not normalized).
+    Deny,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid policy file: {0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("invalid policy rule: {0}")]
+    Rule(String),
+}
+
+impl Policy {
+    pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+        let policy: Policy = toml::from_str(text)?;
+        for rule in &policy.rules {
+            if !rule.prefix.starts_with('/') {
+                return Err(PolicyError::Rule(format!(
+                    "prefix {:?} must start with '/'",
+                    rule.prefix
+                )));
+            }
+            if rule.public && (!rule.any_role.is_empty() || !rule.all_scopes.is_empty()) {
+                return Err(PolicyError::Rule(format!(
+                    "public rule {:?} cannot require roles or scopes",
+                    rule.prefix
+                )));
+            }
+        }
+        Ok(policy)
+    }
+
+    pub fn from_file(path: &std::path::Path) -> Result<Self, PolicyError> {
+        Self::from_toml(&std::fs::read_to_string(path)?)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    fn rule_for(&self, path: &str, method: &str) -> Option<&Rule> {
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        self.rules.iter().find(|r| {
+            prefix_matches(&r.prefix, path)
+                && (r.methods.is_empty()
+                    || r.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+        })
+    }
+
+    /// The gate for a request, before any token is read.
+    pub fn gate(&self, path: &str, method: &str) -> Gate {
+        if self.rules.is_empty() {
+            return Gate::Token;
+        }
+        if !is_normalized(path) {
+            return Gate::Deny;
+        }
+        match self.rule_for(path, method) {
+            Some(r) if r.public => Gate::Public,
+            _ => Gate::Token,
+        }
+    }
+
+    /// Whether a caller with these claims may make this request.
+    pub fn permits(&self, path: &str, method: &str, claims: &Claims<'_>) -> bool {
+        let Some(rule) = self.rule_for(path, method) else {
+            return true;
+        };
+        let role_ok = rule.any_role.is_empty()
+            || claims
+                .roles()
+                .any(|have| rule.any_role.iter().any(|want| have.eq_str(want)));
+        let scopes_ok = rule
+            .all_scopes
+            .iter()
+            .all(|want| claims.scopes().any(|have| have == want));
+        role_ok && scopes_ok
+    }
+}
+
+/// `/admin` matches `/admin` and `/admin/x`, not `/administrator`. A prefix ending in `/`
+/// matches anything below it.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+fn is_normalized(path: &str) -> bool {
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    if !path.starts_with('/') || path.contains("//") || path.contains('\\') {
+        return false;
+    }
+    let lower_has = |needle: &str| {
+        path.as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+    };
+    if lower_has("%2f") || lower_has("%2e") || lower_has("%5c") {
+        return false;
+    }
+    !path.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::core::jose::parse_claims;
+
+    const POLICY: &str = r#"
+        [[rule]]
+        prefix = "/health"
+        public = true
+
+        [[rule]]
+        prefix = "/admin"
+        methods = ["POST"]
+        any_role = ["admin"]
+
+        [[rule]]
+        prefix = "/users/"
+        all_scopes = ["users:read", "users:write"]
+    "#;
+
+    #[test]
+    fn rules_match_first_and_on_segments() {
+        let p = Policy::from_toml(POLICY).unwrap();
+        let admin = parse_claims(br#"{"roles":["ops","admin"],"scope":"users:read"}"#).unwrap();
+        let ops = parse_claims(br#"{"roles":["ops"],"scope":"users:read users:write"}"#).unwrap();
+        assert_eq!(p.gate("/health", "GET"), Gate::Public);
+        assert_eq!(p.gate("/healthcheck", "GET"), Gate::Token);
+        assert!(p.permits("/admin/x", "POST", &admin));
+        assert!(!p.permits("/admin/x", "post", &ops));
+        assert!(
+            p.permits("/admin/x", "GET", &ops),
+            "method not covered by the rule"
+        );
+        assert!(
+            p.permits("/administrator", "POST", &ops),
+            "not a segment match"
+        );
+        assert!(p.permits("/users/1?x=1", "GET", &ops));
+        assert!(!p.permits("/users/1", "GET", &admin), "needs both scopes");
+    }
+
+    #[test]
+    fn unnormalized_paths_are_denied() {
+        let p = Policy::from_toml(POLICY).unwrap();
+        for path in [
+            "/health/../admin",
+            "//admin",
+            "/admin/./x",
+            "/health%2F..%2Fadmin",
+            "/a\\b",
+            "admin",
+        ] {
+            assert_eq!(p.gate(path, "POST"), Gate::Deny, "{path}");
+        }
+        assert_eq!(
+            Policy::default().gate("//anything", "GET"),
+            Gate::Token,
+            "no policy, no gate"
+        );
+    }
+
+    #[test]
+    fn bad_files_are_refused() {
+        assert!(Policy::from_toml("[[rule]]\nprefix = \"admin\"").is_err());
+        assert!(Policy::from_toml("[[rule]]\nprefix = \"/a\"\nroles = [\"x\"]").is_err());
+        assert!(
+            Policy::from_toml("[[rule]]\nprefix = \"/a\"\npublic = true\nany_role = [\"x\"]")
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! gRPC ext_authz v3 (`envoy.service.auth.v3.Authorization/Check`), for Envoy's and
+//! Istio's gRPC external authorization. Same decision and `x-auth-*` headers as HTTP;
+//! denials carry the HTTP status (401/403/503) explicitly in `DeniedHttpResponse`, plus
+//! the matching gRPC status (UNAUTHENTICATED / PERMISSION_DENIED / UNAVAILABLE).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HttpStatusCode,
+};
+use envoy_types::ext_authz::v3::{
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+};
+use tokio::net::TcpListener;
+
+use super::{App, Credentials, Decision, challenge, identity_headers, problem_body};
+use crate::core::Scratch;
+
+/// The Authorization service.
+#[derive(Debug, Clone)]
+pub struct ExtAuthz {
+    app: Arc<App>,
+}
+
+impl ExtAuthz {
+    pub fn new(app: Arc<App>) -> Self {
+        Self { app }
+    }
+
+    /// The decision for one check request (synchronous: scratch stays on the stack).
+    pub fn check_sync(&self, request: &CheckRequest) -> CheckResponse {
+        let http = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        let empty = HashMap::new();
+        let headers = http.map_or(&empty, |h| &h.headers);
+        // Envoy lower-cases header names in `headers`; with `encode_raw_headers` it sends
+        // `header_map` instead.
+        let raw = |name: &str| -> Option<&[u8]> {
+            if let Some(v) = headers.get(name) {
+                return Some(v.as_bytes());
+            }
+            let map = http?.header_map.as_ref()?;
+            map.headers
+                .iter()
+                .find(|h| h.key.eq_ignore_ascii_case(name))
+                .map(|h| {
+                    if h.raw_value.is_empty() {
+                        h.value.as_bytes()
+                    } else {
+                        h.raw_value.as_slice()
+                    }
+                })
+        };
+        let creds = Credentials {
+            authorization: raw("authorization"),
+            cookies: raw("cookie"),
+        };
+        let path = http.map_or("/", |h| h.path.as_str());
+        let method = http.map_or("GET", |h| h.method.as_str());
+        let app = &self.app;
+        let mut scratch = Scratch::default();
+        match app.decide(creds, path, method, &mut scratch) {
+            Decision::Allow(v) => {
+                app.metrics.allowed();
+                let mut ok = OkHttpResponseBuilder::new();
+                for (name, value) in identity_headers(&v) {
+                    ok.add_header(name, value, None, true);
+                }
+                let mut response = CheckResponse::with_status(tonic::Status::ok(""));
+                response.set_http_response(ok);
+                response
+            }
+            Decision::Public => {
+                app.metrics.allowed();
+                let mut response = CheckResponse::with_status(tonic::Status::ok(""));
+                response.set_http_response(OkHttpResponseBuilder::new());
+                response
+            }
+            Decision::Deny(reject) => {
+                app.metrics.denied(reject.code);
+                let (grpc, http_status) = match reject.code.status() {
+                    403 => (
+                        tonic::Status::permission_denied(reject.code.as_str()),
+                        HttpStatusCode::Forbidden,
+                    ),
+                    503 => (
+                        tonic::Status::unavailable(reject.code.as_str()),
+                        HttpStatusCode::ServiceUnavailable,
+                    ),
+                    _ => (
+                        tonic::Status::unauthenticated(reject.code.as_str()),
+                        HttpStatusCode::Unauthorized,
+                    ),
+                };
+                let mut denied = DeniedHttpResponseBuilder::new();
+                denied.set_http_status(http_status);
+                denied.add_header("content-type", "application/problem+json", None, false);
+                if let Some(c) = challenge(&reject) {
+                    denied.add_header("www-authenticate", c, None, false);
+                }
+                denied.set_body(problem_body(&reject));
+                let mut response = CheckResponse::with_status(grpc);
+                response.set_http_response(denied);
+                response
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthz {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let started = std::time::Instant::now();
+        let response = self.check_sync(request.get_ref());
+        self.app.metrics.latency.record(started.elapsed());
+        Ok(tonic::Response::new(response))
+    }
+}
+
+/// Serves gRPC ext_authz on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(AuthorizationServer::new(ExtAuthz::new(app)))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
+        .await
+}

@@ -1,0 +1,232 @@
+//! Serving decisions: the HTTP server ([`http`]: `/v1/verify`, Envoy ext_authz HTTP mode,
+//! nginx `auth_request`, health and metrics) and gRPC ext_authz v3 ([`grpc`]). Both call
+//! [`App::decide`], so a token gets the same answer and headers on either port.
+
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use portcullis_common::ErrorCode;
+
+use crate::core::{Reject, Scratch, Verified, Verifier};
+use crate::policy::{Gate, Policy};
+use crate::state::{Shared, unix_now};
+
+/// What both servers share.
+#[derive(Debug)]
+pub struct App {
+    pub shared: Arc<Shared>,
+    pub verifier: Verifier,
+    pub policy: ArcSwap<Policy>,
+    pub cookie: Option<String>,
+    pub metrics: metrics::Metrics,
+}
+
+/// Where the caller's credentials are, as the transport found them.
+#[derive(Clone, Copy, Debug)]
+pub struct Credentials<'r> {
+    /// The `Authorization` header value.
+    pub authorization: Option<&'r [u8]>,
+    /// The `Cookie` header value(s), `;`-separated.
+    pub cookies: Option<&'r [u8]>,
+}
+
+/// A decision on one request.
+// Boxing `Allow` would put an allocation on every allowed request; the value only lives
+// on the stack for the length of one answer.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Decision<'s> {
+    /// A valid token that the route policy lets through.
+    Allow(Verified<'s>),
+    /// A public route: no token needed.
+    Public,
+    Deny(Reject),
+}
+
+const FORBIDDEN: Reject = Reject {
+    code: ErrorCode::Forbidden,
+    reason: "route policy denies this caller",
+};
+const UNNORMALIZED: Reject = Reject {
+    code: ErrorCode::Forbidden,
+    reason: "path is not normalized",
+};
+const MISSING: Reject = Reject {
+    code: ErrorCode::MissingToken,
+    reason: "no bearer token or cookie",
+};
+
+impl App {
+    /// Decides on a request for `path` and `method` carrying `creds`. Verification and the
+    /// policy check allocate nothing; the payload is decoded into `scratch`.
+    pub fn decide<'s>(
+        &self,
+        creds: Credentials<'_>,
+        path: &str,
+        method: &str,
+        scratch: &'s mut Scratch,
+    ) -> Decision<'s> {
+        let policy = self.policy.load();
+        match policy.gate(path, method) {
+            Gate::Public => return Decision::Public,
+            Gate::Deny => return Decision::Deny(UNNORMALIZED),
+            Gate::Token => {}
+        }
+        match self.authenticate(creds, scratch) {
+            Ok(v) if policy.permits(path, method, &v.claims) => Decision::Allow(v),
+            Ok(_) => Decision::Deny(FORBIDDEN),
+            Err(reject) => Decision::Deny(reject),
+        }
+    }
+
+    /// Finds and verifies the caller's token, without any route policy (`/v1/verify`).
+    pub fn authenticate<'s>(
+        &self,
+        creds: Credentials<'_>,
+        scratch: &'s mut Scratch,
+    ) -> Result<Verified<'s>, Reject> {
+        let token = self.token(creds).ok_or(MISSING)?;
+        let snapshot = self.shared.load();
+        let result = self.verifier.verify(token, unix_now(), &snapshot, scratch);
+        match &result {
+            Ok(v) => self.metrics.cache(v.cached),
+            Err(reject) if reject.code == ErrorCode::UnknownKey => {
+                self.shared.unknown_kid.notify_one()
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn token<'r>(&self, creds: Credentials<'r>) -> Option<&'r [u8]> {
+        if let Some(token) = creds.authorization.and_then(bearer) {
+            return Some(token);
+        }
+        let name = self.cookie.as_deref()?;
+        cookie(creds.cookies?, name.as_bytes())
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
+pub fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii();
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first().is_none_or(|b| *b != b' ') {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+/// The value of cookie `name` in a `Cookie` header (RFC 6265 §5.4), quotes removed.
+pub fn cookie<'r>(header: &'r [u8], name: &[u8]) -> Option<&'r [u8]> {
+    header.split(|b| *b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|b| *b == b'=')?;
+        let (k, v) = (&pair[..eq], &pair[eq + 1..]);
+        if k.trim_ascii() != name {
+            return None;
+        }
+        let v = v.trim_ascii();
+        let v = v
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(v);
+        (!v.is_empty()).then_some(v)
+    })
+}
+
+/// The `x-auth-*` headers an allowed request carries upstream, as (name, value) pairs.
+/// Values that are not valid header text (a foreign issuer's odd claims) are left out.
+pub fn identity_headers(v: &Verified<'_>) -> Vec<(&'static str, String)> {
+    let c = &v.claims;
+    let text = |s: Option<crate::core::json::JsonStr<'_>>| s.map(|s| s.chars().collect::<String>());
+    let app = text(c.client_id).or_else(|| match c.aud {
+        Some(crate::core::Audience::One(s)) => text(Some(s)),
+        _ => None,
+    });
+    let roles = c
+        .roles()
+        .map(|r| r.chars().collect::<String>())
+        .collect::<Vec<_>>()
+        .join(",");
+    let scope: Vec<&str> = c.scopes().collect();
+    let mut out = Vec::with_capacity(5);
+    let mut push = |name, value: Option<String>| {
+        if let Some(value) =
+            value.filter(|v| v.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)))
+        {
+            out.push((name, value));
+        }
+    };
+    push("x-auth-user-id", text(c.sub));
+    push("x-auth-session-id", text(c.sid));
+    push("x-auth-app-id", app);
+    push("x-auth-roles", Some(roles));
+    push("x-auth-scope", Some(scope.join(" ")));
+    out
+}
+
+/// The problem+json body for a refusal (RFC 9457). Never includes the token.
+pub fn problem_body(reject: &Reject) -> String {
+    serde_json::json!({
+        "type": "about:blank",
+        "title": reject.code.title(),
+        "status": reject.code.status(),
+        "detail": reject.reason,
+        "code": reject.code.as_str(),
+    })
+    .to_string()
+}
+
+/// The `WWW-Authenticate` challenge for a refusal (RFC 6750 §3).
+pub fn challenge(reject: &Reject) -> Option<&'static str> {
+    match reject.code.status() {
+        401 => Some("Bearer error=\"invalid_token\""),
+        403 => Some("Bearer error=\"insufficient_scope\""),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"bearer   abc  "), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"Basic abc"), None);
+        assert_eq!(bearer(b"Bearer"), None);
+        assert_eq!(bearer(b"Bearer "), None);
+        assert_eq!(bearer(b"Bearerabc"), None);
+    }
+
+    #[test]
+    fn cookie_parsing() {
+        assert_eq!(cookie(b"a=1; at=tok; b=2", b"at"), Some(&b"tok"[..]));
+        assert_eq!(cookie(b"at=\"tok\"", b"at"), Some(&b"tok"[..]));
+        assert_eq!(cookie(b"xat=tok", b"at"), None);
+        assert_eq!(cookie(b"at=", b"at"), None);
+    }
+
+    #[test]
+    fn problem_bodies_carry_the_code() {
+        let r = Reject {
+            code: ErrorCode::TokenExpired,
+            reason: "exp has passed",
+        };
+        let v: serde_json::Value = serde_json::from_str(&problem_body(&r)).unwrap_or_default();
+        assert_eq!(v["code"], "token_expired");
+        assert_eq!(v["status"], 401);
+        assert_eq!(challenge(&r), Some("Bearer error=\"invalid_token\""));
+        assert_eq!(
+            challenge(&FORBIDDEN),
+            Some("Bearer error=\"insufficient_scope\"")
+        );
+    }
+}

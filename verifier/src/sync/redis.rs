@@ -1,0 +1,242 @@
+//! The Redis source (API.md §5): load the full state, follow `portcullis:events`, resync
+//! on a version gap, on an unparsable message, on reconnect and on a timer.
+//!
+//! ```text
+//! Connecting --ok--> subscribe --> Resyncing (version, then jwks + zset + hash) --> Live
+//! Live: event v <= last+1 -> apply (idempotent); v > last+1 or unparsable -> Resyncing
+//!       timer -> Resyncing; any error -> Connecting (backoff), last snapshot kept
+//! ```
+//!
+//! Subscribing happens before the first read, so no event between the read and the
+//! subscription is lost. During an outage verification goes on with the last snapshot;
+//! `/readyz` turns false once the last successful contact is older than the staleness
+//! bound.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use portcullis_common::redis_layout::{self as layout, Event};
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+use sha2::{Digest, Sha256};
+
+use super::{Backoff, install_jwks};
+use crate::core::{RevocationsBuilder, Snapshot, Trust};
+use crate::state::{Shared, unix_now};
+
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+const SCAN_COUNT: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {COMMAND_TIMEOUT:?}")]
+    Timeout,
+    #[error("the event subscription closed")]
+    Closed,
+}
+
+async fn bounded<T>(f: impl Future<Output = Result<T, redis::RedisError>>) -> Result<T, SyncError> {
+    tokio::time::timeout(COMMAND_TIMEOUT, f)
+        .await
+        .map_err(|_| SyncError::Timeout)?
+        .map_err(SyncError::from)
+}
+
+/// What the sync remembers between messages.
+#[derive(Debug, Default)]
+struct Cursor {
+    version: u64,
+    jwks_digest: Option<[u8; 32]>,
+}
+
+/// Runs forever: connect, resync, follow events; reconnect with backoff on any failure.
+pub async fn run(client: redis::Client, shared: Arc<Shared>, resync_every: Duration) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut cursor = Cursor::default();
+    loop {
+        let err = follow(&client, &shared, resync_every, &mut cursor, &mut backoff).await;
+        metrics::counter!("portcullis_verifier_sync_errors_total").increment(1);
+        let delay = backoff.next_delay();
+        tracing::warn!(error = %err, retry_in = ?delay, "redis sync interrupted; verifying with the last snapshot");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn follow(
+    client: &redis::Client,
+    shared: &Shared,
+    resync_every: Duration,
+    cursor: &mut Cursor,
+    backoff: &mut Backoff,
+) -> SyncError {
+    let mut pubsub = match bounded(client.get_async_pubsub()).await {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    if let Err(e) = bounded(pubsub.subscribe(layout::EVENTS_CHANNEL)).await {
+        return e;
+    }
+    let mut conn = match bounded(client.get_multiplexed_async_connection()).await {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    if let Err(e) = resync(&mut conn, shared, cursor).await {
+        return e;
+    }
+    backoff.reset();
+    let mut messages = pubsub.on_message();
+    let mut timer =
+        tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let outcome = tokio::select! {
+            msg = messages.next() => match msg {
+                Some(msg) => on_message(&mut conn, shared, cursor, msg.get_payload_bytes()).await,
+                None => Err(SyncError::Closed),
+            },
+            _ = timer.tick() => resync(&mut conn, shared, cursor).await,
+        };
+        if let Err(e) = outcome {
+            return e;
+        }
+    }
+}
+
+async fn on_message(
+    conn: &mut MultiplexedConnection,
+    shared: &Shared,
+    cursor: &mut Cursor,
+    payload: &[u8],
+) -> Result<(), SyncError> {
+    let Some(event) = Event::decode(payload) else {
+        tracing::warn!("unparsable event on {}; resyncing", layout::EVENTS_CHANNEL);
+        return resync(conn, shared, cursor).await;
+    };
+    let version = event.version();
+    if version > cursor.version + 1 {
+        tracing::info!(
+            have = cursor.version,
+            got = version,
+            "event version gap; resyncing"
+        );
+        metrics::counter!("portcullis_verifier_version_gaps_total").increment(1);
+        return resync(conn, shared, cursor).await;
+    }
+    let now = unix_now();
+    match event {
+        Event::Jwks { .. } => refresh_jwks(conn, shared, cursor).await?,
+        Event::SessionRevoked {
+            session_id, until, ..
+        } => shared.update(|old| Snapshot {
+            keys: old.keys.clone(),
+            revocations: old.revocations.with_session(&session_id, until, now),
+            version: version.max(old.version),
+        }),
+        Event::UserRevoked {
+            user_id, before, ..
+        } => shared.update(|old| Snapshot {
+            keys: old.keys.clone(),
+            revocations: old.revocations.with_user_cutoff(&user_id, before, now),
+            version: version.max(old.version),
+        }),
+    }
+    // Applying an event at or below the current version is harmless (revocations are
+    // idempotent), which also covers a Redis whose counter restarted after a flush.
+    cursor.version = cursor.version.max(version);
+    shared.mark_synced(now);
+    metrics::gauge!("portcullis_verifier_sync_version").set(cursor.version as f64);
+    Ok(())
+}
+
+async fn refresh_jwks(
+    conn: &mut MultiplexedConnection,
+    shared: &Shared,
+    cursor: &mut Cursor,
+) -> Result<(), SyncError> {
+    let doc: Option<Vec<u8>> = bounded(conn.get(layout::JWKS)).await?;
+    let Some(doc) = doc else {
+        tracing::warn!("{} is missing; keeping the last good keys", layout::JWKS);
+        return Ok(());
+    };
+    let digest: [u8; 32] = Sha256::digest(&doc).into();
+    if cursor.jwks_digest == Some(digest) {
+        return Ok(());
+    }
+    if install_jwks(shared, &doc, Trust::Portcullis, "redis") {
+        cursor.jwks_digest = Some(digest);
+    }
+    Ok(())
+}
+
+/// Reads the whole state: the version first, then keys and revocations.
+async fn resync(
+    conn: &mut MultiplexedConnection,
+    shared: &Shared,
+    cursor: &mut Cursor,
+) -> Result<(), SyncError> {
+    let version: Option<u64> = bounded(conn.get(layout::VERSION)).await?;
+    refresh_jwks(conn, shared, cursor).await?;
+    let now = unix_now();
+    let mut builder = RevocationsBuilder::new(now);
+    scan(
+        conn,
+        "ZSCAN",
+        layout::REVOKED_SESSIONS,
+        |sid: String, until: f64| builder.session(&sid, until as i64),
+    )
+    .await?;
+    scan(
+        conn,
+        "HSCAN",
+        layout::REVOKED_USERS,
+        |uid: String, before: i64| builder.user(&uid, before),
+    )
+    .await?;
+    let revocations = builder.build();
+    let version = version.unwrap_or(0);
+    metrics::gauge!("portcullis_verifier_revoked_sessions").set(revocations.sessions_len() as f64);
+    metrics::gauge!("portcullis_verifier_revoked_users").set(revocations.users_len() as f64);
+    metrics::gauge!("portcullis_verifier_sync_version").set(version as f64);
+    metrics::counter!("portcullis_verifier_resyncs_total").increment(1);
+    shared.update(|old| Snapshot {
+        keys: old.keys.clone(),
+        revocations,
+        version,
+    });
+    cursor.version = version;
+    shared.mark_synced(now);
+    tracing::debug!(version, "resynced from redis");
+    Ok(())
+}
+
+/// Walks a sorted set or hash with ZSCAN/HSCAN: every entry present for the whole walk is
+/// seen, without holding the whole collection in one reply.
+async fn scan<V: redis::FromRedisValue>(
+    conn: &mut MultiplexedConnection,
+    command: &str,
+    key: &str,
+    mut each: impl FnMut(String, V),
+) -> Result<(), SyncError> {
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, page): (u64, Vec<(String, V)>) = bounded(
+            redis::cmd(command)
+                .arg(key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query_async(conn),
+        )
+        .await?;
+        for (member, value) in page {
+            each(member, value);
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
