@@ -107,7 +107,7 @@ pub async fn serve(
 pub fn handle<B>(app: &App, req: Request<B>) -> Response<Body> {
     let started = Instant::now();
     let path = req.uri().path();
-    let response = match (path, req.method()) {
+    let mut response = match (path, req.method()) {
         ("/healthz", _) => json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned()),
         ("/readyz", _) => readyz(app),
         ("/metrics", _) => Response::builder()
@@ -123,8 +123,27 @@ pub fn handle<B>(app: &App, req: Request<B>) -> Response<Body> {
         }
         _ => ext_authz(app, &req),
     };
+    response
+        .headers_mut()
+        .insert(REQUEST_ID, request_id(req.headers()));
     app.metrics.latency.record(started.elapsed());
     response
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// The caller's `x-request-id` when it is a sane token, else a fresh random one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(REQUEST_ID)
+        .filter(|v| {
+            (1..=128).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            let id = rand::random::<u128>();
+            HeaderValue::from_str(&format!("{id:032x}")).unwrap_or(HeaderValue::from_static("0"))
+        })
 }
 
 fn credentials(headers: &HeaderMap) -> Credentials<'_> {

@@ -1,9 +1,15 @@
 //! The verifier's integration tests, one binary (link time): the attack list of RFC 8725
 //! and more against the verify core, Wycheproof vectors, tokens minted by an independent
-//! library, and the zero-allocation guarantee.
-#![allow(clippy::unwrap_used, unreachable_pub)]
+//! library, the zero-allocation guarantee, and end to end against a real redis-server,
+//! over HTTP, gRPC and behind nginx.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, dead_code)]
 
 mod alloc;
 mod attacks;
+mod binary;
+mod grpc;
+mod http_surface;
+mod redis_sync;
+mod server;
 mod support;
 mod wycheproof;

@@ -87,3 +87,43 @@ pub fn mint(key: &SigningKey, header: &Value, claims: &Value) -> String {
 pub fn good_token(key: &SigningKey) -> String {
     mint(key, &header(key), &claims())
 }
+
+/// The wall clock, for tests against running servers.
+#[allow(clippy::disallowed_methods)]
+pub fn wall_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Claims valid right now for session `sid` of user `sub`.
+pub fn live_claims(sid: &str, sub: &str) -> Value {
+    let now = wall_now();
+    let mut c = claims();
+    c["iat"] = json!(now);
+    c["nbf"] = json!(now);
+    c["exp"] = json!(now + 900);
+    c["sid"] = json!(sid);
+    c["sub"] = json!(sub);
+    c
+}
+
+/// A token valid right now.
+pub fn live_token(key: &SigningKey, sid: &str, sub: &str) -> String {
+    mint(key, &header(key), &live_claims(sid, sub))
+}
+
+/// A fresh random UUID-shaped id.
+pub fn new_id() -> String {
+    let v: u128 = rand::random();
+    let h = format!("{v:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}

@@ -1,0 +1,245 @@
+//! The real `portcullis-verifier` binary: configuration errors, serving behind nginx
+//! `auth_request`, and a graceful stop on SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::server::*;
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis-verifier");
+
+/// A verifier process; killed on drop.
+struct Process {
+    child: Child,
+    http: SocketAddr,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(vars: &[(&str, String)]) -> Process {
+    let port = portcullis_tests::free_port();
+    let http: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = Command::new(BIN)
+        .env_clear()
+        .env("PORTCULLIS_VERIFIER_LISTEN", http.to_string())
+        .env(
+            "PORTCULLIS_VERIFIER_GRPC_LISTEN",
+            format!("127.0.0.1:{}", portcullis_tests::free_port()),
+        )
+        .env("PORTCULLIS_VERIFIER_ISSUER", ISS)
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Process { child, http }
+}
+
+fn temp_dir(kind: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("portcullis-{kind}-{}", new_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn bad_settings_exit_64_with_one_line_naming_the_variable() {
+    for (vars, var) in [
+        (vec![], "PORTCULLIS_REDIS_URL"),
+        (
+            vec![("PORTCULLIS_REDIS_URL", "redis://127.0.0.1:1")],
+            "PORTCULLIS_VERIFIER_ISSUER",
+        ),
+        (
+            vec![
+                ("PORTCULLIS_REDIS_URL", "redis://127.0.0.1:1"),
+                ("PORTCULLIS_VERIFIER_ISSUER", "x"),
+                ("PORTCULLIS_VERIFIER_LEEWAY_SECS", "-5"),
+            ],
+            "PORTCULLIS_VERIFIER_LEEWAY_SECS",
+        ),
+        (
+            vec![
+                ("PORTCULLIS_REDIS_URL", "redis://127.0.0.1:1"),
+                ("PORTCULLIS_VERIFIER_ISSUER", "x"),
+                ("PORTCULLIS_VERIFIER_LISTEN", "localhost"),
+            ],
+            "PORTCULLIS_VERIFIER_LISTEN",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .env_clear()
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{vars:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(var), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_cleanly() {
+    let dir = temp_dir("sigterm");
+    let key = signing_key(41);
+    std::fs::write(dir.join("jwks.json"), jwks_of(&[&key])).unwrap();
+    let mut p = spawn(&[(
+        "PORTCULLIS_VERIFIER_JWKS_FILE",
+        dir.join("jwks.json").display().to_string(),
+    )]);
+    eventually(Duration::from_secs(10), || ready(p.http)).await;
+    assert_eq!(
+        verify(p.http, &live_token(&key, &new_id(), &new_id()))
+            .await
+            .status,
+        200
+    );
+    let pid = p.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut status = None;
+    for _ in 0..100 {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status.expect("exited within 5 s").code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn nginx_conf(dir: &Path, port: u16, verifier: SocketAddr) -> String {
+    let d = dir.display();
+    format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location = /_portcullis {{
+      internal;
+      proxy_pass http://{verifier}/ext_authz;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Original-Method $request_method;
+    }}
+    location / {{
+      auth_request /_portcullis;
+      auth_request_set $auth_user $upstream_http_x_auth_user_id;
+      auth_request_set $auth_roles $upstream_http_x_auth_roles;
+      add_header X-User $auth_user always;
+      add_header X-Roles $auth_roles always;
+      root {d}/www;
+      try_files /index.html =404;
+    }}
+  }}
+}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_auth_request_allows_and_denies() {
+    let nginx = portcullis_tests::find_binary("nginx").expect(
+        "nginx not found: install it with 'apt-get install nginx' (or run scripts/ensure-deps)",
+    );
+    let dir = temp_dir("nginx");
+    let key = signing_key(42);
+    std::fs::write(dir.join("jwks.json"), jwks_of(&[&key])).unwrap();
+    std::fs::write(
+        dir.join("policy.toml"),
+        "[[rule]]\nprefix = \"/admin\"\nany_role = [\"root\"]\n",
+    )
+    .unwrap();
+    let verifier = spawn(&[
+        (
+            "PORTCULLIS_VERIFIER_JWKS_FILE",
+            dir.join("jwks.json").display().to_string(),
+        ),
+        (
+            "PORTCULLIS_VERIFIER_POLICY_FILE",
+            dir.join("policy.toml").display().to_string(),
+        ),
+    ]);
+    eventually(Duration::from_secs(10), || ready(verifier.http)).await;
+
+    let port = portcullis_tests::free_port();
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    std::fs::write(dir.join("www/index.html"), "protected content").unwrap();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        nginx_conf(&dir, port, verifier.http),
+    )
+    .unwrap();
+    let mut proxy = Command::new(nginx)
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    eventually(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(front).await.is_ok()
+    })
+    .await;
+
+    let sub = new_id();
+    let token = live_token(&key, &new_id(), &sub);
+    let auth = format!("Bearer {token}");
+    let ok = get(front, "/orders", &[("authorization", &auth)]).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.body, "protected content");
+    assert_eq!(ok.header("x-user"), Some(sub.as_str()));
+    assert_eq!(ok.header("x-roles"), Some("admin,ops"));
+    let anonymous = get(front, "/orders", &[]).await;
+    assert_eq!(anonymous.status, 401);
+    assert!(!anonymous.body.contains("protected content"));
+    assert_eq!(
+        get(front, "/orders", &[("authorization", "Bearer a.b.c")])
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        get(front, "/admin/panel", &[("authorization", &auth)])
+            .await
+            .status,
+        403,
+        "policy sees the original URI"
+    );
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+    assert!(!log.contains(&token), "token in nginx log");
+    let _ = std::fs::remove_dir_all(&dir);
+}
