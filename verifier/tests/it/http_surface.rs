@@ -95,6 +95,14 @@ async fn verify_endpoint_and_problem_bodies() {
     .await;
     assert_eq!(post.status, 200);
     assert_eq!(request(v.http, "PUT", "/v1/verify", &[]).await.status, 405);
+    let huge = "x".repeat(20 * 1024);
+    assert_eq!(
+        get(v.http, "/v1/verify", &[("x-padding", &huge)])
+            .await
+            .status,
+        431,
+        "head over 16 KiB"
+    );
 
     let mut expired = live_claims(&sid, &sub);
     expired["exp"] = json!(wall_now() - 60);

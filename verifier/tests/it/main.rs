@@ -7,6 +7,7 @@
 mod alloc;
 mod attacks;
 mod binary;
+mod foreign;
 mod grpc;
 mod http_surface;
 mod redis_sync;
