@@ -138,14 +138,14 @@ impl Config {
         let set = |var| env.get(var).filter(|v| !v.trim().is_empty());
         let source = match (set(REDIS_URL), set(JWKS_URL), set(JWKS_FILE)) {
             (Some(url), None, None) => {
-                if !(url.starts_with("redis://")
-                    || url.starts_with("rediss://")
-                    || url.starts_with("unix://"))
-                {
+                if url.starts_with("rediss://") {
                     return Err(err(
                         REDIS_URL,
-                        "must be a redis://, rediss:// or unix:// URL",
+                        "rediss:// (TLS) is not supported yet; use redis://",
                     ));
+                }
+                if let Err(e) = redis::Client::open(url.as_str()) {
+                    return Err(err(REDIS_URL, format!("not a usable Redis URL: {e}")));
                 }
                 KeySource::Redis { url }
             }
@@ -271,13 +271,14 @@ mod tests {
 
     #[test]
     fn each_bad_setting_names_its_variable() {
-        let cases: [(&[(&str, &str)], &str); 8] = [
+        let cases: [(&[(&str, &str)], &str); 9] = [
             (&[(ISSUER, "x")], REDIS_URL),
             (
                 &[(REDIS_URL, "redis://h"), (JWKS_FILE, "/x"), (ISSUER, "x")],
                 REDIS_URL,
             ),
             (&[(REDIS_URL, "http://h")], REDIS_URL),
+            (&[(REDIS_URL, "rediss://h")], REDIS_URL),
             (&[(REDIS_URL, "redis://h")], ISSUER),
             (
                 &[(REDIS_URL, "redis://h"), (ISSUER, "x"), (LEEWAY, "abc")],
