@@ -118,3 +118,61 @@ fn verify_allocates_nothing() {
     // The counter itself works: this allocates.
     assert!(allocations_during(|| drop(vec![1u8; 10])) > 0);
 }
+
+/// The whole decision a transport asks for — snapshot load, token extraction (header or
+/// cookie), verification, route policy, metrics — allocates nothing either.
+#[test]
+fn decide_allocates_nothing() {
+    use std::sync::Arc;
+
+    use arc_swap::ArcSwap;
+    use portcullis_verifier::policy::Policy;
+    use portcullis_verifier::serve::metrics::Metrics;
+    use portcullis_verifier::serve::{App, Credentials, Decision};
+    use portcullis_verifier::state::Shared;
+
+    let key = signing_key(1);
+    let shared = Shared::new(60);
+    shared.update(|_| snapshot(&[&key]));
+    let policy = Policy::from_toml(
+        "[[rule]]\nprefix = \"/admin\"\nany_role = [\"root\"]\n\n[[rule]]\nprefix = \"/users\"\nall_scopes = [\"users:read\"]\n\n[[rule]]\nprefix = \"/public\"\npublic = true\n",
+    )
+    .unwrap();
+    let app = App {
+        shared,
+        verifier: verifier(),
+        policy: ArcSwap::from_pointee(policy),
+        cookie: Some("at".into()),
+        metrics: Metrics::new(),
+    };
+    let token = live_token(&key, SID, SUB);
+    let bearer = format!("Bearer {token}");
+    let cookie = format!("a=b; at={token}");
+    let mut scratch = Scratch::default();
+    let mut decide = |auth: Option<&str>, cookies: Option<&str>, path: &str| -> &'static str {
+        let creds = Credentials {
+            authorization: auth.map(str::as_bytes),
+            cookies: cookies.map(str::as_bytes),
+        };
+        match app.decide(creds, path, "GET", &mut scratch) {
+            Decision::Allow(_) => "allow",
+            Decision::Public => "public",
+            Decision::Deny(r) => r.code.as_str(),
+        }
+    };
+    let cases: [(Option<&str>, Option<&str>, &str, &str); 6] = [
+        (Some(&bearer), None, "/users/1", "allow"),
+        (None, Some(&cookie), "/orders", "allow"),
+        (Some(&bearer), None, "/admin", "forbidden"),
+        (None, None, "/public/x", "public"),
+        (None, None, "/orders", "missing_token"),
+        (Some("Bearer a.b.c"), None, "/orders", "invalid_token"),
+    ];
+    for (auth, cookies, path, want) in cases {
+        assert_eq!(decide(auth, cookies, path), want, "{path}");
+    }
+    for (auth, cookies, path, want) in cases {
+        let n = allocations_during(|| assert_eq!(decide(auth, cookies, path), want));
+        assert_eq!(n, 0, "{path} ({want}) allocated");
+    }
+}
