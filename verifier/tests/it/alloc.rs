@@ -123,8 +123,6 @@ fn verify_allocates_nothing() {
 /// cookie), verification, route policy, metrics — allocates nothing either.
 #[test]
 fn decide_allocates_nothing() {
-    use std::sync::Arc;
-
     use arc_swap::ArcSwap;
     use portcullis_verifier::policy::Policy;
     use portcullis_verifier::serve::metrics::Metrics;
