@@ -143,6 +143,22 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// [`find_binary`], or an error telling which Debian package provides `name`.
+/// Runs `attempt` (given its number) up to [`START_ATTEMPTS`] times until it succeeds;
+/// the error lists every attempt's failure.
+fn retry(what: &str, mut attempt: impl FnMut(usize) -> Result<()>) -> Result<()> {
+    let mut errors = Vec::new();
+    for n in 0..START_ATTEMPTS {
+        match attempt(n) {
+            Ok(()) => return Ok(()),
+            Err(err) => errors.push(format!("{err:#}")),
+        }
+    }
+    bail!(
+        "{what} after {START_ATTEMPTS} attempts:\n{}",
+        errors.join("\n")
+    )
+}
+
 fn require_binary(name: &str, package: &str) -> Result<PathBuf> {
     find_binary(name).ok_or_else(|| {
         anyhow!(
@@ -320,18 +336,11 @@ impl RedisServer {
             dir: TempDir::new("redis")?,
             child: None,
         };
-        let mut errors = Vec::new();
-        for _ in 0..START_ATTEMPTS {
+        retry("redis-server did not start", |_| {
             server.port = free_port();
-            match server.spawn() {
-                Ok(()) => return Ok(server),
-                Err(err) => errors.push(format!("{err:#}")),
-            }
-        }
-        bail!(
-            "redis-server did not start after {START_ATTEMPTS} attempts:\n{}",
-            errors.join("\n")
-        )
+            server.spawn()
+        })?;
+        Ok(server)
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -373,21 +382,13 @@ impl RedisServer {
             let _ = fs::remove_file(&path);
             let _ = fs::remove_dir_all(&path);
         }
-        let mut errors = Vec::new();
-        for attempt in 0..START_ATTEMPTS {
+        let what = format!("redis-server did not restart on port {}", self.port);
+        retry(&what, |attempt| {
             if attempt > 0 {
                 thread::sleep(Duration::from_millis(200));
             }
-            match self.spawn() {
-                Ok(()) => return Ok(()),
-                Err(err) => errors.push(format!("{err:#}")),
-            }
-        }
-        bail!(
-            "redis-server did not restart on port {}:\n{}",
-            self.port,
-            errors.join("\n")
-        )
+            self.spawn()
+        })
     }
 
     /// Opens a new multiplexed async connection to the server (needs a Tokio runtime).
@@ -583,18 +584,11 @@ impl PostgresServer {
         };
         server.init_cluster(&initdb)?;
 
-        let mut errors = Vec::new();
-        for _ in 0..START_ATTEMPTS {
+        retry("postgres did not start", |_| {
             server.port = free_port();
-            match server.spawn() {
-                Ok(()) => return Ok(server),
-                Err(err) => errors.push(format!("{err:#}")),
-            }
-        }
-        bail!(
-            "postgres did not start after {START_ATTEMPTS} attempts:\n{}",
-            errors.join("\n")
-        )
+            server.spawn()
+        })?;
+        Ok(server)
     }
 
     /// `postgres://postgres@127.0.0.1:PORT/postgres`.
@@ -666,21 +660,13 @@ impl PostgresServer {
     /// took the port meanwhile); the error quotes the end of the server log.
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
-        let mut errors = Vec::new();
-        for attempt in 0..START_ATTEMPTS {
+        let what = format!("postgres did not restart on port {}", self.port);
+        retry(&what, |attempt| {
             if attempt > 0 {
                 thread::sleep(Duration::from_millis(200));
             }
-            match self.spawn() {
-                Ok(()) => return Ok(()),
-                Err(err) => errors.push(format!("{err:#}")),
-            }
-        }
-        bail!(
-            "postgres did not restart on port {}:\n{}",
-            self.port,
-            errors.join("\n")
-        )
+            self.spawn()
+        })
     }
 
     fn database_url(&self, database: &str) -> String {
