@@ -157,14 +157,14 @@ impl<'a> Value<'a> {
             return None;
         };
         let mut check = StrArray {
-            reader: Reader::new(raw.as_bytes()),
+            reader: Reader::new(raw),
             started: false,
         };
         while let Some(item) = check.next_item() {
             item.as_str()?;
         }
         Some(StrArray {
-            reader: Reader::new(raw.as_bytes()),
+            reader: Reader::new(raw),
             started: false,
         })
     }
@@ -212,6 +212,16 @@ pub fn for_each_member<'a>(
     doc: &'a [u8],
     member: impl FnMut(&'a str, Value<'a>) -> Result<(), JsonError>,
 ) -> Result<(), JsonError> {
+    let doc = std::str::from_utf8(doc).map_err(|_| JsonError::Syntax)?;
+    for_each_member_str(doc, member)
+}
+
+/// [`for_each_member`] on a document already known to be UTF-8 (validated once, by the
+/// caller, instead of string by string).
+pub fn for_each_member_str<'a>(
+    doc: &'a str,
+    member: impl FnMut(&'a str, Value<'a>) -> Result<(), JsonError>,
+) -> Result<(), JsonError> {
     let mut r = Reader::new(doc);
     r.ws();
     r.object(0, member)?;
@@ -224,13 +234,19 @@ pub fn for_each_member<'a>(
 
 #[derive(Clone, Debug)]
 struct Reader<'a> {
+    /// The document, validated as UTF-8 once; `buf` is its bytes.
+    doc: &'a str,
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Self { buf, pos: 0 }
+    fn new(doc: &'a str) -> Self {
+        Self {
+            doc,
+            buf: doc.as_bytes(),
+            pos: 0,
+        }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -260,7 +276,7 @@ impl<'a> Reader<'a> {
     /// The text between `start` and the current position. Callers only slice at ASCII
     /// delimiters of a document that is valid UTF-8, so this cannot fail in practice.
     fn text(&self, start: usize) -> Result<&'a str, JsonError> {
-        std::str::from_utf8(&self.buf[start..self.pos]).map_err(|_| JsonError::Syntax)
+        self.doc.get(start..self.pos).ok_or(JsonError::Syntax)
     }
 
     fn value(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
@@ -365,8 +381,7 @@ impl<'a> Reader<'a> {
                 _ => {}
             }
         }
-        let raw =
-            std::str::from_utf8(&self.buf[start..self.pos - 1]).map_err(|_| JsonError::Syntax)?;
+        let raw = self.doc.get(start..self.pos - 1).ok_or(JsonError::Syntax)?;
         Ok(JsonStr { raw, escaped })
     }
 

@@ -90,11 +90,17 @@ pub struct Scratch {
     payload: [u8; jose::MAX_PAYLOAD_LEN],
 }
 
-impl Default for Scratch {
-    fn default() -> Self {
+impl Scratch {
+    pub const fn new() -> Self {
         Self {
             payload: [0; jose::MAX_PAYLOAD_LEN],
         }
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -186,7 +192,7 @@ impl Verifier {
         let payload = jose::b64_decode(segments.payload, &mut scratch.payload)?;
         let payload = std::str::from_utf8(payload)
             .map_err(|_| reject(ErrorCode::InvalidToken, "payload is not UTF-8"))?;
-        let claims = jose::parse_claims(payload.as_bytes())?;
+        let claims = jose::parse_claims_str(payload)?;
         self.check_claims(&claims, now, snap)?;
         if !cached {
             self.cache.insert(&digest, snap.keys.generation());

@@ -9,13 +9,38 @@
 //! keeps a million entries well under the verifier's memory budget; other ids fall back
 //! to boxed strings.
 
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
 use std::sync::Arc;
 
 use super::json::JsonStr;
 
 /// Deltas kept in the overlay before it is folded into the base.
 pub const OVERLAY_LIMIT: usize = 4096;
+
+/// Keys are ids the control plane wrote, never chosen by a token's bearer, so a fast
+/// non-DoS-resistant hasher is safe here (lookups with hostile ids only miss).
+type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::FixedState>;
+
+/// An id as looked up: parsed once, then probed in every map.
+#[derive(Clone, Copy, Debug)]
+enum Id<'t> {
+    Uuid(u128),
+    Other(&'t str),
+}
+
+impl<'t> Id<'t> {
+    /// The id of a claim; escaped strings are decoded into `buf`.
+    fn of(claim: JsonStr<'t>, buf: &'t mut [u8; 128]) -> Option<Self> {
+        let text = match claim.as_plain() {
+            Some(t) => t,
+            None => claim.decode_into(buf)?,
+        };
+        Some(match parse_uuid(text) {
+            Some(u) => Id::Uuid(u),
+            None => Id::Other(text),
+        })
+    }
+}
 
 #[derive(Clone, Debug, Default)]
 struct IdMap {
@@ -33,16 +58,16 @@ impl IdMap {
         *slot = (*slot).max(value);
     }
 
-    fn get(&self, id: JsonStr<'_>) -> Option<i64> {
-        let mut buf = [0u8; 128];
-        let text = match id.as_plain() {
-            Some(t) => t,
-            None => id.decode_into(&mut buf)?,
-        };
-        match parse_uuid(text) {
-            Some(u) => self.uuids.get(&u).copied(),
-            None => self.others.get(text).copied(),
+    fn get(&self, id: Id<'_>) -> Option<i64> {
+        match id {
+            Id::Uuid(u) if !self.uuids.is_empty() => self.uuids.get(&u).copied(),
+            Id::Other(text) if !self.others.is_empty() => self.others.get(text).copied(),
+            _ => None,
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.uuids.is_empty() && self.others.is_empty()
     }
 
     fn len(&self) -> usize {
@@ -51,8 +76,14 @@ impl IdMap {
 
     fn merged(&self, newer: &IdMap, keep: impl Fn(i64) -> bool) -> IdMap {
         let mut out = IdMap {
-            uuids: HashMap::with_capacity(self.uuids.len() + newer.uuids.len()),
-            others: HashMap::with_capacity(self.others.len() + newer.others.len()),
+            uuids: HashMap::with_capacity_and_hasher(
+                self.uuids.len() + newer.uuids.len(),
+                Default::default(),
+            ),
+            others: HashMap::with_capacity_and_hasher(
+                self.others.len() + newer.others.len(),
+                Default::default(),
+            ),
         };
         for (k, v) in self.uuids.iter().chain(&newer.uuids) {
             if keep(*v) {
@@ -171,12 +202,23 @@ impl Revocations {
 
     /// Whether session `sid` is revoked.
     pub fn session_revoked(&self, sid: JsonStr<'_>) -> bool {
-        self.overlay.sessions.get(sid).is_some() || self.base.sessions.get(sid).is_some()
+        let (overlay, base) = (&self.overlay.sessions, &self.base.sessions);
+        if overlay.is_empty() && base.is_empty() {
+            return false;
+        }
+        let mut buf = [0u8; 128];
+        Id::of(sid, &mut buf).is_some_and(|id| overlay.get(id).is_some() || base.get(id).is_some())
     }
 
     /// The user's cutoff, if any (the later of base and overlay).
     pub fn user_cutoff(&self, uid: JsonStr<'_>) -> Option<i64> {
-        match (self.overlay.users.get(uid), self.base.users.get(uid)) {
+        let (overlay, base) = (&self.overlay.users, &self.base.users);
+        if overlay.is_empty() && base.is_empty() {
+            return None;
+        }
+        let mut buf = [0u8; 128];
+        let id = Id::of(uid, &mut buf)?;
+        match (overlay.get(id), base.get(id)) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         }

@@ -14,8 +14,7 @@ use envoy_types::ext_authz::v3::{
 };
 use tokio::net::TcpListener;
 
-use super::{App, Credentials, Decision, challenge, identity_headers, problem_body};
-use crate::core::Scratch;
+use super::{App, Credentials, Decision, challenge, for_each_identity, problem_body, with_scratch};
 
 /// The Authorization service.
 #[derive(Debug, Clone)]
@@ -62,14 +61,13 @@ impl ExtAuthz {
         let path = http.map_or("/", |h| h.path.as_str());
         let method = http.map_or("GET", |h| h.method.as_str());
         let app = &self.app;
-        let mut scratch = Scratch::default();
-        match app.decide(creds, path, method, &mut scratch) {
+        with_scratch(|scratch| match app.decide(creds, path, method, scratch) {
             Decision::Allow(v) => {
                 app.metrics.allowed();
                 let mut ok = OkHttpResponseBuilder::new();
-                for (name, value) in identity_headers(&v) {
+                for_each_identity(&v, |name, value| {
                     ok.add_header(name, value, None, true);
-                }
+                });
                 let mut response = CheckResponse::with_status(tonic::Status::ok(""));
                 response.set_http_response(ok);
                 response
@@ -107,7 +105,7 @@ impl ExtAuthz {
                 response.set_http_response(denied);
                 response
             }
-        }
+        })
     }
 }
 

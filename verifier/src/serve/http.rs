@@ -25,8 +25,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::{App, Credentials, Decision, challenge, identity_headers, problem_body};
-use crate::core::{Reject, Scratch};
+use super::{App, Credentials, Decision, challenge, for_each_identity, problem_body, with_scratch};
+use crate::core::{Reject, Verified};
 use crate::state::unix_now;
 
 /// Prefix stripped from ext_authz check paths (Envoy `path_prefix: /ext_authz`).
@@ -156,19 +156,20 @@ fn credentials(headers: &HeaderMap) -> Credentials<'_> {
 }
 
 fn verify(app: &App, headers: &HeaderMap) -> Response<Body> {
-    let mut scratch = Scratch::default();
-    match app.authenticate(credentials(headers), &mut scratch) {
-        Ok(v) => {
-            app.metrics.allowed();
-            let mut r = json(
-                StatusCode::OK,
-                format!(r#"{{"valid":true,"claims":{}}}"#, v.payload),
-            );
-            add_identity(r.headers_mut(), &identity_headers(&v));
-            r
-        }
-        Err(reject) => deny(app, &reject),
-    }
+    with_scratch(
+        |scratch| match app.authenticate(credentials(headers), scratch) {
+            Ok(v) => {
+                app.metrics.allowed();
+                let mut r = json(
+                    StatusCode::OK,
+                    format!(r#"{{"valid":true,"claims":{}}}"#, v.payload),
+                );
+                add_identity(r.headers_mut(), &v);
+                r
+            }
+            Err(reject) => deny(app, &reject),
+        },
+    )
 }
 
 fn ext_authz<B>(app: &App, req: &Request<B>) -> Response<Body> {
@@ -184,28 +185,29 @@ fn ext_authz<B>(app: &App, req: &Request<B>) -> Response<Body> {
     });
     let method =
         original(["x-original-method", "x-forwarded-method"]).unwrap_or(req.method().as_str());
-    let mut scratch = Scratch::default();
-    match app.decide(credentials(headers), path, method, &mut scratch) {
-        Decision::Allow(v) => {
-            app.metrics.allowed();
-            let mut r = Response::new(Body::default());
-            add_identity(r.headers_mut(), &identity_headers(&v));
-            r
-        }
-        Decision::Public => {
-            app.metrics.allowed();
-            Response::new(Body::default())
-        }
-        Decision::Deny(reject) => deny(app, &reject),
-    }
+    with_scratch(
+        |scratch| match app.decide(credentials(headers), path, method, scratch) {
+            Decision::Allow(v) => {
+                app.metrics.allowed();
+                let mut r = Response::new(Body::default());
+                add_identity(r.headers_mut(), &v);
+                r
+            }
+            Decision::Public => {
+                app.metrics.allowed();
+                Response::new(Body::default())
+            }
+            Decision::Deny(reject) => deny(app, &reject),
+        },
+    )
 }
 
-fn add_identity(headers: &mut HeaderMap, identity: &[(&'static str, String)]) {
-    for (name, value) in identity {
+fn add_identity(headers: &mut HeaderMap, verified: &Verified<'_>) {
+    for_each_identity(verified, |name, value| {
         if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(*name, v);
+            headers.insert(name, v);
         }
-    }
+    });
 }
 
 fn deny(app: &App, reject: &Reject) -> Response<Body> {
