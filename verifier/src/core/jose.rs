@@ -48,11 +48,7 @@ pub fn split(token: &[u8]) -> Result<Segments<'_>, FormError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(FormError::TooLong);
     }
-    let mut dots = token
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| **b == b'.')
-        .map(|(i, _)| i);
+    let mut dots = memchr::memchr_iter(b'.', token);
     let (Some(a), Some(b), None) = (dots.next(), dots.next(), dots.next()) else {
         return Err(FormError::Segments);
     };

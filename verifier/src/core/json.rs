@@ -109,6 +109,12 @@ impl<'a> JsonStr<'a> {
     }
 }
 
+/// memchr2 only stops at a quote or a backslash; any other byte here is a bug, reported
+/// as a syntax error rather than a panic.
+fn unreachable_byte() -> Result<(), JsonError> {
+    Err(JsonError::Syntax)
+}
+
 fn hex4(it: &mut std::str::Chars<'_>) -> Option<u32> {
     let mut v = 0;
     for _ in 0..4 {
@@ -204,6 +210,19 @@ impl<'a> Iterator for StrArray<'a> {
     fn next(&mut self) -> Option<JsonStr<'a>> {
         self.next_item()?.as_str()
     }
+}
+
+fn name_bit(name: &str) -> u64 {
+    let b = name.as_bytes();
+    let (first, last) = (
+        b.first().copied().unwrap_or(0) as u64,
+        b.last().copied().unwrap_or(0) as u64,
+    );
+    1 << ((b.len() as u64)
+        .wrapping_mul(31)
+        .wrapping_add(first.wrapping_mul(7))
+        .wrapping_add(last)
+        % 64)
 }
 
 /// Reads a top-level object and calls `member` for each (name, value), in order.
@@ -355,6 +374,14 @@ impl<'a> Reader<'a> {
         let start = self.pos;
         let mut escaped = false;
         loop {
+            // Jump to the next quote or backslash; the run before it must hold no control
+            // character (checked branch-free so the compiler can vectorise it).
+            let rest = &self.buf[self.pos..];
+            let run = memchr::memchr2(b'"', b'\\', rest).ok_or(JsonError::Syntax)?;
+            if rest[..run].iter().fold(false, |bad, &b| bad | (b < 0x20)) {
+                return Err(JsonError::Syntax);
+            }
+            self.pos += run;
             match self.next_byte().ok_or(JsonError::Syntax)? {
                 b'"' => break,
                 b'\\' => {
@@ -377,8 +404,7 @@ impl<'a> Reader<'a> {
                         _ => return Err(JsonError::Syntax),
                     }
                 }
-                0..=0x1F => return Err(JsonError::Syntax),
-                _ => {}
+                _ => unreachable_byte()?,
             }
         }
         let raw = self.doc.get(start..self.pos - 1).ok_or(JsonError::Syntax)?;
@@ -423,6 +449,9 @@ impl<'a> Reader<'a> {
         self.expect(b'{')?;
         let mut names: [&str; MAX_MEMBERS] = [""; MAX_MEMBERS];
         let mut count = 0;
+        // A 64-bit Bloom filter over (length, first, last byte): a full comparison with
+        // the names seen so far runs only when the filter says the name may be one.
+        let mut seen: u64 = 0;
         self.ws();
         if self.peek() == Some(b'}') {
             self.pos += 1;
@@ -434,9 +463,11 @@ impl<'a> Reader<'a> {
             if name.escaped {
                 return Err(JsonError::EscapedMemberName);
             }
-            if names[..count].contains(&name.raw) {
+            let bit = name_bit(name.raw);
+            if seen & bit != 0 && names[..count].contains(&name.raw) {
                 return Err(JsonError::DuplicateMember);
             }
+            seen |= bit;
             if count == MAX_MEMBERS {
                 return Err(JsonError::TooManyMembers);
             }
