@@ -1,1 +1,299 @@
-//! x
+//! Shared pieces of the Portcullis benchmarks: minting realistic access tokens and key
+//! sets, the verifier settings they satisfy, a strict compact-JWS signature check for the
+//! "hyper + one `verify_strict`" baseline, and the bare hyper server loop both HTTP
+//! baselines run on.
+//!
+//! Nothing here is measured by itself: the criterion bench (`benches/verify.rs`) measures
+//! the verify core against `ed25519-dalek` and `jsonwebtoken`, and the binaries in
+//! `src/bin/` are the HTTP baselines, the token minter and the revocation-latency probe
+//! that `scripts/bench` drives. See `benches/README.md`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap};
+use hyper::server::conn::http1;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use portcullis_common::jwk::{Jwk, Jwks};
+use portcullis_common::token::{AccessTokenClaims, AccessTokenHeader, Amr};
+use portcullis_verifier::core::{KeySet, Revocations, Settings, Snapshot, Trust};
+
+/// Issuer the benches mint for (the same value the verifier is configured with).
+pub const ISSUER: &str = "https://auth.example.test";
+/// Audience (and `client_id`) the benches mint for.
+pub const AUDIENCE: &str = "0190a1b2-0000-7000-8000-00000000a00a";
+/// Lifetime of minted tokens: long enough that no bench run sees one expire.
+pub const TOKEN_TTL_SECS: i64 = 24 * 3600;
+/// Clock skew the verifier tolerates by default (and the benches configure).
+pub const LEEWAY_SECS: i64 = 30;
+
+/// The current Unix time in seconds.
+///
+/// The workspace disallows `SystemTime::now` so that the verifier reads the clock in one
+/// place; the benches need wall-clock time to mint tokens that a running verifier (and
+/// `jsonwebtoken`, which reads the clock itself) accepts, so this is their one place.
+#[allow(clippy::disallowed_methods)]
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A deterministic Ed25519 signing key (all 32 seed bytes set to `seed`), for benches that
+/// must be reproducible. Never use outside benches and tests.
+pub fn signing_key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+/// A fresh random Ed25519 signing key (for the minting tool).
+pub fn random_signing_key() -> SigningKey {
+    SigningKey::from_bytes(&rand::random::<[u8; 32]>())
+}
+
+/// The RFC 7638 key id Portcullis gives `key`.
+pub fn kid(key: &VerifyingKey) -> String {
+    Jwk::ed25519(key.as_bytes()).kid.unwrap_or_default()
+}
+
+/// The public JWKS JSON of `keys`, as the control plane publishes it to
+/// `portcullis:jwks` (and as a `PORTCULLIS_VERIFIER_JWKS_FILE` holds it).
+pub fn jwks_json(keys: &[VerifyingKey]) -> String {
+    let jwks = Jwks {
+        keys: keys.iter().map(|k| Jwk::ed25519(k.as_bytes())).collect(),
+    };
+    // Serializing plain strings cannot fail.
+    serde_json::to_string(&jwks).unwrap_or_default()
+}
+
+/// The first Ed25519 key of a JWKS document.
+///
+/// # Errors
+///
+/// Fails when the document is not a JWKS or holds no usable Ed25519 key.
+pub fn first_ed25519_key(jwks: &[u8]) -> anyhow::Result<VerifyingKey> {
+    let jwks: Jwks = serde_json::from_slice(jwks).context("not a JWKS document")?;
+    let x = jwks
+        .keys
+        .iter()
+        .find(|k| k.kty == "OKP" && k.crv.as_deref() == Some("Ed25519"))
+        .and_then(|k| k.x.as_deref())
+        .context("the JWKS holds no Ed25519 key")?;
+    let bytes: [u8; 32] = URL_SAFE_NO_PAD
+        .decode(x)
+        .context("`x` is not base64url")?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("`x` is not 32 bytes"))?;
+    // Mapped by hand: ed25519-dalek's error implements `std::error::Error` only with its
+    // `std` feature, which the benches' own build does not enable.
+    VerifyingKey::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("not an Ed25519 public key: {e}"))
+}
+
+/// A fresh random UUID (v4), hyphenated: the form of Portcullis ids (`jti`, `sid`, `sub`).
+pub fn random_uuid() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+/// Mints Portcullis access tokens (API.md §2) with one key, issuer and audience: the
+/// header is encoded once, each token gets its own claims and signature.
+#[derive(Debug)]
+pub struct Minter {
+    key: SigningKey,
+    issuer: String,
+    audience: String,
+    /// `base64url(header) + "."`, the same for every token.
+    header_prefix: String,
+}
+
+impl Minter {
+    pub fn new(key: SigningKey, issuer: &str, audience: &str) -> Self {
+        let header = AccessTokenHeader::eddsa(kid(&key.verifying_key()));
+        let header = serde_json::to_vec(&header).unwrap_or_default();
+        Self {
+            key,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            header_prefix: format!("{}.", URL_SAFE_NO_PAD.encode(header)),
+        }
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// The claims of a realistic token issued at `now` (claims as in the verifier's tests:
+    /// two roles, two scopes, `amr`), valid for [`TOKEN_TTL_SECS`].
+    pub fn claims(&self, now: i64, jti: &str, sid: &str) -> AccessTokenClaims {
+        AccessTokenClaims {
+            iss: self.issuer.clone(),
+            sub: "0190a1b2-0000-7000-8000-000000000055".to_owned(),
+            aud: self.audience.clone(),
+            client_id: self.audience.clone(),
+            iat: now - 10,
+            nbf: now - 10,
+            exp: now + TOKEN_TTL_SECS,
+            jti: jti.to_owned(),
+            sid: sid.to_owned(),
+            roles: vec!["admin".to_owned(), "ops".to_owned()],
+            scope: "users:read users:write".to_owned(),
+            amr: vec![Amr::Pwd],
+            guest: false,
+        }
+    }
+
+    /// Signs `claims` into a compact JWS.
+    pub fn sign(&self, claims: &AccessTokenClaims) -> String {
+        let payload = serde_json::to_vec(claims).unwrap_or_default();
+        let mut token = self.header_prefix.clone();
+        URL_SAFE_NO_PAD.encode_string(payload, &mut token);
+        let signature = self.key.sign(token.as_bytes());
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut token);
+        token
+    }
+
+    /// A token issued at `now` with the given `jti` and `sid`.
+    pub fn mint(&self, now: i64, jti: &str, sid: &str) -> String {
+        self.sign(&self.claims(now, jti, sid))
+    }
+}
+
+/// A realistic token signed by `key` for [`ISSUER`] and [`AUDIENCE`], issued at `now`,
+/// with the given `jti` (and a fixed session id).
+pub fn mint(key: &SigningKey, now: i64, jti: &str) -> String {
+    Minter::new(key.clone(), ISSUER, AUDIENCE).mint(
+        now,
+        jti,
+        "0190a1b2-0000-7000-8000-000000000051",
+    )
+}
+
+/// The verifier settings these tokens satisfy: [`ISSUER`], [`AUDIENCE`], leeway
+/// [`LEEWAY_SECS`], `typ` `at+jwt` (the verifier's defaults for a Portcullis issuer).
+pub fn settings() -> Settings {
+    Settings {
+        issuers: vec![ISSUER.to_owned()],
+        audiences: vec![AUDIENCE.to_owned()],
+        leeway_secs: LEEWAY_SECS,
+        typs: vec![portcullis_common::token::ACCESS_TOKEN_TYP.to_owned()],
+    }
+}
+
+/// A verifier snapshot holding `keys` and no revocations.
+///
+/// # Errors
+///
+/// Fails when the verifier refuses the key set.
+pub fn snapshot(keys: &[VerifyingKey]) -> anyhow::Result<Snapshot> {
+    let keys = KeySet::from_jwks(jwks_json(keys).as_bytes(), Trust::Portcullis)
+        .map_err(|e| anyhow::anyhow!("key set refused: {e:?}"))?;
+    Ok(Snapshot {
+        keys: Arc::new(keys),
+        revocations: Revocations::default(),
+        version: 1,
+    })
+}
+
+/// The two halves of a compact JWS a signature check needs: the signing input
+/// (`header.payload`) and the base64url signature segment.
+pub fn split_signature(token: &[u8]) -> Option<(&[u8], &[u8])> {
+    let dot = token.iter().rposition(|b| *b == b'.')?;
+    Some((&token[..dot], &token[dot + 1..]))
+}
+
+/// What the "hyper + one `verify_strict`" baseline does per request, and nothing more:
+/// split off the signature, decode it from base64url and run `ed25519-dalek`'s
+/// `verify_strict` over the signing input. No header, `kid`, `typ` or claim is read.
+pub fn verify_compact_strict(key: &VerifyingKey, token: &[u8]) -> bool {
+    let Some((signing_input, signature)) = split_signature(token) else {
+        return false;
+    };
+    // Room for the decoder's length estimate; a valid signature decodes to 64 bytes.
+    let mut buf = [0u8; 66];
+    let Ok(64) = URL_SAFE_NO_PAD.decode_slice(signature, &mut buf) else {
+        return false;
+    };
+    let mut sig = [0u8; 64];
+    sig.copy_from_slice(&buf[..64]);
+    key.verify_strict(signing_input, &Signature::from_bytes(&sig))
+        .is_ok()
+}
+
+/// The bearer token of an `Authorization` header, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .as_bytes()
+        .strip_prefix(b"Bearer ")
+}
+
+/// Runs a bare hyper 1 HTTP/1.1 server (keep-alive, `TCP_NODELAY` as the verifier sets it)
+/// on a Tokio multi-thread runtime with the default worker count (one per core, as the
+/// verifier), answering every request with `respond(headers)` and an empty body. Never
+/// returns unless the listener cannot be bound.
+///
+/// # Errors
+///
+/// Fails when the runtime cannot start or `addr` cannot be bound.
+pub fn serve_http1<F>(addr: SocketAddr, respond: F) -> anyhow::Result<()>
+where
+    F: Fn(&HeaderMap) -> StatusCode + Send + Sync + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the Tokio runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let respond = Arc::new(respond);
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    eprintln!("accept failed: {e}");
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let respond = respond.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let mut response = Response::new(Empty::<Bytes>::new());
+                    *response.status_mut() = respond(req.headers());
+                    std::future::ready(Ok::<_, Infallible>(response))
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+/// The listen address from the first command-line argument, else `default`.
+///
+/// # Errors
+///
+/// Fails when the argument is not a socket address.
+pub fn listen_addr_arg(default: &str) -> anyhow::Result<SocketAddr> {
+    let text = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| default.to_owned());
+    match text.parse() {
+        Ok(addr) => Ok(addr),
+        Err(_) => bail!("{text:?} is not a host:port socket address"),
+    }
+}
