@@ -16,15 +16,15 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap};
 use hyper::server::conn::http1;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use portcullis_common::jwk::{Jwk, Jwks};
-use portcullis_common::token::{AccessTokenClaims, AccessTokenHeader, Amr};
+use portcullis_common::jwk::Jwks;
+use portcullis_tests::tokens;
 use portcullis_verifier::core::{KeySet, Revocations, Settings, Snapshot, Trust};
 
 /// Issuer the benches mint for (the same value the verifier is configured with).
@@ -36,43 +36,9 @@ pub const TOKEN_TTL_SECS: i64 = 24 * 3600;
 /// Clock skew the verifier tolerates by default (and the benches configure).
 pub const LEEWAY_SECS: i64 = 30;
 
-/// The current Unix time in seconds.
-///
-/// The workspace disallows `SystemTime::now` so that the verifier reads the clock in one
-/// place; the benches need wall-clock time to mint tokens that a running verifier (and
-/// `jsonwebtoken`, which reads the clock itself) accepts, so this is their one place.
-#[allow(clippy::disallowed_methods)]
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// A deterministic Ed25519 signing key (all 32 seed bytes set to `seed`), for benches that
-/// must be reproducible. Never use outside benches and tests.
-pub fn signing_key(seed: u8) -> SigningKey {
-    SigningKey::from_bytes(&[seed; 32])
-}
-
-/// A fresh random Ed25519 signing key (for the minting tool).
-pub fn random_signing_key() -> SigningKey {
-    SigningKey::from_bytes(&rand::random::<[u8; 32]>())
-}
-
-/// The RFC 7638 key id Portcullis gives `key`.
-pub fn kid(key: &VerifyingKey) -> String {
-    Jwk::ed25519(key.as_bytes()).kid.unwrap_or_default()
-}
-
-/// The public JWKS JSON of `keys`, as the control plane publishes it to
-/// `portcullis:jwks` (and as a `PORTCULLIS_VERIFIER_JWKS_FILE` holds it).
-pub fn jwks_json(keys: &[VerifyingKey]) -> String {
-    let jwks = Jwks {
-        keys: keys.iter().map(|k| Jwk::ed25519(k.as_bytes())).collect(),
-    };
-    // Serializing plain strings cannot fail.
-    serde_json::to_string(&jwks).unwrap_or_default()
-}
+pub use portcullis_tests::tokens::{
+    jwks_json, kid, new_id as random_uuid, random_signing_key, signing_key, unix_now,
+};
 
 /// The first Ed25519 key of a JWKS document.
 ///
@@ -97,75 +63,31 @@ pub fn first_ed25519_key(jwks: &[u8]) -> anyhow::Result<VerifyingKey> {
     VerifyingKey::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("not an Ed25519 public key: {e}"))
 }
 
-/// A fresh random UUID (v4), hyphenated: the form of Portcullis ids (`jti`, `sid`, `sub`).
-pub fn random_uuid() -> String {
-    uuid::Builder::from_random_bytes(rand::random())
-        .into_uuid()
-        .hyphenated()
-        .to_string()
-}
-
-/// Mints Portcullis access tokens (API.md §2) with one key, issuer and audience: the
-/// header is encoded once, each token gets its own claims and signature.
+/// Mints the benches' tokens: [`portcullis_tests::tokens::Minter`] with the benches'
+/// claim shape (issued 10 s ago, valid [`TOKEN_TTL_SECS`], a fixed user, the given `jti`
+/// and session).
 #[derive(Debug)]
-pub struct Minter {
-    key: SigningKey,
-    issuer: String,
-    audience: String,
-    /// `base64url(header) + "."`, the same for every token.
-    header_prefix: String,
-}
+pub struct Minter(tokens::Minter);
 
 impl Minter {
     pub fn new(key: SigningKey, issuer: &str, audience: &str) -> Self {
-        let header = AccessTokenHeader::eddsa(kid(&key.verifying_key()));
-        let header = serde_json::to_vec(&header).unwrap_or_default();
-        Self {
-            key,
-            issuer: issuer.to_owned(),
-            audience: audience.to_owned(),
-            header_prefix: format!("{}.", URL_SAFE_NO_PAD.encode(header)),
-        }
+        Self(tokens::Minter::new(key, issuer, audience))
     }
 
     pub fn verifying_key(&self) -> VerifyingKey {
-        self.key.verifying_key()
-    }
-
-    /// The claims of a realistic token issued at `now` (claims as in the verifier's tests:
-    /// two roles, two scopes, `amr`), valid for [`TOKEN_TTL_SECS`].
-    pub fn claims(&self, now: i64, jti: &str, sid: &str) -> AccessTokenClaims {
-        AccessTokenClaims {
-            iss: self.issuer.clone(),
-            sub: "0190a1b2-0000-7000-8000-000000000055".to_owned(),
-            aud: self.audience.clone(),
-            client_id: self.audience.clone(),
-            iat: now - 10,
-            nbf: now - 10,
-            exp: now + TOKEN_TTL_SECS,
-            jti: jti.to_owned(),
-            sid: sid.to_owned(),
-            roles: vec!["admin".to_owned(), "ops".to_owned()],
-            scope: "users:read users:write".to_owned(),
-            amr: vec![Amr::Pwd],
-            guest: false,
-        }
-    }
-
-    /// Signs `claims` into a compact JWS.
-    pub fn sign(&self, claims: &AccessTokenClaims) -> String {
-        let payload = serde_json::to_vec(claims).unwrap_or_default();
-        let mut token = self.header_prefix.clone();
-        URL_SAFE_NO_PAD.encode_string(payload, &mut token);
-        let signature = self.key.sign(token.as_bytes());
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut token);
-        token
+        self.0.verifying_key()
     }
 
     /// A token issued at `now` with the given `jti` and `sid`.
     pub fn mint(&self, now: i64, jti: &str, sid: &str) -> String {
-        self.sign(&self.claims(now, jti, sid))
+        let mut claims = self.0.claims(
+            now - 10,
+            TOKEN_TTL_SECS + 10,
+            "0190a1b2-0000-7000-8000-000000000055",
+            sid,
+        );
+        claims.jti = jti.to_owned();
+        self.0.sign(&claims)
     }
 }
 

@@ -26,6 +26,8 @@
 //! When the tests run as root, PostgreSQL (which refuses to run as root) is run as the
 //! `postgres` system user.
 
+pub mod tokens;
+
 use std::collections::BTreeSet;
 use std::env;
 use std::fmt::Write as _;

@@ -14,10 +14,9 @@ use std::collections::HashMap;
 use anyhow::{Context, Result};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::{Signer, SigningKey};
-use portcullis_common::jwk::{Jwk, Jwks};
+use ed25519_dalek::SigningKey;
 use portcullis_common::redis_layout::{self as layout, Event};
-use portcullis_common::token::{AccessTokenClaims, AccessTokenHeader, Amr};
+use portcullis_tests::tokens::{Minter, jwks_json, kid, new_id, random_signing_key, unix_now};
 use redis::AsyncCommands;
 
 fn usage() -> ! {
@@ -56,19 +55,17 @@ async fn main() -> Result<()> {
             let roles = flags
                 .get("roles")
                 .map_or_else(Vec::new, |r| r.split(',').map(str::to_owned).collect());
-            let token = mint(
-                &key,
-                &flag("issuer")?,
-                &flags.get("sub").cloned().unwrap_or_else(new_id),
-                &flags.get("sid").cloned().unwrap_or_else(new_id),
-                &flags
-                    .get("aud")
-                    .cloned()
-                    .unwrap_or_else(|| "demo-app".into()),
-                roles,
-                ttl,
-            );
-            println!("{token}");
+            let aud = flags
+                .get("aud")
+                .cloned()
+                .unwrap_or_else(|| "demo-app".into());
+            let minter = Minter::new(key, &flag("issuer")?, &aud);
+            let sub = flags.get("sub").cloned().unwrap_or_else(new_id);
+            let sid = flags.get("sid").cloned().unwrap_or_else(new_id);
+            let mut claims = minter.claims(unix_now(), ttl, &sub, &sid);
+            claims.roles = roles;
+            claims.scope = String::new();
+            println!("{}", minter.sign(&claims));
             Ok(())
         }
         "revoke-session" => {
@@ -128,19 +125,16 @@ async fn publish(conn: &mut redis::aio::MultiplexedConnection, event: &Event) ->
 
 /// A fresh Ed25519 key, saved to `key_path`, its JWKS published (state, INCR, PUBLISH).
 async fn seed(url: &str, key_path: &str) -> Result<()> {
-    let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+    let key = random_signing_key();
     std::fs::write(key_path, URL_SAFE_NO_PAD.encode(key.to_bytes()))
         .with_context(|| format!("cannot write {key_path}"))?;
-    let jwks = Jwks {
-        keys: vec![Jwk::ed25519(key.verifying_key().as_bytes())],
-    };
     let mut conn = connect(url).await?;
     let _: () = conn
-        .set(layout::JWKS, serde_json::to_string(&jwks)?)
+        .set(layout::JWKS, jwks_json(&[key.verifying_key()]))
         .await?;
     let version: u64 = conn.incr(layout::VERSION, 1).await?;
     publish(&mut conn, &Event::Jwks { version }).await?;
-    println!("{}", jwks.keys[0].kid.as_deref().unwrap_or_default());
+    println!("{}", kid(&key.verifying_key()));
     Ok(())
 }
 
@@ -151,67 +145,4 @@ fn read_key(path: &str) -> Result<SigningKey> {
         .try_into()
         .map_err(|_| anyhow::anyhow!("{path} does not hold a 32-byte key"))?;
     Ok(SigningKey::from_bytes(&bytes))
-}
-
-fn mint(
-    key: &SigningKey,
-    iss: &str,
-    sub: &str,
-    sid: &str,
-    aud: &str,
-    roles: Vec<String>,
-    ttl: i64,
-) -> String {
-    let now = unix_now();
-    let kid = Jwk::ed25519(key.verifying_key().as_bytes())
-        .kid
-        .unwrap_or_default();
-    let claims = AccessTokenClaims {
-        iss: iss.into(),
-        sub: sub.into(),
-        aud: aud.into(),
-        client_id: aud.into(),
-        iat: now,
-        nbf: now,
-        exp: now + ttl,
-        jti: new_id(),
-        sid: sid.into(),
-        scope: String::new(),
-        roles,
-        amr: vec![Amr::Pwd],
-        guest: false,
-    };
-    let input = format!(
-        "{}.{}",
-        b64_json(&AccessTokenHeader::eddsa(kid)),
-        b64_json(&claims)
-    );
-    format!(
-        "{input}.{}",
-        URL_SAFE_NO_PAD.encode(key.sign(input.as_bytes()).to_bytes())
-    )
-}
-
-fn b64_json(value: &impl serde::Serialize) -> String {
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap_or_default())
-}
-
-fn new_id() -> String {
-    let v: u128 = rand::random();
-    let h = format!("{v:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
-#[allow(clippy::disallowed_methods)] // a dev tool's one clock read
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::{Signer, SigningKey};
-use portcullis_common::jwk::{Jwk, Jwks};
+use ed25519_dalek::SigningKey;
+use portcullis_tests::tokens;
 use portcullis_verifier::core::{KeySet, Revocations, Settings, Snapshot, Trust, Verifier};
 use serde_json::{Value, json};
 
@@ -15,22 +15,14 @@ pub const SID: &str = "0190a1b2-0000-7000-8000-000000000051";
 pub const SUB: &str = "0190a1b2-0000-7000-8000-000000000055";
 pub const NOW: i64 = 1_800_000_000;
 
-pub fn signing_key(seed: u8) -> SigningKey {
-    SigningKey::from_bytes(&[seed; 32])
-}
+pub use portcullis_tests::tokens::{new_id, signing_key, unix_now as wall_now};
 
 pub fn kid(key: &SigningKey) -> String {
-    Jwk::ed25519(key.verifying_key().as_bytes()).kid.unwrap()
+    tokens::kid(&key.verifying_key())
 }
 
 pub fn jwks_of(keys: &[&SigningKey]) -> String {
-    let jwks = Jwks {
-        keys: keys
-            .iter()
-            .map(|k| Jwk::ed25519(k.verifying_key().as_bytes()))
-            .collect(),
-    };
-    serde_json::to_string(&jwks).unwrap()
+    tokens::jwks_json(&keys.iter().map(|k| k.verifying_key()).collect::<Vec<_>>())
 }
 
 pub fn snapshot(keys: &[&SigningKey]) -> Snapshot {
@@ -71,9 +63,7 @@ pub fn b64(bytes: &[u8]) -> String {
 
 /// Signs raw header and payload bytes (so tests can sign malformed JSON).
 pub fn sign_raw(key: &SigningKey, header: &[u8], payload: &[u8]) -> String {
-    let input = format!("{}.{}", b64(header), b64(payload));
-    let sig = key.sign(input.as_bytes());
-    format!("{input}.{}", b64(&sig.to_bytes()))
+    tokens::sign_compact(key, header, payload)
 }
 
 pub fn mint(key: &SigningKey, header: &Value, claims: &Value) -> String {
@@ -86,15 +76,6 @@ pub fn mint(key: &SigningKey, header: &Value, claims: &Value) -> String {
 
 pub fn good_token(key: &SigningKey) -> String {
     mint(key, &header(key), &claims())
-}
-
-/// The wall clock, for tests against running servers.
-#[allow(clippy::disallowed_methods)]
-pub fn wall_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 /// Claims valid right now for session `sid` of user `sub`.
@@ -112,18 +93,4 @@ pub fn live_claims(sid: &str, sub: &str) -> Value {
 /// A token valid right now.
 pub fn live_token(key: &SigningKey, sid: &str, sub: &str) -> String {
     mint(key, &header(key), &live_claims(sid, sub))
-}
-
-/// A fresh random UUID-shaped id.
-pub fn new_id() -> String {
-    let v: u128 = rand::random();
-    let h = format!("{v:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
 }
