@@ -7,7 +7,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
 use portcullis_tests::RedisServer;
 
 use crate::server::*;
@@ -32,6 +32,16 @@ fn check_request(path: &str, headers: &[(&str, String)]) -> CheckRequest {
             ..Default::default()
         }),
     }
+}
+
+type Client = AuthorizationClient<tonic::transport::Channel>;
+
+async fn check(client: &mut Client, path: &str, headers: &[(&str, String)]) -> CheckResponse {
+    client
+        .check(check_request(path, headers))
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,14 +72,12 @@ async fn check_allows_with_headers_and_denies_with_status() {
     let (sid, sub) = (new_id(), new_id());
     let token = live_token(&key, &sid, &sub);
 
-    let ok = client
-        .check(check_request(
-            "/orders",
-            &[("authorization", format!("Bearer {token}"))],
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let ok = check(
+        &mut client,
+        "/orders",
+        &[("authorization", format!("Bearer {token}"))],
+    )
+    .await;
     assert_eq!(ok.status.as_ref().unwrap().code, 0);
     let Some(HttpResponse::OkResponse(okr)) = ok.http_response else {
         panic!("no ok response: {ok:?}")
@@ -85,7 +93,7 @@ async fn check_allows_with_headers_and_denies_with_status() {
     assert_eq!(headers["x-auth-roles"], "admin,ops");
     assert_eq!(headers["x-auth-app-id"], AUD);
 
-    let denied = |resp: envoy_types::pb::envoy::service::auth::v3::CheckResponse| {
+    let denied = |resp: CheckResponse| {
         let Some(HttpResponse::DeniedResponse(d)) = resp.http_response else {
             panic!("not denied: {resp:?}")
         };
@@ -96,34 +104,26 @@ async fn check_allows_with_headers_and_denies_with_status() {
             body["code"].as_str().unwrap().to_owned(),
         )
     };
-    let missing = client
-        .check(check_request("/orders", &[]))
-        .await
-        .unwrap()
-        .into_inner();
+    let missing = check(&mut client, "/orders", &[]).await;
     assert_eq!(denied(missing), (16, 401, "missing_token".into())); // UNAUTHENTICATED
-    let forbidden = client
-        .check(check_request(
-            "/admin",
-            &[("authorization", format!("Bearer {token}"))],
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let forbidden = check(
+        &mut client,
+        "/admin",
+        &[("authorization", format!("Bearer {token}"))],
+    )
+    .await;
     assert_eq!(denied(forbidden), (7, 403, "forbidden".into())); // PERMISSION_DENIED
 
     // Revocation reaches gRPC answers too.
     w.revoke_session(&sid, wall_now() + 900, true).await;
     let mut revoked = None;
     for _ in 0..100 {
-        let resp = client
-            .check(check_request(
-                "/orders",
-                &[("authorization", format!("Bearer {token}"))],
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let resp = check(
+            &mut client,
+            "/orders",
+            &[("authorization", format!("Bearer {token}"))],
+        )
+        .await;
         if resp.status.as_ref().unwrap().code != 0 {
             revoked = Some(resp);
             break;
@@ -134,14 +134,7 @@ async fn check_allows_with_headers_and_denies_with_status() {
         denied(revoked.expect("revocation applied")),
         (16, 401, "token_revoked".into())
     );
-    let cookie_only = client
-        .check(check_request(
-            "/orders",
-            &[("cookie", format!("at={token}"))],
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let cookie_only = check(&mut client, "/orders", &[("cookie", format!("at={token}"))]).await;
     assert_eq!(denied(cookie_only).1, 401, "no cookie configured");
     let _ = std::fs::remove_dir_all(&dir);
     v.shutdown().await;
