@@ -153,6 +153,37 @@ impl Verifier {
                 "no verification keys loaded",
             ));
         }
+        // A hit means these exact bytes passed every header check and the signature under
+        // this key-set generation, with this verifier's (immutable) settings: all of that
+        // depends on nothing else, so only the claims are read again.
+        let digest = cache::digest(token);
+        let cached = self.cache.contains(&digest, snap.keys.generation());
+        if !cached {
+            self.check_header_and_signature(&segments, snap)?;
+        }
+
+        let payload = jose::b64_decode(segments.payload, &mut scratch.payload)?;
+        let payload = std::str::from_utf8(payload)
+            .map_err(|_| reject(ErrorCode::InvalidToken, "payload is not UTF-8"))?;
+        let claims = jose::parse_claims_str(payload)?;
+        self.check_claims(&claims, now, snap)?;
+        if !cached {
+            self.cache.insert(&digest, snap.keys.generation());
+        }
+        Ok(Verified {
+            claims,
+            payload,
+            cached,
+        })
+    }
+
+    /// Header (`typ`, `kid`, `alg` pinned by the key) and signature: the work a cache hit
+    /// skips.
+    fn check_header_and_signature(
+        &self,
+        segments: &jose::Segments<'_>,
+        snap: &Snapshot,
+    ) -> Result<(), Reject> {
         let mut header_buf = [0u8; jose::MAX_HEADER_LEN];
         let header = jose::parse_header(jose::b64_decode(segments.header, &mut header_buf)?)?;
         if !self.typ_accepted(header.typ) {
@@ -170,38 +201,20 @@ impl Verifier {
                 "alg does not match the key",
             ));
         }
-
-        let digest = cache::digest(token);
-        let cached = self.cache.contains(&digest, snap.keys.generation());
-        if !cached {
-            let mut sig_buf = [0u8; jose::MAX_SIGNATURE_LEN];
-            let signature = jose::b64_decode(segments.signature, &mut sig_buf).map_err(|_| {
-                reject(
-                    ErrorCode::InvalidSignature,
-                    "signature is not strict base64url",
-                )
-            })?;
-            if !key.verify(segments.signing_input, signature) {
-                return Err(reject(
-                    ErrorCode::InvalidSignature,
-                    "signature does not verify",
-                ));
-            }
+        let mut sig_buf = [0u8; jose::MAX_SIGNATURE_LEN];
+        let signature = jose::b64_decode(segments.signature, &mut sig_buf).map_err(|_| {
+            reject(
+                ErrorCode::InvalidSignature,
+                "signature is not strict base64url",
+            )
+        })?;
+        if !key.verify(segments.signing_input, signature) {
+            return Err(reject(
+                ErrorCode::InvalidSignature,
+                "signature does not verify",
+            ));
         }
-
-        let payload = jose::b64_decode(segments.payload, &mut scratch.payload)?;
-        let payload = std::str::from_utf8(payload)
-            .map_err(|_| reject(ErrorCode::InvalidToken, "payload is not UTF-8"))?;
-        let claims = jose::parse_claims_str(payload)?;
-        self.check_claims(&claims, now, snap)?;
-        if !cached {
-            self.cache.insert(&digest, snap.keys.generation());
-        }
-        Ok(Verified {
-            claims,
-            payload,
-            cached,
-        })
+        Ok(())
     }
 
     fn typ_accepted(&self, typ: Option<json::JsonStr<'_>>) -> bool {
