@@ -43,7 +43,8 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// Every code, for tests and for pre-registering metrics.
+    /// Every code in declaration order (so `code as usize` indexes it), for tests and
+    /// for pre-registering metrics.
     pub const ALL: [ErrorCode; 28] = [
         Self::InvalidRequest,
         Self::PayloadTooLarge,
@@ -192,6 +193,13 @@ mod tests {
                     .all(|b| b.is_ascii_lowercase() || b == b'_')
             );
             assert!((400..600).contains(&code.status()));
+        }
+    }
+
+    #[test]
+    fn all_lists_codes_in_declaration_order() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(*code as usize, i, "{code}");
         }
     }
 

@@ -186,12 +186,14 @@ pub fn parse_claims_str(doc: &str) -> Result<Claims<'_>, FormError> {
             "aud" => {
                 c.aud = Some(match value {
                     Value::Str(s) => Audience::One(s),
-                    Value::Array(_) if value.strings().is_some() => Audience::Many(value),
+                    Value::Array(_) if value.is_string_array() => Audience::Many(value),
                     _ => return Err(JsonError::Syntax),
                 })
             }
             "roles" => {
-                value.strings().ok_or(JsonError::Syntax)?;
+                if !value.is_string_array() {
+                    return Err(JsonError::Syntax);
+                }
                 c.roles = Some(value);
             }
             "guest" => c.guest = value == Value::Bool(true),

@@ -156,19 +156,30 @@ impl<'a> Value<'a> {
         (v.is_finite() && v >= i64::MIN as f64 && v < i64::MAX as f64).then_some(v as i64)
     }
 
-    /// The strings of an array value (`None` if this is not an array of strings).
-    /// The array was validated when read; this walks it again without allocating.
+    /// Whether this is an array whose every element is a string (walks it once).
+    pub fn is_string_array(&self) -> bool {
+        let Value::Array(raw) = *self else {
+            return false;
+        };
+        let mut items = StrArray {
+            reader: Reader::new(raw),
+            started: false,
+        };
+        while let Some(item) = items.next_item() {
+            if item.as_str().is_none() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The string elements of an array value (`None` if this is not an array), without
+    /// allocating; stops at the first non-string. Claims validate their arrays with
+    /// [`Value::is_string_array`] once, when read, so later walks do not repeat it.
     pub fn strings(&self) -> Option<StrArray<'a>> {
         let Value::Array(raw) = *self else {
             return None;
         };
-        let mut check = StrArray {
-            reader: Reader::new(raw),
-            started: false,
-        };
-        while let Some(item) = check.next_item() {
-            item.as_str()?;
-        }
         Some(StrArray {
             reader: Reader::new(raw),
             started: false,
@@ -597,7 +608,7 @@ mod tests {
         let names: Vec<&str> = v.unwrap().strings().unwrap().map(|s| s.raw()).collect();
         assert_eq!(names, ["admin", "ops"]);
         for_each_member(br#"{"r":["a", 1]}"#, |_, x| {
-            assert!(x.strings().is_none());
+            assert!(!x.is_string_array());
             Ok(())
         })
         .unwrap();
