@@ -5,6 +5,7 @@
 //! hot path does not use these owned types either; it parses tokens by borrowing (see
 //! `portcullis-verifier::core`). These types serve the writers, tests and cold paths.
 
+pub mod env;
 pub mod error;
 pub mod jwk;
 pub mod redis_layout;

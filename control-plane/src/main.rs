@@ -1,6 +1,74 @@
-//! Placeholder for the Portcullis control plane, built in issue 3.
+//! `portcullis-control-plane`: parses the configuration, sets up logging and calls
+//! [`portcullis_control_plane::run`]. `portcullis-control-plane migrate` applies the schema
+//! migrations and exits.
 
-fn main() {
-    eprintln!("portcullis-control-plane: not built yet (issue 3); only the verifier ships now");
-    std::process::exit(64);
+use std::process::ExitCode;
+
+use portcullis_control_plane::config::{Config, ProcessEnv};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::from_env(&ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("portcullis-control-plane: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let migrate_only = match std::env::args().nth(1).as_deref() {
+        None | Some("serve") => false,
+        Some("migrate") => true,
+        Some(other) => {
+            eprintln!("portcullis-control-plane: unknown command {other:?} (serve | migrate)");
+            return ExitCode::from(64);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis-control-plane: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        if migrate_only {
+            return portcullis_control_plane::migrate(&config).await.map(|_| ());
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        portcullis_control_plane::run(listener, config, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis-control-plane: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or(());
 }

@@ -62,6 +62,29 @@ const LOG_BANNER: &str = "===== portcullis-tests:";
 /// Hint appended to every missing-binary error.
 const ENSURE_DEPS_HINT: &str = "(or run scripts/ensure-deps)";
 
+/// Polls `probe` every 20 ms until it returns true; returns how long that took.
+///
+/// # Panics
+///
+/// Panics when `limit` passes first (a test waiting on a server that never gets there).
+pub async fn eventually<F, Fut>(limit: Duration, mut probe: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if probe().await {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Ports handed out by [`free_port`] in this process, never handed out twice.
 static HANDED_OUT_PORTS: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 

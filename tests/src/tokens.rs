@@ -1,10 +1,8 @@
-//! Minting Portcullis access tokens and key sets for tests, benches and local demos: the
-//! one place outside the control plane that signs tokens. Never for production (keys are
+//! Minting Portcullis access tokens and key sets for tests, benches and local demos, with
+//! the control plane's own signer (`portcullis_common::token::sign_compact`). Never for production (keys are
 //! plain values, `signing_key` is deterministic).
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use portcullis_common::jwk::{Jwk, Jwks};
 use portcullis_common::token::{AccessTokenClaims, AccessTokenHeader, Amr};
 
@@ -55,16 +53,7 @@ pub fn new_id() -> String {
     )
 }
 
-/// Signs raw header and payload bytes into a compact JWS (tests sign malformed JSON too).
-pub fn sign_compact(key: &SigningKey, header: &[u8], payload: &[u8]) -> String {
-    let mut token = URL_SAFE_NO_PAD.encode(header);
-    token.push('.');
-    URL_SAFE_NO_PAD.encode_string(payload, &mut token);
-    let signature = key.sign(token.as_bytes());
-    token.push('.');
-    URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut token);
-    token
-}
+pub use portcullis_common::token::sign_compact;
 
 /// Mints access tokens (API.md §2) with one key, issuer and audience.
 #[derive(Debug)]
@@ -123,6 +112,9 @@ impl Minter {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
     use super::*;
 
     #[test]

@@ -4,7 +4,6 @@
 //! A bad setting is a [`ConfigError`] naming the variable; `main` prints it on one line
 //! and exits with status 64.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,46 +11,10 @@ use std::time::Duration;
 use crate::core::Settings;
 use crate::policy::Policy;
 
-/// Where configuration values come from.
-pub trait Env {
-    fn get(&self, key: &str) -> Option<String>;
-}
-
-/// The process environment.
-#[derive(Debug, Clone, Copy)]
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn get(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok()
-    }
-}
-
-impl Env for HashMap<String, String> {
-    fn get(&self, key: &str) -> Option<String> {
-        HashMap::get(self, key).cloned()
-    }
-}
-
-impl Env for HashMap<&str, &str> {
-    fn get(&self, key: &str) -> Option<String> {
-        HashMap::get(self, key).map(|v| (*v).to_owned())
-    }
-}
-
-/// A refused setting: the variable and what is wrong with it.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid {var}: {message}")]
-pub struct ConfigError {
-    pub var: &'static str,
-    pub message: String,
-}
+pub use portcullis_common::env::{ConfigError, Env, ProcessEnv};
 
 fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        message: message.into(),
-    }
+    ConfigError::new(var, message)
 }
 
 /// Where keys (and, for Redis, revocations) come from.
@@ -245,6 +208,8 @@ impl Config {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn env(pairs: &[(&'static str, &'static str)]) -> HashMap<&'static str, &'static str> {

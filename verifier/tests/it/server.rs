@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -136,24 +136,7 @@ pub async fn verify(addr: SocketAddr, token: &str) -> Reply {
     .await
 }
 
-/// Polls `probe` until it returns true or `limit` passes; returns the time it took.
-pub async fn eventually<F, Fut>(limit: Duration, mut probe: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if probe().await {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < limit,
-            "condition not reached within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use portcullis_tests::eventually;
 
 /// Whether `/readyz` answers 200 (false while nothing listens yet).
 pub async fn ready(addr: SocketAddr) -> bool {

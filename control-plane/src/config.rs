@@ -1,0 +1,222 @@
+//! The control plane's configuration (API.md §6), parsed once at start-up from an [`Env`]
+//! so tests can feed a map. A refused setting is a [`ConfigError`] naming the variable;
+//! `main` prints it on one line and exits with status 64.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use ipnet::IpNet;
+pub use portcullis_common::env::{ConfigError, Env, ProcessEnv};
+
+/// Typed configuration. `Debug` never prints a secret.
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub redis_url: String,
+    /// `iss` of every token and the base of the discovery document (no trailing slash).
+    pub issuer: String,
+    /// Base of links sent by mail; defaults to the issuer.
+    pub public_url: String,
+    pub admin_token: String,
+    pub key_encryption_key: [u8; 32],
+    pub trusted_proxies: Vec<IpNet>,
+    /// How long a signing key stays active before the schedule rotates it.
+    pub key_rotation_interval: Duration,
+    /// Period of the Redis reconciler (and of key-schedule checks).
+    pub reconcile_interval: Duration,
+    /// Concurrent Argon2id hashes; defaults to the number of cores.
+    pub hash_workers: usize,
+    pub db_pool_size: usize,
+    pub drain_timeout: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("issuer", &self.issuer)
+            .field("public_url", &self.public_url)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("key_rotation_interval", &self.key_rotation_interval)
+            .field("reconcile_interval", &self.reconcile_interval)
+            .field("hash_workers", &self.hash_workers)
+            .finish_non_exhaustive()
+    }
+}
+
+fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::new(var, message)
+}
+
+fn required(env: &impl Env, var: &'static str) -> Result<String, ConfigError> {
+    match env.get(var) {
+        Some(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
+        _ => Err(err(var, "is required")),
+    }
+}
+
+fn number<T: std::str::FromStr>(
+    env: &impl Env,
+    var: &'static str,
+    default: T,
+    valid: impl Fn(&T) -> bool,
+) -> Result<T, ConfigError> {
+    match env.get(var) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| valid(n))
+            .ok_or_else(|| err(var, format!("{v:?} is not an accepted number"))),
+    }
+}
+
+fn http_url(var: &'static str, value: String) -> Result<String, ConfigError> {
+    if !(value.starts_with("http://") || value.starts_with("https://")) {
+        return Err(err(var, "must be an http:// or https:// URL"));
+    }
+    Ok(value.trim_end_matches('/').to_owned())
+}
+
+impl Config {
+    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        let listen = env
+            .get("PORTCULLIS_LISTEN")
+            .unwrap_or_else(|| "0.0.0.0:8080".to_owned());
+        let listen = listen
+            .parse()
+            .map_err(|_| err("PORTCULLIS_LISTEN", format!("{listen:?} is not host:port")))?;
+        let database_url = required(env, "PORTCULLIS_DATABASE_URL")?;
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(err("PORTCULLIS_DATABASE_URL", "must be a postgres:// URL"));
+        }
+        let redis_url = required(env, "PORTCULLIS_REDIS_URL")?;
+        if redis_url.starts_with("rediss://") || redis_url.contains(',') {
+            return Err(err(
+                "PORTCULLIS_REDIS_URL",
+                "TLS and Cluster URLs are not supported yet; use one redis:// URL",
+            ));
+        }
+        if !redis_url.starts_with("redis://") {
+            return Err(err("PORTCULLIS_REDIS_URL", "must be a redis:// URL"));
+        }
+        let issuer = http_url("PORTCULLIS_ISSUER", required(env, "PORTCULLIS_ISSUER")?)?;
+        let public_url = match env.get("PORTCULLIS_PUBLIC_URL") {
+            Some(v) if !v.trim().is_empty() => http_url("PORTCULLIS_PUBLIC_URL", v)?,
+            _ => issuer.clone(),
+        };
+        let admin_token = required(env, "PORTCULLIS_ADMIN_TOKEN")?;
+        if admin_token.len() < 16 {
+            return Err(err(
+                "PORTCULLIS_ADMIN_TOKEN",
+                "must be at least 16 characters",
+            ));
+        }
+        let kek = required(env, "PORTCULLIS_KEY_ENCRYPTION_KEY")?;
+        let key_encryption_key = STANDARD
+            .decode(&kek)
+            .ok()
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .ok_or_else(|| {
+                err(
+                    "PORTCULLIS_KEY_ENCRYPTION_KEY",
+                    "must be 32 bytes in base64",
+                )
+            })?;
+        let trusted_proxies = env
+            .get("PORTCULLIS_TRUSTED_PROXIES")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| err("PORTCULLIS_TRUSTED_PROXIES", format!("{s:?} is not a CIDR")))
+            })
+            .collect::<Result<_, _>>()?;
+        let rotation_days: u64 = number(env, "PORTCULLIS_KEY_ROTATION_DAYS", 30, |d| *d >= 1)?;
+        let reconcile: u64 = number(env, "PORTCULLIS_RECONCILE_INTERVAL_SECS", 30, |s| *s >= 1)?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let hash_workers = number(env, "PORTCULLIS_HASH_WORKERS", cores, |n| *n >= 1)?;
+        let db_pool_size = number(env, "PORTCULLIS_DB_POOL_SIZE", 16, |n| *n >= 1)?;
+        let drain: u64 = number(env, "PORTCULLIS_DRAIN_TIMEOUT_SECS", 10, |_| true)?;
+        Ok(Self {
+            listen,
+            database_url,
+            redis_url,
+            issuer,
+            public_url,
+            admin_token,
+            key_encryption_key,
+            trusted_proxies,
+            key_rotation_interval: Duration::from_secs(rotation_days * 86_400),
+            reconcile_interval: Duration::from_secs(reconcile),
+            hash_workers,
+            db_pool_size,
+            drain_timeout: Duration::from_secs(drain),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn base() -> HashMap<&'static str, &'static str> {
+        HashMap::from([
+            ("PORTCULLIS_DATABASE_URL", "postgres://u@localhost/db"),
+            ("PORTCULLIS_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("PORTCULLIS_ISSUER", "http://localhost:8080/"),
+            ("PORTCULLIS_ADMIN_TOKEN", "0123456789abcdef0123"),
+            (
+                "PORTCULLIS_KEY_ENCRYPTION_KEY",
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            ),
+        ])
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_env(&base()).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.issuer, "http://localhost:8080");
+        assert_eq!(c.public_url, c.issuer);
+        assert_eq!(c.key_encryption_key[31], 31);
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("0123456789abcdef") && !debug.contains("AAEC"));
+    }
+
+    #[test]
+    fn each_bad_setting_names_its_variable() {
+        let cases = [
+            ("PORTCULLIS_DATABASE_URL", "mysql://x"),
+            ("PORTCULLIS_REDIS_URL", "redis://a:1,redis://b:2"),
+            ("PORTCULLIS_ISSUER", "localhost"),
+            ("PORTCULLIS_ADMIN_TOKEN", "short"),
+            ("PORTCULLIS_KEY_ENCRYPTION_KEY", "c2hvcnQ="),
+            ("PORTCULLIS_TRUSTED_PROXIES", "10.0.0.0/8,nope"),
+            ("PORTCULLIS_LISTEN", "8080"),
+            ("PORTCULLIS_HASH_WORKERS", "0"),
+        ];
+        for (var, value) in cases {
+            let mut env = base();
+            env.insert(var, value);
+            let e = Config::from_env(&env).unwrap_err();
+            assert_eq!(e.var, var, "{value}");
+        }
+        let mut env = base();
+        env.remove("PORTCULLIS_ADMIN_TOKEN");
+        assert_eq!(
+            Config::from_env(&env).unwrap_err().var,
+            "PORTCULLIS_ADMIN_TOKEN"
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! The control plane's one error type and its one HTTP mapping: every handler returns
+//! [`ApiError`], and [`IntoResponse`] turns it into an RFC 9457 problem document carrying the
+//! contract's `code`. Internal causes are logged here, never sent to the client.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use portcullis_common::ErrorCode;
+use serde::Serialize;
+
+/// A refused or failed request.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {detail}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    /// Safe for the client: never request data that could be a secret.
+    pub detail: String,
+    /// Seconds, for `429` (and `503` when known).
+    pub retry_after: Option<u64>,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, detail)
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(ErrorCode::NotFound, format!("{what} not found"))
+    }
+
+    pub fn app_not_found() -> Self {
+        Self::new(
+            ErrorCode::AppNotFound,
+            "no such application, or it has expired",
+        )
+    }
+
+    pub fn invalid_credentials() -> Self {
+        Self::new(ErrorCode::InvalidCredentials, "invalid credentials")
+    }
+
+    pub fn unauthenticated(code: ErrorCode) -> Self {
+        Self::new(code, code.title())
+    }
+
+    pub fn rate_limited(retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after.max(1)),
+            ..Self::new(ErrorCode::RateLimited, "too many requests; retry later")
+        }
+    }
+
+    /// A dependency is down: log the cause, tell the client only that it may retry.
+    pub fn unavailable(what: &str, cause: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(%cause, "{what} unavailable");
+        Self {
+            retry_after: Some(1),
+            ..Self::new(ErrorCode::Unavailable, format!("{what} is unavailable"))
+        }
+    }
+
+    /// A bug or an unexpected state: logged in full, answered as a bare 500.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error");
+        Self::new(ErrorCode::Internal, "internal error")
+    }
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // A closed connection or a server shutting down is an outage, not a bug.
+        if e.is_closed() || e.as_db_error().is_none() {
+            return Self::unavailable("database", &e);
+        }
+        if let Some(db) = e.as_db_error() {
+            let class = &db.code().code()[..2];
+            // 08: connection exception, 57: operator intervention (shutdown), 53: resources.
+            if matches!(class, "08" | "57" | "53") {
+                return Self::unavailable("database", &e);
+            }
+        }
+        Self::internal(&e)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Self::unavailable("database", &e)
+    }
+}
+
+impl From<redis::RedisError> for ApiError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::unavailable("redis", &e)
+    }
+}
+
+/// Codes about the presented access token: those answers carry a Bearer challenge
+/// (RFC 6750 §3); a refused password or refresh token does not.
+fn is_access_token_code(code: ErrorCode) -> bool {
+    use ErrorCode::*;
+    matches!(
+        code,
+        MissingToken
+            | TokenExpired
+            | InvalidSignature
+            | UnknownKey
+            | TokenRevoked
+            | InvalidAudience
+            | InvalidIssuer
+            | NotYetValid
+            | InvalidToken
+    )
+}
+
+/// The problem document (RFC 9457) with the contract's `code`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub code: String,
+}
+
+impl Problem {
+    pub fn of(code: ErrorCode, detail: &str) -> Self {
+        Self {
+            kind: format!("https://portcullis.dev/problems/{}", code.as_str()),
+            title: code.title().to_owned(),
+            status: code.status(),
+            detail: detail.to_owned(),
+            code: code.as_str().to_owned(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&Problem::of(self.code, &self.detail)).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if is_access_token_code(self.code) {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_maps_to_its_status_and_a_problem_body() {
+        for code in ErrorCode::ALL {
+            let response = ApiError::new(code, "why").into_response();
+            assert_eq!(response.status().as_u16(), code.status(), "{code}");
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                "application/problem+json"
+            );
+        }
+        let limited = ApiError::rate_limited(7).into_response();
+        assert_eq!(limited.headers()[header::RETRY_AFTER], "7");
+    }
+
+    #[test]
+    fn internal_detail_stays_in_the_log() {
+        let e = ApiError::internal(&"connection string postgres://secret@db");
+        assert_eq!(e.detail, "internal error");
+    }
+}

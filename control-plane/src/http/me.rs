@@ -1,0 +1,278 @@
+//! Routes a signed-in user calls about themselves (API.md §3): profile, password change and
+//! sessions.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use portcullis_common::ErrorCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::{JsonBody, auth};
+use crate::apps::{self, App};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::passwords;
+use crate::sessions::{self, Ctx, SessionView, Which};
+use crate::state::AppState;
+use crate::tokens::Principal;
+use crate::users::{self, Changes, User, UserView};
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(me_get, me_patch, me_delete))
+        .routes(routes!(password_change))
+        .routes(routes!(sessions_list, sessions_delete_all))
+        .routes(routes!(session_delete))
+}
+
+/// The live application and the signed-in user (who must still exist and be enabled).
+async fn signed_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    app: &str,
+    ctx: &Ctx,
+) -> Result<(App, Principal, User), ApiError> {
+    let client = state.pool.get().await?;
+    let app = apps::live(&client, app, ctx.now).await?;
+    drop(client);
+    let principal = auth::user(state, headers, &app, ctx.now).await?;
+    let client = state.pool.get().await?;
+    let user = users::find(&client, app.id, principal.sub)
+        .await?
+        .ok_or_else(|| ApiError::unauthenticated(ErrorCode::TokenRevoked))?;
+    if user.disabled(crate::clock::at(ctx.now)) {
+        return Err(ApiError::new(
+            ErrorCode::UserDisabled,
+            "the user is disabled or expired",
+        ));
+    }
+    Ok((app, principal, user))
+}
+
+/// The signed-in user's profile.
+#[utoipa::path(get, path = "/v1/apps/{app}/me", tag = "me", params(("app" = String, Path)),
+    responses((status = 200, body = UserView), (status = 401, body = Problem)))]
+async fn me_get(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+) -> ApiResult<Json<UserView>> {
+    let (_, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    Ok(Json(user.view()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub(super) struct ProfilePatch {
+    username: Option<String>,
+    email: Option<String>,
+    phone: Option<String>,
+}
+
+/// Change username, email or phone.
+#[utoipa::path(patch, path = "/v1/apps/{app}/me", tag = "me", params(("app" = String, Path)),
+    request_body = ProfilePatch,
+    responses((status = 200, body = UserView), (status = 409, description = "user_exists", body = Problem)))]
+async fn me_patch(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+    JsonBody(body): JsonBody<ProfilePatch>,
+) -> ApiResult<Json<UserView>> {
+    let (_, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    let changes = Changes::profile(
+        body.email.as_deref(),
+        body.username.as_deref(),
+        body.phone.as_deref(),
+    )?;
+    let client = state.pool.get().await?;
+    let updated = users::update(&client, user.id, &changes).await?;
+    Ok(Json(updated.view()))
+}
+
+/// Delete the signed-in user's account; every token of it is revoked.
+#[utoipa::path(delete, path = "/v1/apps/{app}/me", tag = "me", params(("app" = String, Path)),
+    responses((status = 204, description = "deleted"), (status = 401, body = Problem)))]
+async fn me_delete(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+) -> ApiResult<Response> {
+    let (_, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    delete_user(&state, &user, ctx.now).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Revokes every token of `user`, then deletes it (sessions cascade).
+pub(super) async fn delete_user(state: &AppState, user: &User, now: i64) -> Result<(), ApiError> {
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    sessions::revoke_user_in(&tx, user.id, now).await?;
+    tx.execute("DELETE FROM users WHERE id = $1", &[&user.id])
+        .await?;
+    tx.commit().await?;
+    drop(client);
+    sessions::publish_users(state, &[user.id], now).await;
+    Ok(())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub(super) struct PasswordChange {
+    current_password: String,
+    new_password: String,
+    #[serde(default)]
+    kill_sessions: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct PasswordChanged {
+    changed_password: bool,
+    /// Sessions revoked (every other session of the user with `kill_sessions`).
+    killed_sessions: usize,
+}
+
+/// Change the password; with `kill_sessions`, every other session is revoked.
+#[utoipa::path(post, path = "/v1/apps/{app}/password/change", tag = "me", params(("app" = String, Path)),
+    request_body = PasswordChange,
+    responses((status = 200, body = PasswordChanged),
+              (status = 401, description = "invalid_credentials", body = Problem),
+              (status = 422, description = "weak_password", body = Problem)))]
+async fn password_change(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+    JsonBody(body): JsonBody<PasswordChange>,
+) -> ApiResult<Json<PasswordChanged>> {
+    let (app, principal, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    passwords::check_shape(&body.current_password).map_err(|_| ApiError::invalid_credentials())?;
+    passwords::check_new(
+        &body.new_password,
+        &app.settings.password_policy,
+        &[
+            user.email.as_deref().unwrap_or(""),
+            user.username.as_deref().unwrap_or(""),
+        ],
+    )?;
+    let hash = (!user.guest).then_some(user.password_hash.as_str());
+    if !state.hasher.verify(hash, &body.current_password).await? {
+        return Err(ApiError::invalid_credentials());
+    }
+    let new_hash = state.hasher.hash(&body.new_password).await?;
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute(
+        "UPDATE users SET password_hash = $2 WHERE id = $1",
+        &[&user.id, &new_hash],
+    )
+    .await?;
+    let killed = if body.kill_sessions {
+        sessions::revoke_in(
+            &tx,
+            &Which::AllOfUser {
+                user: user.id,
+                except: Some(principal.sid),
+            },
+            ctx.now,
+            app.settings.access_token_ttl,
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
+    tx.commit().await?;
+    drop(client);
+    sessions::publish_sessions(&state, &killed).await;
+    Ok(Json(PasswordChanged {
+        changed_password: true,
+        killed_sessions: killed.len(),
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct SessionList {
+    sessions: Vec<SessionView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct SessionsRevoked {
+    revoked_sessions: usize,
+}
+
+/// The signed-in user's live sessions.
+#[utoipa::path(get, path = "/v1/apps/{app}/sessions", tag = "me", params(("app" = String, Path)),
+    responses((status = 200, body = SessionList), (status = 401, body = Problem)))]
+async fn sessions_list(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+) -> ApiResult<Json<SessionList>> {
+    let (_, principal, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    let client = state.pool.get().await?;
+    let sessions = sessions::list(&client, user.id, principal.sid, ctx.now).await?;
+    Ok(Json(SessionList { sessions }))
+}
+
+/// Revoke every session of the signed-in user, this one included.
+#[utoipa::path(delete, path = "/v1/apps/{app}/sessions", tag = "me", params(("app" = String, Path)),
+    responses((status = 200, body = SessionsRevoked), (status = 401, body = Problem)))]
+async fn sessions_delete_all(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+) -> ApiResult<Json<SessionsRevoked>> {
+    let (app, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    let revoked = sessions::revoke(
+        &state,
+        &app,
+        &Which::AllOfUser {
+            user: user.id,
+            except: None,
+        },
+        ctx.now,
+    )
+    .await?;
+    Ok(Json(SessionsRevoked {
+        revoked_sessions: revoked.len(),
+    }))
+}
+
+/// Revoke one of the signed-in user's sessions.
+#[utoipa::path(delete, path = "/v1/apps/{app}/sessions/{sid}", tag = "me",
+    params(("app" = String, Path), ("sid" = String, Path)),
+    responses((status = 200, body = SessionsRevoked), (status = 404, body = Problem)))]
+async fn session_delete(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path((app, sid)): Path<(String, String)>,
+) -> ApiResult<Json<SessionsRevoked>> {
+    let (app, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    let session = sid
+        .parse::<Uuid>()
+        .map_err(|_| ApiError::not_found("session"))?;
+    let revoked = sessions::revoke(
+        &state,
+        &app,
+        &Which::One {
+            user: user.id,
+            session,
+        },
+        ctx.now,
+    )
+    .await?;
+    if revoked.is_empty() {
+        return Err(ApiError::not_found("session"));
+    }
+    Ok(Json(SessionsRevoked {
+        revoked_sessions: revoked.len(),
+    }))
+}

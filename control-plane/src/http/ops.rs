@@ -1,0 +1,155 @@
+//! Operator and infrastructure routes: health, readiness, metrics, the published keys and
+//! discovery document, and key rotation (API.md §2, §3 "Operator").
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth;
+use crate::error::{ApiResult, Problem};
+use crate::keys::KeyInfo;
+use crate::state::AppState;
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics_text))
+        .routes(routes!(jwks))
+        .routes(routes!(discovery))
+        .routes(routes!(rotate))
+        .routes(routes!(keys))
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "up")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Readiness {
+    ready: bool,
+    postgres: bool,
+    redis: bool,
+}
+
+/// PostgreSQL and Redis are reachable.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+async fn readyz(State(state): State<AppState>) -> Response {
+    let postgres = async {
+        let client = state.pool.get().await.ok()?;
+        client.simple_query("SELECT 1").await.ok()
+    };
+    let (postgres, redis) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(2), postgres),
+        tokio::time::timeout(Duration::from_secs(2), state.publisher.ping()),
+    );
+    let postgres = matches!(postgres, Ok(Some(_)));
+    let redis = redis.unwrap_or(false);
+    let ready = postgres && redis;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(Readiness {
+            ready,
+            postgres,
+            redis,
+        }),
+    )
+        .into_response()
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text")))]
+async fn metrics_text() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(),
+    )
+        .into_response()
+}
+
+/// The public signing keys (RFC 7517): next, active and retired.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "keys",
+    responses((status = 200, description = "JWK Set"), (status = 503, body = Problem)))]
+async fn jwks(State(state): State<AppState>) -> ApiResult<Response> {
+    let keys = state.keys.current().await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            // Short enough that a verifier polling this URL sees a rotation's next key long
+            // before it signs.
+            (header::CACHE_CONTROL, "public, max-age=60"),
+        ],
+        keys.jwks_json.clone(),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Discovery {
+    issuer: String,
+    jwks_uri: String,
+    id_token_signing_alg_values_supported: [&'static str; 1],
+}
+
+/// OpenID Connect discovery (the parts that describe the access tokens).
+#[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "keys",
+    responses((status = 200, body = Discovery)))]
+async fn discovery(State(state): State<AppState>) -> Json<Discovery> {
+    let issuer = state.config.issuer.clone();
+    Json(Discovery {
+        jwks_uri: format!("{issuer}/.well-known/jwks.json"),
+        issuer,
+        id_token_signing_alg_values_supported: ["EdDSA"],
+    })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Rotated {
+    /// The key that signs from now on (the previous `next`).
+    kid: String,
+}
+
+/// Rotate: the next key (already published) becomes active, the active one retires, a new
+/// next key is published.
+#[utoipa::path(post, path = "/v1/admin/keys/rotate", tag = "admin",
+    responses((status = 200, body = Rotated), (status = 401, body = Problem)))]
+async fn rotate(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Rotated>> {
+    auth::operator(&state, &headers)?;
+    let kid = state.keys.rotate().await?;
+    let keys = state.keys.refresh().await?;
+    if let Err(e) = state.publisher.jwks(&keys.jwks_json).await {
+        tracing::warn!(error = %e, "JWKS not published after rotation; the reconciler will");
+    }
+    tracing::info!(%kid, "signing key rotated by the operator");
+    Ok(Json(Rotated { kid }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct KeyList {
+    keys: Vec<KeyInfo>,
+}
+
+/// Every signing key and its state.
+#[utoipa::path(get, path = "/v1/admin/keys", tag = "admin",
+    responses((status = 200, body = KeyList), (status = 401, body = Problem)))]
+async fn keys(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<KeyList>> {
+    auth::operator(&state, &headers)?;
+    Ok(Json(KeyList {
+        keys: state.keys.list().await?,
+    }))
+}

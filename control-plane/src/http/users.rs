@@ -1,0 +1,380 @@
+//! The public end-user routes of an application (API.md §3): register, login (JSON or HTTP
+//! Basic), guest, refresh, logout and token introspection.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use portcullis_common::ErrorCode;
+use portcullis_common::token::{AccessTokenClaims, Amr};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::{JsonBody, auth, created};
+use crate::apps::{self, App};
+use crate::crypto::random_token;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::limits::Scope;
+use crate::passwords;
+use crate::sessions::{self, Ctx, Which};
+use crate::state::AppState;
+use crate::tokens::{self, Tokens};
+use crate::users::{self, Changes, NewUser, UserView, canonical, check_device};
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(guest))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(verify))
+}
+
+/// Loads the live application and counts this request against its per-IP limit.
+async fn app_for(state: &AppState, app: &str, route: &str, ctx: &Ctx) -> Result<App, ApiError> {
+    let client = state.pool.get().await?;
+    let app = apps::live(&client, app, ctx.now).await?;
+    drop(client);
+    let app_id = app.id.to_string();
+    state
+        .limiter
+        .hit(
+            Scope::Ip {
+                app: &app_id,
+                route,
+                ip: ctx.ip,
+            },
+            app.settings.rate_limits.per_ip_per_minute,
+        )
+        .await?;
+    Ok(app)
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub(super) struct RegisterOptions {
+    #[serde(default)]
+    verify_email: bool,
+    #[serde(default)]
+    set_cookie: bool,
+    #[serde(default)]
+    send_reset_email: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub(super) struct Registration {
+    email: String,
+    password: Option<String>,
+    username: Option<String>,
+    phone: Option<String>,
+    device_id: Option<String>,
+    #[serde(default)]
+    options: RegisterOptions,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Registered {
+    user: UserView,
+    tokens: Tokens,
+}
+
+/// A new user and their first session. No password: a random one is set.
+#[utoipa::path(post, path = "/v1/apps/{app}/register", tag = "users", params(("app" = String, Path)),
+    request_body = Registration,
+    responses((status = 201, body = Registered), (status = 409, description = "user_exists", body = Problem),
+              (status = 422, description = "weak_password", body = Problem),
+              (status = 429, description = "rate_limited", body = Problem)))]
+async fn register(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(app): Path<String>,
+    JsonBody(body): JsonBody<Registration>,
+) -> ApiResult<Response> {
+    let app = app_for(&state, &app, "register", &ctx).await?;
+    let profile = Changes::profile(
+        Some(&body.email),
+        body.username.as_deref(),
+        body.phone.as_deref(),
+    )?;
+    let device = check_device(body.device_id.as_deref())?;
+    let password = match &body.password {
+        Some(p) => {
+            passwords::check_new(
+                p,
+                &app.settings.password_policy,
+                &[
+                    profile.email.as_deref().unwrap_or(""),
+                    profile.username.as_deref().unwrap_or(""),
+                ],
+            )?;
+            p.clone()
+        }
+        None => random_token(32),
+    };
+    // Mail-based options arrive with account recovery (not in this release): accepted and
+    // ignored, as unknown fields are.
+    let _ = (
+        body.options.verify_email,
+        body.options.set_cookie,
+        body.options.send_reset_email,
+    );
+    let new = NewUser {
+        email: profile.email,
+        username: profile.username,
+        phone: profile.phone,
+        password_hash: state.hasher.hash(&password).await?,
+        active: true,
+        ..NewUser::default()
+    };
+    let client = state.pool.get().await?;
+    let user = users::insert(&client, app.id, &new).await?;
+    drop(client);
+    let tokens =
+        sessions::start(&state, &app, &user, device.as_deref(), &ctx, vec![Amr::Pwd]).await?;
+    Ok(created(Registered {
+        user: user.view(),
+        tokens,
+    }))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub(super) struct Login {
+    email: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    device_id: Option<String>,
+}
+
+/// `Authorization: Basic base64(login:password)`.
+fn basic(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
+    let (login, password) = decoded.split_once(':')?;
+    Some((login.to_owned(), password.to_owned()))
+}
+
+/// Sign in with email or username and password (JSON or HTTP Basic).
+#[utoipa::path(post, path = "/v1/apps/{app}/login", tag = "users", params(("app" = String, Path)),
+    request_body = Login,
+    responses((status = 200, body = Tokens),
+              (status = 401, description = "invalid_credentials", body = Problem),
+              (status = 403, description = "user_disabled", body = Problem),
+              (status = 429, description = "rate_limited", body = Problem)))]
+async fn login(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<Login>,
+) -> ApiResult<Json<Tokens>> {
+    let app = app_for(&state, &app, "login", &ctx).await?;
+    let (login, password) = match (basic(&headers), body.password) {
+        (Some(pair), _) => pair,
+        (None, Some(password)) => {
+            let login = body
+                .email
+                .or(body.username)
+                .ok_or_else(|| ApiError::bad_request("email or username is required"))?;
+            (login, password)
+        }
+        (None, None) => return Err(ApiError::bad_request("password is required")),
+    };
+    let device = check_device(body.device_id.as_deref())?;
+    // Oversized or NUL-bearing passwords are refused like wrong ones, before any hashing.
+    if passwords::check_shape(&password).is_err() || login.len() > 320 {
+        return Err(ApiError::invalid_credentials());
+    }
+    let app_id = app.id.to_string();
+    let account = canonical(&login);
+    let failures = Scope::AccountFailures {
+        app: &app_id,
+        account: &account,
+    };
+    state
+        .limiter
+        .check(
+            failures,
+            app.settings.rate_limits.per_account_failures_per_hour,
+        )
+        .await?;
+    let client = state.pool.get().await?;
+    let user = users::find_by_login(&client, app.id, &login).await?;
+    drop(client);
+    let hash = user
+        .as_ref()
+        .filter(|u| !u.guest)
+        .map(|u| u.password_hash.as_str());
+    if !state.hasher.verify(hash, &password).await? {
+        state.limiter.record(failures).await;
+        metrics::counter!("portcullis_logins_total", "outcome" => "failed").increment(1);
+        return Err(ApiError::invalid_credentials());
+    }
+    let Some(user) = user else {
+        return Err(ApiError::invalid_credentials());
+    };
+    if user.disabled(crate::clock::at(ctx.now)) {
+        return Err(ApiError::new(
+            ErrorCode::UserDisabled,
+            "the user is disabled or expired",
+        ));
+    }
+    metrics::counter!("portcullis_logins_total", "outcome" => "ok").increment(1);
+    let tokens =
+        sessions::start(&state, &app, &user, device.as_deref(), &ctx, vec![Amr::Pwd]).await?;
+    Ok(Json(tokens))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub(super) struct NewGuest {
+    name: Option<String>,
+    device_id: Option<String>,
+}
+
+/// A new guest user (no email, no password) and its session.
+#[utoipa::path(post, path = "/v1/apps/{app}/guest", tag = "users", params(("app" = String, Path)),
+    request_body = NewGuest, responses((status = 201, body = Tokens), (status = 429, body = Problem)))]
+async fn guest(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(app): Path<String>,
+    JsonBody(body): JsonBody<NewGuest>,
+) -> ApiResult<Response> {
+    let app = app_for(&state, &app, "guest", &ctx).await?;
+    let name = body
+        .name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
+    if name.is_some_and(|n| n.chars().count() > 100 || n.chars().any(char::is_control)) {
+        return Err(ApiError::bad_request("name must be at most 100 characters"));
+    }
+    let device = check_device(body.device_id.as_deref())?;
+    let new = NewUser {
+        // "!" is no Argon2 hash: no password ever matches a guest.
+        password_hash: "!".to_owned(),
+        active: true,
+        guest: true,
+        display_name: name.map(str::to_owned),
+        ..NewUser::default()
+    };
+    let client = state.pool.get().await?;
+    let user = users::insert(&client, app.id, &new).await?;
+    drop(client);
+    let tokens = sessions::start(
+        &state,
+        &app,
+        &user,
+        device.as_deref(),
+        &ctx,
+        vec![Amr::Guest],
+    )
+    .await?;
+    Ok(created(tokens))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub(super) struct RefreshRequest {
+    refresh_token: Option<String>,
+}
+
+/// Exchange a refresh token for a new pair; the presented token is used up.
+#[utoipa::path(post, path = "/v1/apps/{app}/token/refresh", tag = "users", params(("app" = String, Path)),
+    request_body = RefreshRequest,
+    responses((status = 200, body = Tokens),
+              (status = 401, description = "invalid_refresh_token or refresh_token_reused", body = Problem)))]
+async fn refresh(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<RefreshRequest>,
+) -> ApiResult<Json<Tokens>> {
+    let app = app_for(&state, &app, "refresh", &ctx).await?;
+    let presented = body
+        .refresh_token
+        .or_else(|| tokens::bearer(&headers).map(str::to_owned))
+        .ok_or_else(|| ApiError::bad_request("refresh_token is required"))?;
+    Ok(Json(
+        sessions::refresh(&state, &app, &presented, &ctx).await?,
+    ))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct LoggedOut {
+    logged_out: bool,
+    session_id: Uuid,
+}
+
+/// End a session, by its refresh token or one of its access tokens.
+#[utoipa::path(post, path = "/v1/apps/{app}/logout", tag = "users", params(("app" = String, Path)),
+    request_body = RefreshRequest,
+    responses((status = 200, body = LoggedOut), (status = 401, body = Problem)))]
+async fn logout(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<RefreshRequest>,
+) -> ApiResult<Json<LoggedOut>> {
+    let client = state.pool.get().await?;
+    let app = apps::live(&client, &app, ctx.now).await?;
+    let (session, user) = match body.refresh_token {
+        Some(refresh) => sessions::session_of_refresh(&client, app.id, &refresh)
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidRefreshToken,
+                    "the refresh token is invalid or expired",
+                )
+            })?,
+        None => {
+            drop(client);
+            let p = auth::user(&state, &headers, &app, ctx.now).await?;
+            (p.sid, p.sub)
+        }
+    };
+    sessions::revoke(&state, &app, &Which::One { user, session }, ctx.now).await?;
+    Ok(Json(LoggedOut {
+        logged_out: true,
+        session_id: session,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Introspection {
+    valid: bool,
+    #[schema(value_type = Object)]
+    claims: AccessTokenClaims,
+}
+
+/// Check an access token the way the verifier does, with PostgreSQL's revocations.
+#[utoipa::path(post, path = "/v1/apps/{app}/verify", tag = "users", params(("app" = String, Path)),
+    responses((status = 200, body = Introspection),
+              (status = 401, description = "token_expired, invalid_signature, token_revoked or invalid_token", body = Problem)))]
+async fn verify(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Introspection>> {
+    let client = state.pool.get().await?;
+    let app = apps::live(&client, &app, ctx.now).await?;
+    drop(client);
+    let principal = auth::user(&state, &headers, &app, ctx.now).await?;
+    Ok(Json(Introspection {
+        valid: true,
+        claims: principal.claims,
+    }))
+}

@@ -1,0 +1,274 @@
+//! Ed25519 signing keys: generated here, private parts sealed with the key-encryption key,
+//! and moved through `next -> active -> retired -> removed` by the database under an
+//! advisory lock, so every replica agrees on the active key.
+//!
+//! A key is published (as `next`) one rotation before it signs anything; a retired key stays
+//! published until every token it could have signed has expired.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use deadpool_postgres::{GenericClient, Pool};
+use ed25519_dalek::SigningKey;
+use portcullis_common::jwk::{Jwk, Jwks};
+use portcullis_verifier::core::{KeySet, Trust};
+use serde::Serialize;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use crate::crypto::Secrets;
+use crate::error::ApiError;
+
+/// Advisory lock key serializing key changes across replicas ("keyrotat").
+const KEY_LOCK: i64 = 0x6b65_7972_6f74_6174;
+/// How long a replica trusts its cached view of the keys before asking the database again.
+/// Rotation promotes a key that has been published for a whole rotation period, so a
+/// replica signing with the previous key for this long is harmless.
+const CACHE_FOR: Duration = Duration::from_secs(2);
+/// A retired key stays published this long: the longest access-token lifetime an
+/// application may set, plus clock leeway.
+pub const RETIRED_PUBLISHED_SECS: i64 = 86_400 + 300;
+
+/// The signing key and the published key set, as one replica sees them.
+#[derive(Debug)]
+pub struct Keys {
+    pub kid: String,
+    pub signer: SigningKey,
+    /// The published JWKS JSON (`next`, `active`, `retired`).
+    pub jwks_json: String,
+    /// The same keys, ready for the verify core.
+    pub key_set: Arc<KeySet>,
+    fetched: Instant,
+}
+
+/// One row of `GET /v1/admin/keys`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyInfo {
+    pub kid: String,
+    pub state: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub activated_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub retired_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub remove_after: Option<OffsetDateTime>,
+}
+
+/// Reads and changes the keys; caches the current view for [`CACHE_FOR`].
+#[derive(Debug)]
+pub struct KeyRing {
+    pool: Pool,
+    secrets: Secrets,
+    current: ArcSwapOption<Keys>,
+}
+
+impl KeyRing {
+    pub fn new(pool: Pool, secrets: Secrets) -> Self {
+        Self {
+            pool,
+            secrets,
+            current: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The current keys: cached, or read from the database.
+    pub async fn current(&self) -> Result<Arc<Keys>, ApiError> {
+        if let Some(keys) = self.current.load_full()
+            && keys.fetched.elapsed() < CACHE_FOR
+        {
+            return Ok(keys);
+        }
+        self.refresh().await
+    }
+
+    /// Re-reads the keys from the database, creating the first ones if there are none.
+    pub async fn refresh(&self) -> Result<Arc<Keys>, ApiError> {
+        let mut client = self.pool.get().await?;
+        let mut keys = self.load(&client).await?;
+        if keys.is_none() {
+            self.ensure(&mut client).await?;
+            keys = self.load(&client).await?;
+        }
+        let keys = Arc::new(keys.ok_or_else(|| ApiError::internal(&"no active signing key"))?);
+        self.current.store(Some(keys.clone()));
+        Ok(keys)
+    }
+
+    async fn load(&self, client: &impl GenericClient) -> Result<Option<Keys>, ApiError> {
+        let rows = client
+            .query(
+                "SELECT kid, state, public_key, private_key_enc FROM signing_keys
+                 WHERE state IN ('next', 'active', 'retired') ORDER BY created_at, kid",
+                &[],
+            )
+            .await?;
+        let mut jwks = Jwks::default();
+        let mut active = None;
+        for row in &rows {
+            let kid: String = row.get(0);
+            let state: &str = row.get(1);
+            let public: &[u8] = row.get(2);
+            let public: [u8; 32] = public
+                .try_into()
+                .map_err(|_| ApiError::internal(&format!("key {kid}: bad public key")))?;
+            jwks.keys.push(Jwk::ed25519(&public));
+            if state == "active" {
+                let sealed: &[u8] = row.get(3);
+                let secret = self
+                    .secrets
+                    .open(sealed, kid.as_bytes())
+                    .and_then(|s| <[u8; 32]>::try_from(s).ok())
+                    .ok_or_else(|| {
+                        ApiError::internal(&format!(
+                            "key {kid} does not open with PORTCULLIS_KEY_ENCRYPTION_KEY"
+                        ))
+                    })?;
+                active = Some((kid, SigningKey::from_bytes(&secret)));
+            }
+        }
+        let Some((kid, signer)) = active else {
+            return Ok(None);
+        };
+        let jwks_json = serde_json::to_string(&jwks).map_err(|e| ApiError::internal(&e))?;
+        let key_set = KeySet::from_jwks(jwks_json.as_bytes(), Trust::Portcullis)
+            .map_err(|e| ApiError::internal(&format!("own JWKS refused: {e:?}")))?;
+        Ok(Some(Keys {
+            kid,
+            signer,
+            jwks_json,
+            key_set: Arc::new(key_set),
+            fetched: Instant::now(),
+        }))
+    }
+
+    fn new_key(&self) -> (String, Vec<u8>, Vec<u8>) {
+        let signer = SigningKey::from_bytes(&rand::random());
+        let public = signer.verifying_key().to_bytes();
+        let kid = Jwk::ed25519(&public).kid.unwrap_or_default();
+        let sealed = self.secrets.seal(signer.as_bytes(), kid.as_bytes());
+        (kid, public.to_vec(), sealed)
+    }
+
+    async fn insert(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        state: &str,
+    ) -> Result<String, ApiError> {
+        let (kid, public, sealed) = self.new_key();
+        tx.execute(
+            "INSERT INTO signing_keys (kid, state, public_key, private_key_enc, activated_at)
+             VALUES ($1, $2, $3, $4, CASE WHEN $2 = 'active' THEN now() END)",
+            &[&kid, &state, &public, &sealed],
+        )
+        .await?;
+        Ok(kid)
+    }
+
+    /// Creates the active and next keys where missing. Returns whether anything changed.
+    pub async fn ensure(&self, client: &mut deadpool_postgres::Client) -> Result<bool, ApiError> {
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&KEY_LOCK])
+            .await?;
+        let states: Vec<String> = tx
+            .query(
+                "SELECT state FROM signing_keys WHERE state IN ('active', 'next')",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut changed = false;
+        for state in ["active", "next"] {
+            if !states.iter().any(|s| s == state) {
+                self.insert(&tx, state).await?;
+                changed = true;
+            }
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// `active -> retired`, `next -> active`, and a fresh `next`. Returns the new active kid.
+    pub async fn rotate(&self) -> Result<String, ApiError> {
+        let mut client = self.pool.get().await?;
+        self.ensure(&mut client).await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&KEY_LOCK])
+            .await?;
+        tx.execute(
+            "UPDATE signing_keys SET state = 'retired', retired_at = now(),
+                 remove_after = now() + make_interval(secs => $1)
+             WHERE state = 'active'",
+            &[&(RETIRED_PUBLISHED_SECS as f64)],
+        )
+        .await?;
+        let row = tx
+            .query_one(
+                "UPDATE signing_keys SET state = 'active', activated_at = now()
+                 WHERE state = 'next' RETURNING kid",
+                &[],
+            )
+            .await?;
+        let kid: String = row.get(0);
+        self.insert(&tx, "next").await?;
+        tx.commit().await?;
+        self.current.store(None);
+        Ok(kid)
+    }
+
+    /// The schedule: rotates when the active key is older than `interval`, and removes
+    /// retired keys whose tokens have all expired. Returns whether the published set changed.
+    pub async fn maintain(&self, interval: Duration) -> Result<bool, ApiError> {
+        let client = self.pool.get().await?;
+        let due = client
+            .query_opt(
+                "SELECT 1 FROM signing_keys WHERE state = 'active'
+                 AND activated_at < now() - make_interval(secs => $1)",
+                &[&(interval.as_secs_f64())],
+            )
+            .await?
+            .is_some();
+        let removed = client
+            .execute(
+                "UPDATE signing_keys SET state = 'removed'
+                 WHERE state = 'retired' AND remove_after < now()",
+                &[],
+            )
+            .await?;
+        drop(client);
+        if due {
+            let kid = self.rotate().await?;
+            tracing::info!(%kid, "signing key rotated on schedule");
+        }
+        if removed > 0 {
+            self.current.store(None);
+        }
+        Ok(due || removed > 0)
+    }
+
+    pub async fn list(&self) -> Result<Vec<KeyInfo>, ApiError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT kid, state, created_at, activated_at, retired_at, remove_after
+                 FROM signing_keys ORDER BY created_at DESC, kid",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| KeyInfo {
+                kid: r.get(0),
+                state: r.get(1),
+                created_at: r.get(2),
+                activated_at: r.get(3),
+                retired_at: r.get(4),
+                remove_after: r.get(5),
+            })
+            .collect())
+    }
+}

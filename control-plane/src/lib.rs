@@ -1,0 +1,159 @@
+//! The Portcullis control plane: owners, applications, their users, sessions, refresh-token
+//! rotation and signing keys on PostgreSQL, published to every verifier through Redis
+//! (API.md §2, §3, §5, §6).
+//!
+//! `main.rs` parses configuration and calls [`run`]; tests call [`run`] on port 0.
+//!
+//! Layout: `http/` holds thin handlers (one file per resource); `sessions`, `users`,
+//! `apps`, `keys`, `tokens` hold the domain logic and its SQL; `publish` is the only Redis
+//! writer (and the reconciler); `limits` the shared rate limits; `crypto` the Argon2id pool,
+//! the AEAD for secrets at rest and token digests; `store` the pool and migrations.
+
+pub mod apps;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod limits;
+pub mod metrics;
+pub mod passwords;
+pub mod publish;
+pub mod sessions;
+pub mod settings;
+pub mod state;
+pub mod store;
+pub mod tokens;
+pub mod users;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::publish::Publisher;
+use crate::state::AppState;
+
+/// Why the control plane could not start. Each names the setting to look at.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("PORTCULLIS_DATABASE_URL: {0}")]
+    Database(#[from] store::StoreError),
+    #[error("PORTCULLIS_REDIS_URL: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("PORTCULLIS_KEY_ENCRYPTION_KEY: {0}")]
+    Keys(String),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Connects to PostgreSQL (retrying while it starts) and applies the migrations.
+pub async fn migrate(config: &Config) -> Result<deadpool_postgres::Pool, StartError> {
+    let pool = store::pool(&config.database_url, config.db_pool_size)?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match store::migrate(&pool).await {
+            Ok(applied) => {
+                if !applied.is_empty() {
+                    tracing::info!(?applied, "schema migrations applied");
+                }
+                return Ok(pool);
+            }
+            Err(e) if attempt < 30 => {
+                tracing::warn!(error = %e, attempt, "database not ready; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Serves the control plane on `listener` until `shutdown` resolves, then drains.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    metrics::install();
+    let pool = migrate(&config).await?;
+    let publisher = Publisher::new(&config.redis_url)?;
+    let state = AppState::new(config, pool, publisher);
+    // A key that does not open means the wrong encryption key: refuse to start.
+    match state.keys.refresh().await {
+        Ok(_) => {}
+        Err(e) if e.code == portcullis_common::ErrorCode::Internal => {
+            return Err(StartError::Keys(
+                "the signing keys in the database do not open with this key".into(),
+            ));
+        }
+        Err(e) => return Err(StartError::Keys(e.detail)),
+    }
+    let maintenance = tokio::spawn(maintain(state.clone()));
+    tracing::info!(addr = %listener.local_addr()?, "control plane listening");
+    let app = http::router(state.clone());
+    let drain = state.config.drain_timeout;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut stopped = stop_rx.clone();
+    let result = tokio::select! {
+        r = server => r,
+        // In-flight requests get `drain` to finish once shutdown begins.
+        () = async {
+            let _ = stopped.wait_for(|s| *s).await;
+            tokio::time::sleep(drain).await;
+        } => Ok(()),
+    };
+    maintenance.abort();
+    result?;
+    Ok(())
+}
+
+/// The background schedule: reconcile Redis from PostgreSQL at start and every interval,
+/// rotate keys when due, drop retired keys whose tokens have expired.
+async fn maintain(state: AppState) {
+    let mut tick = tokio::time::interval(state.config.reconcile_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = state
+            .keys
+            .maintain(state.config.key_rotation_interval)
+            .await
+        {
+            tracing::warn!(error = %e, "key schedule check failed");
+        }
+        let jwks = match state.keys.refresh().await {
+            Ok(keys) => keys.jwks_json.clone(),
+            Err(e) => {
+                tracing::warn!(error = %e, "keys unreadable; reconcile skipped");
+                continue;
+            }
+        };
+        match state
+            .publisher
+            .reconcile(&state.pool, &jwks, clock::unix_now())
+            .await
+        {
+            Ok(repaired) if repaired.any() => {
+                ::metrics::counter!("portcullis_reconcile_repairs_total").increment(1);
+                tracing::info!(?repaired, "Redis reconciled from PostgreSQL");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                ::metrics::counter!("portcullis_reconcile_failures_total").increment(1);
+                tracing::warn!(error = %e, "reconcile failed; retrying next interval");
+            }
+        }
+    }
+}

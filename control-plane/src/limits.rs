@@ -1,0 +1,126 @@
+//! Rate limits shared by every replica through Redis (API.md §3 "Abuse limits"): fixed
+//! windows counted with one atomic script per check. Keys live under `portcullis:rl:` and
+//! expire with their window; identifiers are hashed so no email address sits in Redis.
+//!
+//! When Redis cannot be reached the limiter lets requests through (and counts that in
+//! `portcullis_rate_limit_unavailable_total`): an outage of the cache must not take logins
+//! down with it.
+
+use std::net::IpAddr;
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+
+/// Increments a window counter, starting its expiry on the first hit; returns the count
+/// and the seconds left in the window.
+const HIT: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+return {n, ttl}
+";
+
+/// Reads a window counter without changing it.
+const PEEK: &str = r"
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+local ttl = redis.call('TTL', KEYS[1])
+return {n, ttl}
+";
+
+#[derive(Clone)]
+pub struct Limiter {
+    conn: ConnectionManager,
+    hit: Script,
+    peek: Script,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Limiter(..)")
+    }
+}
+
+/// What is being counted.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    /// Requests to `route` of `app` from one client address, per minute.
+    Ip {
+        app: &'a str,
+        route: &'a str,
+        ip: IpAddr,
+    },
+    /// Failed logins on one account (by its canonical identifier), per hour.
+    AccountFailures { app: &'a str, account: &'a str },
+}
+
+impl Scope<'_> {
+    fn key(&self) -> String {
+        match self {
+            Self::Ip { app, route, ip } => format!("portcullis:rl:{app}:{route}:ip:{ip}"),
+            Self::AccountFailures { app, account } => {
+                let h = Sha256::digest(account.as_bytes());
+                let hex: String = h[..16].iter().map(|b| format!("{b:02x}")).collect();
+                format!("portcullis:rl:{app}:login-failures:{hex}")
+            }
+        }
+    }
+
+    fn window(&self) -> i64 {
+        match self {
+            Self::Ip { .. } => 60,
+            Self::AccountFailures { .. } => 3600,
+        }
+    }
+}
+
+impl Limiter {
+    pub fn new(conn: ConnectionManager) -> Self {
+        Self {
+            conn,
+            hit: Script::new(HIT),
+            peek: Script::new(PEEK),
+        }
+    }
+
+    async fn run(&self, script: &Script, scope: &Scope<'_>) -> Option<(u64, u64)> {
+        let mut conn = self.conn.clone();
+        match script
+            .key(scope.key())
+            .arg(scope.window())
+            .invoke_async::<(u64, i64)>(&mut conn)
+            .await
+        {
+            Ok((n, ttl)) => Some((n, ttl.max(1) as u64)),
+            Err(e) => {
+                metrics::counter!("portcullis_rate_limit_unavailable_total").increment(1);
+                tracing::warn!(error = %e, "rate limiter unavailable; request let through");
+                None
+            }
+        }
+    }
+
+    /// Counts one request; `429` once more than `limit` arrived in the window.
+    pub async fn hit(&self, scope: Scope<'_>, limit: u32) -> Result<(), ApiError> {
+        match self.run(&self.hit, &scope).await {
+            Some((n, ttl)) if n > u64::from(limit) => Err(ApiError::rate_limited(ttl)),
+            _ => Ok(()),
+        }
+    }
+
+    /// `429` while `limit` failures are already counted in the window, without counting.
+    pub async fn check(&self, scope: Scope<'_>, limit: u32) -> Result<(), ApiError> {
+        match self.run(&self.peek, &scope).await {
+            Some((n, ttl)) if n >= u64::from(limit) => Err(ApiError::rate_limited(ttl)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts one failure.
+    pub async fn record(&self, scope: Scope<'_>) {
+        let _ = self.run(&self.hit, &scope).await;
+    }
+}

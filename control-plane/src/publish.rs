@@ -1,0 +1,192 @@
+//! The only writer of the Redis layout (API.md §5): the public JWKS and the revocations the
+//! verifiers enforce. Every change is written to PostgreSQL first (by the caller), then here
+//! as state, `INCR portcullis:version`, `PUBLISH`, in that order.
+//!
+//! The [`reconcile`](Publisher::reconcile) pass rewrites the layout from PostgreSQL at start
+//! and on a timer, so a flushed, restarted or briefly unreachable Redis heals by itself.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use portcullis_common::redis_layout::{
+    EVENTS_CHANNEL, Event, JWKS, REVOKED_SESSIONS, REVOKED_USERS, VERSION,
+};
+use redis::AsyncCommands as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::error::ApiError;
+
+/// A cheap, cloneable handle on one multiplexed, self-reconnecting Redis connection.
+#[derive(Clone)]
+pub struct Publisher {
+    conn: ConnectionManager,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Publisher(..)")
+    }
+}
+
+/// What one reconcile pass found missing or stale and repaired.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Repaired {
+    pub jwks: bool,
+    pub sessions_added: usize,
+    pub users_written: usize,
+    pub pruned: usize,
+}
+
+impl Repaired {
+    pub fn any(&self) -> bool {
+        self.jwks || self.sessions_added > 0 || self.users_written > 0 || self.pruned > 0
+    }
+}
+
+impl Publisher {
+    /// Connects lazily: the control plane starts (and answers 503 where Redis is needed)
+    /// while Redis is down, and the connection comes back by itself.
+    pub fn new(url: &str) -> redis::RedisResult<Self> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        Ok(Self {
+            conn: ConnectionManager::new_lazy_with_config(client, config)?,
+        })
+    }
+
+    /// The connection, for the rate limiter (which shares it).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub async fn ping(&self) -> bool {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .is_ok()
+    }
+
+    async fn announce(&self, event: impl FnOnce(u64) -> Event) -> redis::RedisResult<u64> {
+        let mut conn = self.conn.clone();
+        let version: u64 = conn.incr(VERSION, 1).await?;
+        let _: i64 = conn
+            .publish(EVENTS_CHANNEL, event(version).encode())
+            .await?;
+        Ok(version)
+    }
+
+    /// Publishes the JWKS (every `next`, `active` and `retired` key).
+    pub async fn jwks(&self, json: &str) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let () = conn.set(JWKS, json).await?;
+        self.announce(|version| Event::Jwks { version }).await?;
+        Ok(())
+    }
+
+    pub async fn session_revoked(&self, session_id: &str, until: i64) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.zadd(REVOKED_SESSIONS, session_id, until).await?;
+        self.announce(|version| Event::SessionRevoked {
+            session_id: session_id.to_owned(),
+            until,
+            version,
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn user_revoked(&self, user_id: &str, before: i64) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.hset(REVOKED_USERS, user_id, before).await?;
+        self.announce(|version| Event::UserRevoked {
+            user_id: user_id.to_owned(),
+            before,
+            version,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Rewrites the layout from PostgreSQL: the JWKS, every unexpired revocation, and
+    /// removes expired or unknown entries (Postgres rows older than `now` are pruned too).
+    /// When anything changed, the version is bumped by two so every verifier sees a gap and
+    /// re-reads the whole state (API.md §5: a version that is not the next one forces a
+    /// resync); nothing is published when Redis already matched.
+    pub async fn reconcile(
+        &self,
+        pool: &Pool,
+        jwks_json: &str,
+        now: i64,
+    ) -> Result<Repaired, ApiError> {
+        let client = pool.get().await?;
+        client
+            .execute("DELETE FROM revocations WHERE until < $1", &[&now])
+            .await?;
+        let rows = client
+            .query("SELECT kind, subject, before, until FROM revocations", &[])
+            .await?;
+        drop(client);
+        let mut sessions = HashMap::new();
+        let mut users = HashMap::new();
+        for row in rows {
+            let kind: &str = row.get(0);
+            let subject: String = row.get(1);
+            if kind == "session" {
+                sessions.insert(subject, row.get::<_, i64>(3));
+            } else {
+                users.insert(subject, row.get::<_, i64>(2));
+            }
+        }
+
+        let mut conn = self.conn.clone();
+        let mut repaired = Repaired::default();
+        let current: Option<String> = conn.get(JWKS).await?;
+        if current.as_deref() != Some(jwks_json) {
+            let () = conn.set(JWKS, jwks_json).await?;
+            repaired.jwks = true;
+        }
+        repaired.pruned += conn
+            .zrembyscore::<_, _, _, usize>(REVOKED_SESSIONS, "-inf", format!("({now}"))
+            .await?;
+        if !sessions.is_empty() {
+            let members: Vec<(i64, &str)> = sessions
+                .iter()
+                .map(|(sid, until)| (*until, sid.as_str()))
+                .collect();
+            for chunk in members.chunks(1000) {
+                repaired.sessions_added += conn
+                    .zadd_multiple::<_, _, _, usize>(REVOKED_SESSIONS, chunk)
+                    .await?;
+            }
+        }
+        let present: HashMap<String, i64> = conn.hgetall(REVOKED_USERS).await?;
+        let stale: Vec<&String> = present.keys().filter(|u| !users.contains_key(*u)).collect();
+        if !stale.is_empty() {
+            repaired.pruned += conn.hdel::<_, _, usize>(REVOKED_USERS, &stale).await?;
+        }
+        let missing: Vec<(&String, i64)> = users
+            .iter()
+            .filter(|(u, before)| present.get(*u) != Some(before))
+            .map(|(u, before)| (u, *before))
+            .collect();
+        for chunk in missing.chunks(1000) {
+            let () = conn.hset_multiple(REVOKED_USERS, chunk).await?;
+            repaired.users_written += chunk.len();
+        }
+        // A session entry in Redis that Postgres no longer has only over-revokes until its
+        // score passes, when the prune above drops it.
+        if repaired.any() {
+            let version: u64 = conn.incr(VERSION, 2).await?;
+            let _: i64 = conn
+                .publish(EVENTS_CHANNEL, Event::Jwks { version }.encode())
+                .await?;
+        }
+        Ok(repaired)
+    }
+}

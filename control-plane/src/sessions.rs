@@ -1,0 +1,508 @@
+//! Login sessions and their refresh tokens (API.md §2): starting a session, rotating its
+//! refresh token with reuse detection and the grace window, and revoking sessions and users
+//! (PostgreSQL first, then the Redis layout the verifiers read).
+
+use std::net::IpAddr;
+
+use deadpool_postgres::GenericClient;
+use portcullis_common::ErrorCode;
+use portcullis_common::token::Amr;
+use serde::Serialize;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::apps::App;
+use crate::clock;
+use crate::crypto::{digest, random_token};
+use crate::error::ApiError;
+use crate::keys::RETIRED_PUBLISHED_SECS;
+use crate::state::AppState;
+use crate::store::is_unique_violation;
+use crate::tokens::{self, Grant, Tokens};
+use crate::users::{USER_COLUMNS, User};
+
+/// Where a request came from, and when.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub ip: IpAddr,
+    pub user_agent: Option<String>,
+    pub now: i64,
+}
+
+/// One row of `GET /sessions`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
+    pub id: Uuid,
+    pub device_id: Option<String>,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen_at: OffsetDateTime,
+    pub current: bool,
+}
+
+/// Which sessions a revocation covers.
+#[derive(Clone, Debug)]
+pub enum Which {
+    One { user: Uuid, session: Uuid },
+    Device { user: Uuid, device: String },
+    AllOfUser { user: Uuid, except: Option<Uuid> },
+}
+
+/// A session revoked in PostgreSQL, still to be published.
+#[derive(Clone, Debug)]
+pub struct Revoked {
+    pub session: Uuid,
+    pub until: i64,
+}
+
+fn amr_names(amr: &[Amr]) -> Vec<String> {
+    amr.iter()
+        .filter_map(|a| serde_json::to_value(a).ok())
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn amr_parse(names: &[String]) -> Vec<Amr> {
+    names
+        .iter()
+        .filter_map(|n| serde_json::from_value(serde_json::Value::String(n.clone())).ok())
+        .collect()
+}
+
+/// Revokes the live sessions `which` names, recording each in `revocations`.
+pub async fn revoke_in(
+    tx: &impl GenericClient,
+    which: &Which,
+    now: i64,
+    access_ttl: i64,
+) -> Result<Vec<Revoked>, ApiError> {
+    let until = tokens::revocation_until(now, access_ttl);
+    let at = clock::at(now);
+    let (condition, user, extra) = match which {
+        Which::One { user, session } => ("id::text = $4", user, Some(session.to_string())),
+        Which::Device { user, device } => ("device_id = $4", user, Some(device.clone())),
+        Which::AllOfUser { user, except } => (
+            "($4::text IS NULL OR id::text <> $4)",
+            user,
+            except.map(|e| e.to_string()),
+        ),
+    };
+    let sql = format!(
+        "WITH r AS (
+             UPDATE sessions SET revoked_at = $1
+             WHERE user_id = $2 AND revoked_at IS NULL AND {condition}
+             RETURNING id)
+         INSERT INTO revocations (kind, subject, until)
+         SELECT 'session', r.id::text, $3 FROM r
+         ON CONFLICT (kind, subject) DO UPDATE SET until = GREATEST(revocations.until, EXCLUDED.until)
+         RETURNING subject"
+    );
+    let rows = tx.query(&sql, &[&at, &user, &until, &extra]).await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| r.get::<_, String>(0).parse().ok())
+        .map(|session| Revoked { session, until })
+        .collect())
+}
+
+/// Records a per-user cutoff: every token of `user` issued at or before `now` is refused,
+/// and its sessions are closed.
+pub async fn revoke_user_in(tx: &impl GenericClient, user: Uuid, now: i64) -> Result<(), ApiError> {
+    let until = now + RETIRED_PUBLISHED_SECS;
+    tx.execute(
+        "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+        &[&user, &clock::at(now)],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO revocations (kind, subject, before, until) VALUES ('user', $1, $2, $3)
+         ON CONFLICT (kind, subject) DO UPDATE
+         SET before = GREATEST(revocations.before, EXCLUDED.before),
+             until = GREATEST(revocations.until, EXCLUDED.until)",
+        &[&user.to_string(), &now, &until],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Publishes committed session revocations. A Redis failure is logged and left to the
+/// reconciler: PostgreSQL already holds the revocation.
+pub async fn publish_sessions(state: &AppState, revoked: &[Revoked]) {
+    for r in revoked {
+        if let Err(e) = state
+            .publisher
+            .session_revoked(&r.session.to_string(), r.until)
+            .await
+        {
+            metrics::counter!("portcullis_publish_failures_total").increment(1);
+            tracing::warn!(error = %e, "session revocation not published; the reconciler will");
+        }
+    }
+}
+
+/// Publishes committed per-user cutoffs (see [`publish_sessions`]).
+pub async fn publish_users(state: &AppState, users: &[Uuid], before: i64) {
+    for user in users {
+        if let Err(e) = state
+            .publisher
+            .user_revoked(&user.to_string(), before)
+            .await
+        {
+            metrics::counter!("portcullis_publish_failures_total").increment(1);
+            tracing::warn!(error = %e, "user revocation not published; the reconciler will");
+        }
+    }
+}
+
+/// Starts a session for `user` and returns its first tokens. A session already bound to the
+/// same device is revoked in the same transaction.
+pub async fn start(
+    state: &AppState,
+    app: &App,
+    user: &User,
+    device: Option<&str>,
+    ctx: &Ctx,
+    amr: Vec<Amr>,
+) -> Result<Tokens, ApiError> {
+    let refresh = random_token(32);
+    let sid = Uuid::now_v7();
+    let expires = clock::at(ctx.now + app.settings.refresh_token_ttl);
+    let mut client = state.pool.get().await?;
+    let mut attempt = 0;
+    let replaced = loop {
+        attempt += 1;
+        let tx = client.transaction().await?;
+        let replaced = match device {
+            Some(d) => {
+                revoke_in(
+                    &tx,
+                    &Which::Device {
+                        user: user.id,
+                        device: d.to_owned(),
+                    },
+                    ctx.now,
+                    app.settings.access_token_ttl,
+                )
+                .await?
+            }
+            None => Vec::new(),
+        };
+        let inserted = tx
+            .execute(
+                "INSERT INTO sessions (id, user_id, app_id, device_id, user_agent, ip, amr,
+                     created_at, last_seen_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
+                &[
+                    &sid,
+                    &user.id,
+                    &app.id,
+                    &device,
+                    &ctx.user_agent,
+                    &ctx.ip.to_string(),
+                    &amr_names(&amr),
+                    &clock::at(ctx.now),
+                    &expires,
+                ],
+            )
+            .await;
+        match inserted {
+            // Two logins on one device at once: the loser retries and replaces the winner.
+            Err(e) if attempt < 3 && is_unique_violation(&e, Some("sessions_device")) => continue,
+            other => other?,
+        };
+        tx.execute(
+            "INSERT INTO refresh_tokens (hash, session_id) VALUES ($1, $2)",
+            &[&digest(&refresh), &sid],
+        )
+        .await?;
+        tx.commit().await?;
+        break replaced;
+    };
+    drop(client);
+    publish_sessions(state, &replaced).await;
+    issue(state, app, user, sid, refresh, amr, ctx.now).await
+}
+
+async fn issue(
+    state: &AppState,
+    app: &App,
+    user: &User,
+    sid: Uuid,
+    refresh_token: String,
+    amr: Vec<Amr>,
+    now: i64,
+) -> Result<Tokens, ApiError> {
+    let ttl = app.settings.access_token_ttl;
+    let app_id = app.id.to_string();
+    let (access_token, claims) = tokens::mint(
+        state,
+        Grant {
+            audience: &app_id,
+            sub: user.id,
+            sid,
+            roles: user.roles.clone(),
+            amr,
+            guest: user.guest,
+            ttl,
+        },
+        now,
+    )
+    .await?;
+    Ok(Tokens {
+        access_token,
+        refresh_token,
+        token_type: "Bearer",
+        expires_in: ttl,
+        expires_at: clock::at(claims.exp),
+        session_id: sid,
+        user_id: user.id,
+        roles: claims.roles,
+    })
+}
+
+/// Longest refresh token accepted before any lookup (ours are 43 characters).
+const MAX_REFRESH_LEN: usize = 256;
+
+/// Rotates `presented`: exactly one concurrent caller wins (an atomic
+/// `UPDATE ... WHERE used_at IS NULL`). A token presented again within the application's
+/// grace window gets the same successor; any other reuse revokes the whole session.
+pub async fn refresh(
+    state: &AppState,
+    app: &App,
+    presented: &str,
+    ctx: &Ctx,
+) -> Result<Tokens, ApiError> {
+    let invalid = || {
+        ApiError::new(
+            ErrorCode::InvalidRefreshToken,
+            "the refresh token is invalid or expired",
+        )
+    };
+    if presented.is_empty() || presented.len() > MAX_REFRESH_LEN {
+        return Err(invalid());
+    }
+    let hash = digest(presented);
+    let now = clock::at(ctx.now);
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let won = tx
+        .query_opt(
+            "UPDATE refresh_tokens rt SET used_at = $3
+             FROM sessions s
+             WHERE rt.hash = $1 AND rt.used_at IS NULL AND s.id = rt.session_id
+               AND s.app_id = $2 AND s.revoked_at IS NULL AND s.expires_at > $3
+             RETURNING s.id, s.user_id, s.amr",
+            &[&hash, &app.id, &now],
+        )
+        .await?;
+    if let Some(row) = won {
+        let (sid, user_id, amr): (Uuid, Uuid, Vec<String>) = (row.get(0), row.get(1), row.get(2));
+        let user = load_user(&tx, user_id).await?;
+        if user.disabled(now) {
+            tx.rollback().await?;
+            return Err(ApiError::new(
+                ErrorCode::UserDisabled,
+                "the user is disabled or expired",
+            ));
+        }
+        let successor = state.secrets.successor(presented);
+        tx.execute(
+            "INSERT INTO refresh_tokens (hash, session_id) VALUES ($1, $2)",
+            &[&digest(&successor), &sid],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE refresh_tokens SET successor_hash = $2 WHERE hash = $1",
+            &[&hash, &digest(&successor)],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE sessions SET last_seen_at = $2, ip = $3, user_agent = COALESCE($4, user_agent)
+             WHERE id = $1",
+            &[&sid, &now, &ctx.ip.to_string(), &ctx.user_agent],
+        )
+        .await?;
+        tx.commit().await?;
+        drop(client);
+        metrics::counter!("portcullis_refresh_total", "outcome" => "rotated").increment(1);
+        return issue(state, app, &user, sid, successor, amr_parse(&amr), ctx.now).await;
+    }
+
+    // Not rotatable: unknown, expired, revoked, or already used.
+    let row = tx
+        .query_opt(
+            "SELECT rt.used_at, rt.successor_hash, s.id, s.user_id, s.amr,
+                    s.revoked_at IS NULL AND s.expires_at > $3 AS live
+             FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id
+             WHERE rt.hash = $1 AND s.app_id = $2",
+            &[&hash, &app.id, &now],
+        )
+        .await?;
+    let Some(row) = row else {
+        metrics::counter!("portcullis_refresh_total", "outcome" => "invalid").increment(1);
+        return Err(invalid());
+    };
+    let used_at: Option<OffsetDateTime> = row.get(0);
+    let successor_hash: Option<Vec<u8>> = row.get(1);
+    let (sid, user_id, amr): (Uuid, Uuid, Vec<String>) = (row.get(2), row.get(3), row.get(4));
+    let live: bool = row.get(5);
+    if !live {
+        metrics::counter!("portcullis_refresh_total", "outcome" => "invalid").increment(1);
+        return Err(invalid());
+    }
+    let grace = app.settings.refresh_token_reuse_grace_secs;
+    let within_grace =
+        grace > 0 && used_at.is_some_and(|used| (now - used).whole_seconds() <= grace);
+    if within_grace {
+        // The successor must still be the session's live token: a session never has two.
+        let successor_live = tx
+            .query_opt(
+                "SELECT 1 FROM refresh_tokens WHERE hash = $1 AND used_at IS NULL",
+                &[&successor_hash],
+            )
+            .await?
+            .is_some();
+        if successor_live {
+            let user = load_user(&tx, user_id).await?;
+            tx.commit().await?;
+            drop(client);
+            if user.disabled(now) {
+                return Err(ApiError::new(
+                    ErrorCode::UserDisabled,
+                    "the user is disabled or expired",
+                ));
+            }
+            metrics::counter!("portcullis_refresh_total", "outcome" => "grace").increment(1);
+            let successor = state.secrets.successor(presented);
+            return issue(state, app, &user, sid, successor, amr_parse(&amr), ctx.now).await;
+        }
+    }
+    let revoked = revoke_in(
+        &tx,
+        &Which::One {
+            user: user_id,
+            session: sid,
+        },
+        ctx.now,
+        app.settings.access_token_ttl,
+    )
+    .await?;
+    tx.commit().await?;
+    drop(client);
+    metrics::counter!("portcullis_refresh_total", "outcome" => "reused").increment(1);
+    tracing::warn!(session = %sid, "refresh token reused; session revoked");
+    publish_sessions(state, &revoked).await;
+    Err(ApiError::new(
+        ErrorCode::RefreshTokenReused,
+        "the refresh token was already used; the session is revoked",
+    ))
+}
+
+async fn load_user(tx: &impl GenericClient, id: Uuid) -> Result<User, ApiError> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+    let row = tx.query_one(&sql, &[&id]).await?;
+    Ok(User::from_row(&row))
+}
+
+/// The live session a refresh token belongs to, for logout.
+pub async fn session_of_refresh(
+    client: &impl GenericClient,
+    app: Uuid,
+    presented: &str,
+) -> Result<Option<(Uuid, Uuid)>, ApiError> {
+    if presented.len() > MAX_REFRESH_LEN {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            "SELECT s.id, s.user_id FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id
+             WHERE rt.hash = $1 AND s.app_id = $2 AND s.revoked_at IS NULL",
+            &[&digest(presented), &app],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// Revokes sessions and publishes them: the common end of logout and session deletion.
+pub async fn revoke(
+    state: &AppState,
+    app: &App,
+    which: &Which,
+    now: i64,
+) -> Result<Vec<Revoked>, ApiError> {
+    let client = state.pool.get().await?;
+    let revoked = revoke_in(&client, which, now, app.settings.access_token_ttl).await?;
+    drop(client);
+    publish_sessions(state, &revoked).await;
+    Ok(revoked)
+}
+
+pub async fn list(
+    client: &impl GenericClient,
+    user: Uuid,
+    current: Uuid,
+    now: i64,
+) -> Result<Vec<SessionView>, ApiError> {
+    let rows = client
+        .query(
+            "SELECT id, device_id, user_agent, ip, created_at, last_seen_at FROM sessions
+             WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2
+             ORDER BY created_at DESC",
+            &[&user, &clock::at(now)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let id: Uuid = r.get(0);
+            SessionView {
+                id,
+                device_id: r.get(1),
+                user_agent: r.get(2),
+                ip: r.get(3),
+                created_at: r.get(4),
+                last_seen_at: r.get(5),
+                current: id == current,
+            }
+        })
+        .collect())
+}
+
+/// Whose users [`revoke_app_users_in`] revokes.
+#[derive(Clone, Copy, Debug)]
+pub enum AppsOf {
+    Owner(Uuid),
+    App(Uuid),
+}
+
+/// Per-user cutoffs for every user of an application (or of all of an owner's), before the
+/// cascade deletes their rows: their tokens stay refused until they expire.
+pub async fn revoke_app_users_in(
+    tx: &impl GenericClient,
+    which: AppsOf,
+    now: i64,
+) -> Result<Vec<Uuid>, ApiError> {
+    let (condition, id) = match which {
+        AppsOf::Owner(id) => ("a.owner_id = $1", id),
+        AppsOf::App(id) => ("a.id = $1", id),
+    };
+    let sql = format!(
+        "INSERT INTO revocations (kind, subject, before, until)
+         SELECT 'user', u.id::text, $2, $3 FROM users u JOIN apps a ON a.id = u.app_id
+         WHERE {condition}
+         ON CONFLICT (kind, subject) DO UPDATE
+         SET before = GREATEST(revocations.before, EXCLUDED.before),
+             until = GREATEST(revocations.until, EXCLUDED.until)
+         RETURNING subject"
+    );
+    let until = now + RETIRED_PUBLISHED_SECS;
+    let rows = tx.query(&sql, &[&id, &now, &until]).await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| r.get::<_, String>(0).parse().ok())
+        .collect())
+}

@@ -1,0 +1,179 @@
+//! Per-application settings (API.md §3 `GET/PUT /settings`): stored as JSON on the
+//! application row, read with defaults filled in, and merged field by field on PUT.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+
+/// Everything an application can tune in this release. Fields of later features are
+/// ignored (unknown JSON fields are, by the contract).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct AppSettings {
+    /// Access-token lifetime in seconds (60..=86400).
+    pub access_token_ttl: i64,
+    /// Absolute refresh-token lifetime in seconds: rotation never extends it.
+    pub refresh_token_ttl: i64,
+    /// Window in which the just-rotated refresh token may be presented again and get the
+    /// same successor (0..=300).
+    pub refresh_token_reuse_grace_secs: i64,
+    pub password_policy: PasswordPolicy,
+    pub rate_limits: RateLimits,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct PasswordPolicy {
+    /// At least 8; passwords are at most 128 characters.
+    pub min_length: usize,
+    /// Refuse the most common passwords.
+    pub reject_common: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct RateLimits {
+    /// Requests per client IP per minute, counted per route.
+    pub per_ip_per_minute: u32,
+    /// Failed logins per account per hour before the account is slowed down.
+    pub per_account_failures_per_hour: u32,
+}
+
+pub const DEFAULT_REFRESH_TTL: i64 = 30 * 86_400;
+pub const MAX_PASSWORD_CHARS: usize = 128;
+
+impl Default for AppSettings {
+    fn default() -> Self {
+        Self {
+            access_token_ttl: portcullis_common::token::DEFAULT_ACCESS_TOKEN_TTL_SECS,
+            refresh_token_ttl: DEFAULT_REFRESH_TTL,
+            refresh_token_reuse_grace_secs: 0,
+            password_policy: PasswordPolicy::default(),
+            rate_limits: RateLimits::default(),
+        }
+    }
+}
+
+impl Default for PasswordPolicy {
+    fn default() -> Self {
+        Self {
+            min_length: 8,
+            reject_common: true,
+        }
+    }
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            per_ip_per_minute: 60,
+            per_account_failures_per_hour: 100,
+        }
+    }
+}
+
+impl AppSettings {
+    /// Reads stored settings; anything unreadable falls back to its default.
+    pub fn from_stored(value: &Value) -> Self {
+        serde_json::from_value(value.clone()).unwrap_or_default()
+    }
+
+    /// Applies a PUT: objects merge recursively, other values replace; then the result must
+    /// read back as valid settings, or nothing changes.
+    pub fn merged(&self, patch: &Value) -> Result<Self, ApiError> {
+        if !patch.is_object() {
+            return Err(ApiError::bad_request("settings must be a JSON object"));
+        }
+        let mut current = serde_json::to_value(self).map_err(|e| ApiError::internal(&e))?;
+        merge(&mut current, patch);
+        let next: Self = serde_json::from_value(current)
+            .map_err(|e| ApiError::bad_request(format!("settings: {e}")))?;
+        next.validate()?;
+        Ok(next)
+    }
+
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let check = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ApiError::bad_request(what.to_owned()))
+            }
+        };
+        check(
+            (60..=86_400).contains(&self.access_token_ttl),
+            "access_token_ttl must be 60..=86400 seconds",
+        )?;
+        check(
+            (300..=365 * 86_400).contains(&self.refresh_token_ttl),
+            "refresh_token_ttl must be 300 seconds..=365 days",
+        )?;
+        check(
+            (0..=300).contains(&self.refresh_token_reuse_grace_secs),
+            "refresh_token_reuse_grace_secs must be 0..=300",
+        )?;
+        check(
+            (8..=MAX_PASSWORD_CHARS).contains(&self.password_policy.min_length),
+            "password_policy.min_length must be 8..=128",
+        )?;
+        check(
+            self.rate_limits.per_ip_per_minute >= 1,
+            "rate_limits.per_ip_per_minute must be at least 1",
+        )?;
+        check(
+            self.rate_limits.per_account_failures_per_hour >= 1,
+            "rate_limits.per_account_failures_per_hour must be at least 1",
+        )
+    }
+}
+
+fn merge(into: &mut Value, patch: &Value) {
+    match (into, patch) {
+        (Value::Object(into), Value::Object(patch)) => {
+            for (k, v) in patch {
+                match into.get_mut(k) {
+                    Some(existing) if existing.is_object() && v.is_object() => merge(existing, v),
+                    _ => {
+                        into.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (into, patch) => *into = patch.clone(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn put_merges_the_named_fields_only() {
+        let s = AppSettings::default()
+            .merged(&json!({"access_token_ttl": 120, "rate_limits": {"per_ip_per_minute": 5}}))
+            .unwrap();
+        assert_eq!(s.access_token_ttl, 120);
+        assert_eq!(s.rate_limits.per_ip_per_minute, 5);
+        assert_eq!(s.rate_limits.per_account_failures_per_hour, 100);
+        assert_eq!(s.refresh_token_ttl, DEFAULT_REFRESH_TTL);
+    }
+
+    #[test]
+    fn invalid_values_change_nothing() {
+        let s = AppSettings::default();
+        for bad in [
+            json!({"access_token_ttl": 5}),
+            json!({"access_token_ttl": "soon"}),
+            json!({"refresh_token_reuse_grace_secs": -1}),
+            json!({"password_policy": {"min_length": 4}}),
+            json!([1]),
+        ] {
+            assert!(s.merged(&bad).is_err(), "{bad}");
+        }
+    }
+}

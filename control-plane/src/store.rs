@@ -1,0 +1,104 @@
+//! PostgreSQL: the pool and the embedded schema migrations.
+//!
+//! Migrations run at start (and by `portcullis-control-plane migrate`) under an advisory
+//! lock, so replicas starting together apply each one exactly once.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+/// Embedded migrations, applied in order; a migration never changes once shipped.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+
+/// Advisory lock key for migrations ("portcull" in ASCII).
+const MIGRATION_LOCK: i64 = 0x706f_7274_6375_6c6c;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Build(#[from] deadpool_postgres::BuildError),
+    #[error("database: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+}
+
+/// A pool whose connections time out instead of hanging when the server is gone, so routes
+/// answer 503 quickly and recover once it returns.
+pub fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
+    let mut pg = tokio_postgres::Config::from_str(url)?;
+    pg.connect_timeout(Duration::from_secs(3));
+    if pg.get_application_name().is_none() {
+        pg.application_name("portcullis-control-plane");
+    }
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Ok(Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(3)))
+        .recycle_timeout(Some(Duration::from_secs(3)))
+        .build()?)
+}
+
+/// Applies every migration not yet recorded, each in its own transaction.
+pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, StoreError> {
+    let mut client = pool.get().await?;
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let result = apply(&mut client).await;
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    let applied = result?;
+    unlock?;
+    Ok(applied)
+}
+
+async fn apply(client: &mut deadpool_postgres::Client) -> Result<Vec<i32>, StoreError> {
+    let mut applied = Vec::new();
+    for (version, sql) in MIGRATIONS {
+        let tx = client.transaction().await?;
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM schema_migrations WHERE version = $1",
+                &[version],
+            )
+            .await?;
+        if done.is_none() {
+            tx.batch_execute(sql).await?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version) VALUES ($1)",
+                &[version],
+            )
+            .await?;
+            applied.push(*version);
+        }
+        tx.commit().await?;
+    }
+    Ok(applied)
+}
+
+/// Whether `e` is a unique-constraint violation (SQLSTATE 23505), optionally on `constraint`.
+pub fn is_unique_violation(e: &tokio_postgres::Error, constraint: Option<&str>) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && constraint.is_none_or(|c| db.constraint() == Some(c))
+    })
+}

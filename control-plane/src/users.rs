@@ -1,0 +1,361 @@
+//! Users of an application: the row, its public view, canonical identifiers, lookups, and
+//! the revocation that follows disabling or deleting one.
+
+use deadpool_postgres::GenericClient;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio_postgres::Row;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use portcullis_common::ErrorCode;
+
+use crate::error::ApiError;
+use crate::store::is_unique_violation;
+
+pub const USER_COLUMNS: &str = "id, app_id, email, username, phone, email_verified, active, \
+     guest, roles, expires_at, created_at, password_hash, display_name";
+
+#[derive(Clone, Debug)]
+pub struct User {
+    pub id: Uuid,
+    pub app_id: Uuid,
+    pub email: Option<String>,
+    pub username: Option<String>,
+    pub phone: Option<String>,
+    pub email_verified: bool,
+    pub active: bool,
+    pub guest: bool,
+    pub roles: Vec<String>,
+    pub expires_at: Option<OffsetDateTime>,
+    pub created_at: OffsetDateTime,
+    pub password_hash: String,
+    pub display_name: Option<String>,
+}
+
+/// The profile of API.md §3 `GET /me` (and of the user administration routes).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct UserView {
+    pub id: Uuid,
+    pub email: Option<String>,
+    pub username: Option<String>,
+    pub phone: Option<String>,
+    pub email_verified: bool,
+    pub roles: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    pub active: bool,
+    pub guest: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl User {
+    pub fn from_row(row: &Row) -> Self {
+        Self {
+            id: row.get(0),
+            app_id: row.get(1),
+            email: row.get(2),
+            username: row.get(3),
+            phone: row.get(4),
+            email_verified: row.get(5),
+            active: row.get(6),
+            guest: row.get(7),
+            roles: row.get(8),
+            expires_at: row.get(9),
+            created_at: row.get(10),
+            password_hash: row.get(11),
+            display_name: row.get(12),
+        }
+    }
+
+    pub fn view(&self) -> UserView {
+        UserView {
+            id: self.id,
+            email: self.email.clone(),
+            username: self.username.clone(),
+            phone: self.phone.clone(),
+            email_verified: self.email_verified,
+            roles: self.roles.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            active: self.active,
+            guest: self.guest,
+            name: self.display_name.clone(),
+        }
+    }
+
+    /// Inactive, or past its `expires_at`.
+    pub fn disabled(&self, now: OffsetDateTime) -> bool {
+        !self.active || self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+pub async fn find(
+    client: &impl GenericClient,
+    app: Uuid,
+    id: Uuid,
+) -> Result<Option<User>, ApiError> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE app_id = $1 AND id = $2");
+    Ok(client
+        .query_opt(&sql, &[&app, &id])
+        .await?
+        .map(|r| User::from_row(&r)))
+}
+
+/// By canonical email, or by canonical username when `login` has no `@`.
+pub async fn find_by_login(
+    client: &impl GenericClient,
+    app: Uuid,
+    login: &str,
+) -> Result<Option<User>, ApiError> {
+    let column = if login.contains('@') {
+        "email_canonical"
+    } else {
+        "username_canonical"
+    };
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE app_id = $1 AND {column} = $2");
+    Ok(client
+        .query_opt(&sql, &[&app, &canonical(login)])
+        .await?
+        .map(|r| User::from_row(&r)))
+}
+
+/// A new user's fields, already checked.
+#[derive(Debug, Default)]
+pub struct NewUser {
+    pub email: Option<String>,
+    pub username: Option<String>,
+    pub phone: Option<String>,
+    pub password_hash: String,
+    pub roles: Vec<String>,
+    pub active: bool,
+    pub expires_at: Option<OffsetDateTime>,
+    pub email_verified: bool,
+    pub guest: bool,
+    pub display_name: Option<String>,
+}
+
+/// Changes to a user; `None` keeps the current value. A new email is unverified unless
+/// `email_verified` says otherwise.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub email: Option<String>,
+    pub username: Option<String>,
+    pub phone: Option<String>,
+    pub active: Option<bool>,
+    /// `Some(None)` removes the expiry.
+    pub expires_at: Option<Option<OffsetDateTime>>,
+    pub roles: Option<Vec<String>>,
+    pub email_verified: Option<bool>,
+}
+
+impl Changes {
+    /// The contact fields every profile route accepts, checked.
+    pub fn profile(
+        email: Option<&str>,
+        username: Option<&str>,
+        phone: Option<&str>,
+    ) -> Result<Self, ApiError> {
+        Ok(Self {
+            email: email.map(check_email).transpose()?,
+            username: username.map(check_username).transpose()?,
+            phone: phone.map(check_phone).transpose()?,
+            ..Self::default()
+        })
+    }
+}
+
+/// A unique email or username taken: `409 user_exists`.
+fn conflict(e: tokio_postgres::Error) -> ApiError {
+    if is_unique_violation(&e, None) {
+        ApiError::new(
+            ErrorCode::UserExists,
+            "a user with this email or username already exists",
+        )
+    } else {
+        e.into()
+    }
+}
+
+pub async fn insert(
+    client: &impl GenericClient,
+    app: Uuid,
+    new: &NewUser,
+) -> Result<User, ApiError> {
+    let sql = format!(
+        "INSERT INTO users (id, app_id, email, email_canonical, username, username_canonical,
+             phone, password_hash, roles, active, expires_at, email_verified, guest, display_name)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+         RETURNING {USER_COLUMNS}"
+    );
+    let row = client
+        .query_one(
+            &sql,
+            &[
+                &Uuid::now_v7(),
+                &app,
+                &new.email,
+                &new.email.as_deref().map(canonical),
+                &new.username,
+                &new.username.as_deref().map(canonical),
+                &new.phone,
+                &new.password_hash,
+                &new.roles,
+                &new.active,
+                &new.expires_at,
+                &new.email_verified,
+                &new.guest,
+                &new.display_name,
+            ],
+        )
+        .await
+        .map_err(conflict)?;
+    Ok(User::from_row(&row))
+}
+
+pub async fn update(
+    client: &impl GenericClient,
+    id: Uuid,
+    changes: &Changes,
+) -> Result<User, ApiError> {
+    let sql = format!(
+        "UPDATE users SET
+             email = COALESCE($2, email), email_canonical = COALESCE($3, email_canonical),
+             email_verified = COALESCE($10,
+                 CASE WHEN $3::text IS NULL OR $3 = email_canonical THEN email_verified ELSE false END),
+             username = COALESCE($4, username), username_canonical = COALESCE($5, username_canonical),
+             phone = COALESCE($6, phone), active = COALESCE($7, active),
+             expires_at = CASE WHEN $8 THEN $9 ELSE expires_at END, roles = COALESCE($11, roles)
+         WHERE id = $1 RETURNING {USER_COLUMNS}"
+    );
+    let row = client
+        .query_one(
+            &sql,
+            &[
+                &id,
+                &changes.email,
+                &changes.email.as_deref().map(canonical),
+                &changes.username,
+                &changes.username.as_deref().map(canonical),
+                &changes.phone,
+                &changes.active,
+                &changes.expires_at.is_some(),
+                &changes.expires_at.flatten(),
+                &changes.email_verified,
+                &changes.roles,
+            ],
+        )
+        .await
+        .map_err(conflict)?;
+    Ok(User::from_row(&row))
+}
+
+/// Trimmed and case-folded: two spellings of one address are one account.
+pub fn canonical(identifier: &str) -> String {
+    identifier.trim().to_lowercase()
+}
+
+/// A plausible email address (one `@`, something on both sides, no spaces, ≤ 254 bytes).
+pub fn check_email(email: &str) -> Result<String, ApiError> {
+    let email = email.trim();
+    let valid = email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && !domain.is_empty() && !domain.contains('@')
+        });
+    if valid {
+        Ok(email.to_owned())
+    } else {
+        Err(ApiError::bad_request("email is not a valid address"))
+    }
+}
+
+/// 1..=64 characters of letters, digits, `.`, `_`, `-`; no `@` (that marks an email).
+pub fn check_username(username: &str) -> Result<String, ApiError> {
+    let username = username.trim();
+    let valid = (1..=64).contains(&username.chars().count())
+        && username
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(username.to_owned())
+    } else {
+        Err(ApiError::bad_request(
+            "username must be 1..=64 letters, digits, '.', '_' or '-'",
+        ))
+    }
+}
+
+/// E.164: `+` then 7..=15 digits, the first not 0.
+pub fn check_phone(phone: &str) -> Result<String, ApiError> {
+    let phone = phone.trim();
+    let digits = phone.strip_prefix('+').unwrap_or("");
+    let valid = (7..=15).contains(&digits.len())
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && !digits.starts_with('0');
+    if valid {
+        Ok(phone.to_owned())
+    } else {
+        Err(ApiError::bad_request(
+            "phone must be in E.164 form, like +15551234567",
+        ))
+    }
+}
+
+/// Role names: 1..=64 printable characters without spaces or commas (they travel in a
+/// comma-separated header at the sidecar).
+pub fn check_roles(roles: &[String]) -> Result<Vec<String>, ApiError> {
+    let mut out: Vec<String> = Vec::new();
+    for role in roles {
+        let ok = (1..=64).contains(&role.chars().count())
+            && role.chars().all(|c| c.is_ascii_graphic() && c != ',');
+        if !ok {
+            return Err(ApiError::bad_request(format!(
+                "role names are 1..=64 printable ASCII characters without commas: {role:?}"
+            )));
+        }
+        if !out.contains(role) {
+            out.push(role.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// A device id: 1..=128 printable characters.
+pub fn check_device(device: Option<&str>) -> Result<Option<String>, ApiError> {
+    match device.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(d) if d.chars().count() <= 128 && !d.chars().any(char::is_control) => {
+            Ok(Some(d.to_owned()))
+        }
+        Some(_) => Err(ApiError::bad_request(
+            "device_id must be 1..=128 characters",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers() {
+        assert_eq!(canonical("  Ann@Example.COM "), "ann@example.com");
+        assert!(check_email("ann@example.com").is_ok());
+        for bad in ["", "ann", "@x", "a@", "a b@x", "a@b@c"] {
+            assert!(check_email(bad).is_err(), "{bad}");
+        }
+        assert!(check_username("ann.b-c_1").is_ok());
+        assert!(check_username("ann@x").is_err());
+        assert!(check_phone("+15551234567").is_ok());
+        assert!(check_phone("5551234567").is_err());
+        assert!(check_roles(&["a,b".into()]).is_err());
+        assert_eq!(
+            check_roles(&["a".into(), "a".into()]).unwrap_or_default(),
+            ["a"]
+        );
+    }
+}

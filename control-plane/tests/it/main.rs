@@ -1,0 +1,10 @@
+//! The control plane through its public surface: HTTP against real PostgreSQL and Redis,
+//! with the real verifier for the end-to-end checks. One integration binary (STYLE.md).
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod owners_apps;
+mod refresh;
+mod support;
+mod surface;
+mod users;
+mod with_verifier;

@@ -1,0 +1,351 @@
+//! A whole Portcullis stack per test: a throwaway PostgreSQL cluster and redis-server, the
+//! control plane in-process (`run` on port 0), and on request the real verifier fed by the
+//! same Redis. Plus a small JSON-over-HTTP client.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use portcullis_control_plane::config::Config;
+use portcullis_tests::{PostgresServer, RedisServer};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const ADMIN_TOKEN: &str = "operator-token-for-tests-0123456789";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A running stack. Dropping it stops everything.
+pub struct Stack {
+    pub addr: SocketAddr,
+    pub issuer: String,
+    pub pg: PostgresServer,
+    pub db_url: String,
+    pub redis: RedisServer,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Settings every test stack uses, plus `extra`.
+pub fn env(
+    db_url: &str,
+    redis_url: &str,
+    issuer: &str,
+    extra: &[(&str, &str)],
+) -> HashMap<String, String> {
+    let kek = base64::engine::general_purpose::STANDARD.encode([42u8; 32]);
+    let mut env: HashMap<String, String> = [
+        ("PORTCULLIS_DATABASE_URL", db_url),
+        ("PORTCULLIS_REDIS_URL", redis_url),
+        ("PORTCULLIS_ISSUER", issuer),
+        ("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("PORTCULLIS_KEY_ENCRYPTION_KEY", kek.as_str()),
+        ("PORTCULLIS_RECONCILE_INTERVAL_SECS", "1"),
+        ("PORTCULLIS_DRAIN_TIMEOUT_SECS", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for (k, v) in extra {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    env
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(extra: &[(&str, &str)]) -> Self {
+        let (pg, redis) = tokio::task::spawn_blocking(|| {
+            (
+                PostgresServer::start().unwrap(),
+                RedisServer::start().unwrap(),
+            )
+        })
+        .await
+        .unwrap();
+        let db_url = pg.create_database("portcullis").unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let issuer = format!("http://{addr}");
+        let config = Config::from_env(&env(&db_url, &redis.url(), &issuer, extra)).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            portcullis_control_plane::run(listener, config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let stack = Self {
+            addr,
+            issuer,
+            pg,
+            db_url,
+            redis,
+            stop: Some(stop),
+            task,
+        };
+        eventually(Duration::from_secs(30), || async {
+            stack.get("/readyz", None).await.status == 200
+        })
+        .await;
+        stack
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
+    }
+
+    /// A real verifier reading this stack's Redis.
+    pub async fn verifier(&self) -> Verifier {
+        let env: HashMap<String, String> = [
+            ("PORTCULLIS_REDIS_URL", self.redis.url()),
+            ("PORTCULLIS_VERIFIER_ISSUER", self.issuer.clone()),
+            ("PORTCULLIS_VERIFIER_GRPC_LISTEN", "off".to_owned()),
+            ("PORTCULLIS_VERIFIER_RESYNC_SECS", "1".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let config = portcullis_verifier::config::Config::from_env(&env).unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = http.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = portcullis_verifier::run(
+                config,
+                portcullis_verifier::Listeners { http, grpc: None },
+                std::future::pending::<()>(),
+            )
+            .await;
+        });
+        let v = Verifier { addr, task };
+        eventually(Duration::from_secs(20), || async {
+            request(v.addr, "GET", "/readyz", &[], None).await.status == 200
+        })
+        .await;
+        v
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let bearer = auth.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .iter()
+            .map(|b| ("authorization", b.as_str()))
+            .collect();
+        request(
+            self.addr,
+            method,
+            path,
+            &headers,
+            body.map(|b| b.to_string()),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str, auth: Option<&str>) -> Reply {
+        self.call("GET", path, auth, None).await
+    }
+
+    pub async fn post(&self, path: &str, auth: Option<&str>, body: Value) -> Reply {
+        self.call("POST", path, auth, Some(body)).await
+    }
+
+    /// A new owner with one application: (owner token, app id, API key).
+    pub async fn owner_with_app(&self) -> (String, String, String) {
+        let email = format!("owner-{}@example.com", uuid_like());
+        let r = self
+            .post("/v1/owners", None, json!({"email": email, "password": PASSWORD, "first_name": "Ada", "last_name": "L"}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let r = self
+            .post(
+                "/v1/owners/login",
+                None,
+                json!({"email": email, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let owner = r.json()["access_token"].as_str().unwrap().to_owned();
+        let r = self
+            .post("/v1/apps", Some(&owner), json!({"name": "shop"}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let app = r.json()["id"].as_str().unwrap().to_owned();
+        let key = r.json()["api_key"].as_str().unwrap().to_owned();
+        (owner, app, key)
+    }
+
+    /// Registers `email` in `app` with [`PASSWORD`]; returns the `tokens` object.
+    pub async fn register(&self, app: &str, email: &str) -> Value {
+        let r = self
+            .post(
+                &format!("/v1/apps/{app}/register"),
+                None,
+                json!({"email": email, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["tokens"].clone()
+    }
+
+    pub async fn login(&self, app: &str, email: &str) -> Value {
+        let r = self
+            .post(
+                &format!("/v1/apps/{app}/login"),
+                None,
+                json!({"email": email, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    }
+
+    pub async fn sql(&self, statement: &str) {
+        let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client.batch_execute(statement).await.unwrap();
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        self.redis.connection().await.unwrap()
+    }
+}
+
+/// A verifier running in this process.
+pub struct Verifier {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Verifier {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Verifier {
+    pub async fn status(&self, token: &str) -> u16 {
+        let bearer = format!("Bearer {token}");
+        request(
+            self.addr,
+            "GET",
+            "/v1/verify",
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await
+        .status
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    pub fn code(&self) -> String {
+        self.json()["code"].as_str().unwrap_or("").to_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<String>,
+) -> Reply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = sender
+        .send_request(
+            req.body(Full::new(Bytes::from(body.unwrap_or_default())))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+pub use portcullis_tests::eventually;
+
+pub fn uuid_like() -> String {
+    portcullis_tests::tokens::new_id()
+}
+
+/// The claims of a JWS, unverified (for assertions only).
+pub fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+pub fn header_of(token: &str) -> Value {
+    let header = token.split('.').next().unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap()
+}

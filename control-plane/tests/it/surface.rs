@@ -1,0 +1,241 @@
+//! The HTTP surface itself: problem documents, request ids, body limits, rate limits,
+//! OpenAPI coverage, health, metrics, and the binary's configuration errors.
+
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::support::{PASSWORD, Stack, request};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_request_ids_and_limits() {
+    let s = Stack::start().await;
+    let (_, app, _) = s.owner_with_app().await;
+    let register = format!("/v1/apps/{app}/register");
+
+    let r = request(
+        s.addr,
+        "POST",
+        &register,
+        &[("x-request-id", "req-123")],
+        Some("{not json".into()),
+    )
+    .await;
+    assert_eq!((r.status, r.code().as_str()), (400, "invalid_request"));
+    assert_eq!(r.header("x-request-id"), Some("req-123"));
+    let problem = r.json();
+    for field in ["type", "title", "status", "detail", "code"] {
+        assert!(problem.get(field).is_some(), "{field}");
+    }
+    let r = s.get("/nowhere", None).await;
+    assert_eq!(r.status, 404);
+    assert!(r.header("x-request-id").is_some_and(|id| !id.is_empty()));
+
+    let big = json!({"email": "a@example.com", "password": "x".repeat(70 * 1024)}).to_string();
+    let r = request(s.addr, "POST", &register, &[], Some(big)).await;
+    assert_eq!((r.status, r.code().as_str()), (413, "payload_too_large"));
+    let r = request(
+        s.addr,
+        "POST",
+        &register,
+        &[("content-type", "text/plain")],
+        Some("{}".into()),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+
+    // The wrong password of a failed login never shows up in the answer.
+    let r = s
+        .post(
+            &format!("/v1/apps/{app}/login"),
+            None,
+            json!({"email": "x@example.com", "password": "hunter2-secret"}),
+        )
+        .await;
+    assert!(!r.body.contains("hunter2"));
+
+    let r = s
+        .post(
+            "/v1/apps/00000000-0000-0000-0000-000000000000/login",
+            None,
+            json!({"email": "a@b.c", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (404, "app_not_found"));
+    let r = s
+        .post(
+            "/v1/apps/nonsense/login",
+            None,
+            json!({"email": "a@b.c", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(r.code(), "app_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_per_ip_and_per_account() {
+    let s = Stack::start().await;
+    let (_, app, key) = s.owner_with_app().await;
+    s.register(&app, "ann@example.com").await;
+    let settings = format!("/v1/apps/{app}/settings");
+    let r = s
+        .call("PUT", &settings, Some(&key), Some(json!({"rate_limits": {"per_ip_per_minute": 1000, "per_account_failures_per_hour": 3}})))
+        .await;
+    assert_eq!(r.status, 200);
+    let login = format!("/v1/apps/{app}/login");
+    for _ in 0..3 {
+        let r = s
+            .post(
+                &login,
+                None,
+                json!({"email": "ann@example.com", "password": "wrong password"}),
+            )
+            .await;
+        assert_eq!(r.code(), "invalid_credentials");
+    }
+    // The account is slowed down, even for the right password, until the window passes.
+    let r = s
+        .post(
+            &login,
+            None,
+            json!({"email": "ann@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (429, "rate_limited"));
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry));
+    // Other accounts are unaffected; the window is not forever (its key expires).
+    s.register(&app, "bob@example.com").await;
+    s.login(&app, "bob@example.com").await;
+    let mut redis = s.redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("portcullis:rl:*login-failures*")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    assert!(!keys[0].contains("ann"), "no address in Redis keys");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&keys[0])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!((1..=3600).contains(&ttl));
+    let () = redis::cmd("DEL")
+        .arg(&keys[0])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    s.login(&app, "ann@example.com").await;
+
+    // Per IP, per route.
+    s.call(
+        "PUT",
+        &settings,
+        Some(&key),
+        Some(json!({"rate_limits": {"per_ip_per_minute": 3}})),
+    )
+    .await;
+    let guest = format!("/v1/apps/{app}/guest");
+    for _ in 0..3 {
+        assert_eq!(s.post(&guest, None, json!({})).await.status, 201);
+    }
+    let r = s.post(&guest, None, json!({})).await;
+    assert_eq!((r.status, r.code().as_str()), (429, "rate_limited"));
+    assert!(r.header("retry-after").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_health_and_metrics() {
+    let s = Stack::start().await;
+    let r = s.get("/openapi.json", None).await;
+    assert_eq!(r.status, 200);
+    let doc = r.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths = doc["paths"].as_object().unwrap();
+    let expected = [
+        ("/v1/owners", "post"),
+        ("/v1/owners/login", "post"),
+        ("/v1/owners/me", "get"),
+        ("/v1/owners/me", "patch"),
+        ("/v1/owners/me", "delete"),
+        ("/v1/apps", "post"),
+        ("/v1/apps", "get"),
+        ("/v1/apps/{app}", "get"),
+        ("/v1/apps/{app}", "patch"),
+        ("/v1/apps/{app}", "delete"),
+        ("/v1/apps/{app}/api-keys", "post"),
+        ("/v1/apps/{app}/settings", "get"),
+        ("/v1/apps/{app}/settings", "put"),
+        ("/v1/apps/{app}/register", "post"),
+        ("/v1/apps/{app}/login", "post"),
+        ("/v1/apps/{app}/guest", "post"),
+        ("/v1/apps/{app}/token/refresh", "post"),
+        ("/v1/apps/{app}/logout", "post"),
+        ("/v1/apps/{app}/verify", "post"),
+        ("/v1/apps/{app}/me", "get"),
+        ("/v1/apps/{app}/me", "patch"),
+        ("/v1/apps/{app}/me", "delete"),
+        ("/v1/apps/{app}/password/change", "post"),
+        ("/v1/apps/{app}/sessions", "get"),
+        ("/v1/apps/{app}/sessions", "delete"),
+        ("/v1/apps/{app}/sessions/{sid}", "delete"),
+        ("/v1/apps/{app}/users", "get"),
+        ("/v1/apps/{app}/users", "post"),
+        ("/v1/apps/{app}/users/{id}", "get"),
+        ("/v1/apps/{app}/users/{id}", "patch"),
+        ("/v1/apps/{app}/users/{id}", "delete"),
+        ("/v1/admin/keys/rotate", "post"),
+        ("/v1/admin/keys", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/.well-known/jwks.json", "get"),
+        ("/.well-known/openid-configuration", "get"),
+    ];
+    for (path, method) in expected {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing from OpenAPI"
+        );
+    }
+    assert_eq!(s.get("/healthz", None).await.status, 200);
+    let ready = s.get("/readyz", None).await.json();
+    assert_eq!(
+        ready,
+        json!({"ready": true, "postgres": true, "redis": true})
+    );
+    let (_, app, _) = s.owner_with_app().await;
+    s.register(&app, "ann@example.com").await;
+    let metrics = s.get("/metrics", None).await.body;
+    assert!(
+        metrics.contains("portcullis_http_requests_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("route=\"/v1/apps/{app}/register\""));
+    assert!(!metrics.contains("ann@example.com") && !metrics.contains(PASSWORD));
+    // Graceful shutdown: `run` returns once the shutdown future resolves.
+    s.shutdown().await;
+}
+
+#[test]
+fn the_binary_refuses_bad_settings_with_exit_64() {
+    let bin = env!("CARGO_BIN_EXE_portcullis-control-plane");
+    let out = Command::new(bin).env_clear().output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("PORTCULLIS_DATABASE_URL"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let out = Command::new(bin)
+        .env_clear()
+        .env("PORTCULLIS_DATABASE_URL", "postgres://u@127.0.0.1:1/db")
+        .env("PORTCULLIS_REDIS_URL", "redis://127.0.0.1:1")
+        .env("PORTCULLIS_ISSUER", "http://localhost:8080")
+        .env("PORTCULLIS_ADMIN_TOKEN", "0123456789abcdef0123")
+        .env("PORTCULLIS_KEY_ENCRYPTION_KEY", "dG9vIHNob3J0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PORTCULLIS_KEY_ENCRYPTION_KEY"));
+}

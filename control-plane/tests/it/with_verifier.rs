@@ -1,0 +1,251 @@
+//! End to end with the real verifier on the same Redis: logout and reuse rejected within
+//! milliseconds, key rotation, Redis flushed and healed, PostgreSQL restarted.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{ADMIN_TOKEN, Stack, eventually, header_of};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_and_refresh_reuse_reach_the_verifier() {
+    let s = Stack::start().await;
+    let v = s.verifier().await;
+    let (_, app, _) = s.owner_with_app().await;
+    let tokens = s.register(&app, "ann@example.com").await;
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(v.status(access).await, 200);
+    let r = s
+        .post(
+            &format!("/v1/apps/{app}/logout"),
+            None,
+            json!({"refresh_token": tokens["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let took = eventually(Duration::from_secs(2), || async {
+        v.status(access).await == 401
+    })
+    .await;
+    eprintln!("logout -> verifier 401 after {took:?}");
+
+    let tokens = s.login(&app, "ann@example.com").await;
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(v.status(access).await, 200);
+    let refresh = format!("/v1/apps/{app}/token/refresh");
+    let next = s
+        .post(
+            &refresh,
+            None,
+            json!({"refresh_token": tokens["refresh_token"]}),
+        )
+        .await
+        .json();
+    let reuse = s
+        .post(
+            &refresh,
+            None,
+            json!({"refresh_token": tokens["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(reuse.code(), "refresh_token_reused");
+    let next_access = next["access_token"].as_str().unwrap();
+    eventually(Duration::from_secs(2), || async {
+        v.status(next_access).await == 401
+    })
+    .await;
+    assert_eq!(v.status(access).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_end_to_end() {
+    let s = Stack::start().await;
+    let v = s.verifier().await;
+    let (_, app, _) = s.owner_with_app().await;
+    let before = s.register(&app, "ann@example.com").await;
+    let old_token = before["access_token"].as_str().unwrap().to_owned();
+    let old_kid = header_of(&old_token)["kid"].as_str().unwrap().to_owned();
+
+    let keys = s.get("/v1/admin/keys", Some(ADMIN_TOKEN)).await;
+    assert_eq!(keys.status, 200, "{}", keys.body);
+    let states: Vec<String> = keys.json()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        states.contains(&"active".into()) && states.contains(&"next".into()),
+        "{states:?}"
+    );
+    let jwks = s.get("/.well-known/jwks.json", None).await.json();
+    assert_eq!(
+        jwks["keys"].as_array().unwrap().len(),
+        2,
+        "active and next are published"
+    );
+    let next_kid = keys.json()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["state"] == "next")
+        .unwrap()["kid"]
+        .clone();
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == next_kid),
+        "next key published before it signs"
+    );
+    for k in jwks["keys"].as_array().unwrap() {
+        assert_eq!(
+            (
+                k["kty"].as_str(),
+                k["crv"].as_str(),
+                k["alg"].as_str(),
+                k["use"].as_str()
+            ),
+            (Some("OKP"), Some("Ed25519"), Some("EdDSA"), Some("sig"))
+        );
+        assert!(k.get("d").is_none());
+    }
+
+    assert_eq!(
+        s.post("/v1/admin/keys/rotate", None, json!({}))
+            .await
+            .code(),
+        "missing_token"
+    );
+    assert_eq!(
+        s.post(
+            "/v1/admin/keys/rotate",
+            Some("wrong-operator-token"),
+            json!({})
+        )
+        .await
+        .code(),
+        "invalid_credentials"
+    );
+    let r = s
+        .post("/v1/admin/keys/rotate", Some(ADMIN_TOKEN), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["kid"], next_kid);
+
+    let after = s.login(&app, "ann@example.com").await;
+    let new_token = after["access_token"].as_str().unwrap();
+    assert_eq!(
+        header_of(new_token)["kid"],
+        next_kid,
+        "the new key signs after rotation"
+    );
+    assert_ne!(old_kid, next_kid.as_str().unwrap());
+    assert_eq!(v.status(new_token).await, 200);
+    assert_eq!(
+        v.status(&old_token).await,
+        200,
+        "tokens of the retired key still verify"
+    );
+    let jwks = s.get("/.well-known/jwks.json", None).await.json();
+    assert_eq!(
+        jwks["keys"].as_array().unwrap().len(),
+        3,
+        "retired + active + new next"
+    );
+    let discovery = s
+        .get("/.well-known/openid-configuration", None)
+        .await
+        .json();
+    assert_eq!(discovery["issuer"], s.issuer.as_str());
+    assert_eq!(
+        discovery["jwks_uri"],
+        format!("{}/.well-known/jwks.json", s.issuer)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushed_redis_is_healed_by_the_reconciler() {
+    let s = Stack::start().await;
+    let (_, app, _) = s.owner_with_app().await;
+    let tokens = s.register(&app, "ann@example.com").await;
+    let r = s
+        .post(
+            &format!("/v1/apps/{app}/logout"),
+            None,
+            json!({"refresh_token": tokens["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let mut redis = s.redis().await;
+    let () = redis::cmd("FLUSHALL")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // A verifier started on the empty Redis becomes ready once the reconciler rewrote it,
+    // and then refuses the logged-out session's token.
+    let v = s.verifier().await;
+    assert_eq!(
+        v.status(tokens["access_token"].as_str().unwrap()).await,
+        401
+    );
+    let sid = tokens["session_id"].as_str().unwrap();
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg("portcullis:revoked:sessions")
+        .arg(sid)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(score.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_gives_503_then_recovers() {
+    let mut s = Stack::start().await;
+    let (_, app, _) = s.owner_with_app().await;
+    s.register(&app, "ann@example.com").await;
+    tokio::task::block_in_place(|| s.pg.stop());
+    let r = s
+        .post(
+            &format!("/v1/apps/{app}/login"),
+            None,
+            json!({"email": "ann@example.com", "password": crate::support::PASSWORD}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (503, "unavailable"),
+        "{}",
+        r.body
+    );
+    assert!(r.header("retry-after").is_some());
+    let ready = s.get("/readyz", None).await;
+    assert_eq!(
+        (ready.status, ready.json()["postgres"].as_bool()),
+        (503, Some(false))
+    );
+    let r = s
+        .post(
+            &format!("/v1/apps/{app}/register"),
+            None,
+            json!({"email": "bob@example.com", "password": crate::support::PASSWORD}),
+        )
+        .await;
+    assert_eq!(r.status, 503);
+    tokio::task::block_in_place(|| s.pg.restart()).unwrap();
+    eventually(Duration::from_secs(20), || async {
+        s.get("/readyz", None).await.status == 200
+    })
+    .await;
+    s.login(&app, "ann@example.com").await;
+    // Nothing half-written: the registration refused during the outage left no user.
+    let r = s
+        .post(
+            &format!("/v1/apps/{app}/login"),
+            None,
+            json!({"email": "bob@example.com", "password": crate::support::PASSWORD}),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+}
