@@ -136,7 +136,9 @@ pub struct Problem {
 impl Problem {
     pub fn of(code: ErrorCode, detail: &str) -> Self {
         Self {
-            kind: format!("https://portcullis.dev/problems/{}", code.as_str()),
+            // No per-code documentation page exists; `code` carries the meaning (RFC 9457
+            // §4.2.1), as in the verifier's problems.
+            kind: "about:blank".to_owned(),
             title: code.title().to_owned(),
             status: code.status(),
             detail: detail.to_owned(),

@@ -239,3 +239,43 @@ fn the_binary_refuses_bad_settings_with_exit_64() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("PORTCULLIS_KEY_ENCRYPTION_KEY"));
 }
+
+#[test]
+fn migrate_subcommand_applies_the_schema_once() {
+    let pg = portcullis_tests::PostgresServer::start().unwrap();
+    let db = pg.create_database("migrations").unwrap();
+    let bin = env!("CARGO_BIN_EXE_portcullis-control-plane");
+    let env = crate::support::env(&db, "redis://127.0.0.1:1", "http://localhost:8080", &[]);
+    for _ in 0..2 {
+        let out = Command::new(bin)
+            .arg("migrate")
+            .env_clear()
+            .envs(&env)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = Command::new(portcullis_tests::find_binary("psql").unwrap())
+        .args([
+            "-X",
+            "-At",
+            "-d",
+            &db,
+            "-c",
+            "SELECT count(*) FROM schema_migrations",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    let out = Command::new(bin)
+        .arg("frobnicate")
+        .env_clear()
+        .envs(&env)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
