@@ -219,3 +219,132 @@ pub fn listen_addr_arg(default: &str) -> anyhow::Result<SocketAddr> {
         Err(_) => bail!("{text:?} is not a host:port socket address"),
     }
 }
+
+/// One keep-alive HTTP/1.1 client connection (the latency probes' view of a server).
+#[derive(Debug)]
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>,
+}
+
+impl Client {
+    /// Connects with `TCP_NODELAY`, as a latency probe should.
+    ///
+    /// # Errors
+    ///
+    /// Fails when nothing accepts the connection.
+    pub async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self { sender })
+    }
+
+    /// One request: an optional bearer token and an optional JSON body.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the connection breaks.
+    pub async fn send(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        token: Option<&str>,
+        json: Option<String>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        use http_body_util::BodyExt as _;
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "127.0.0.1");
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if json.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        self.sender.ready().await?;
+        let body = http_body_util::Full::new(Bytes::from(json.unwrap_or_default()));
+        let response = self.sender.send_request(request.body(body)?).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
+    /// `GET path` with an optional bearer token.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the connection breaks.
+    pub async fn get(
+        &mut self,
+        path: &str,
+        token: Option<&str>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        self.send(hyper::Method::GET, path, token, None).await
+    }
+
+    /// Verifies `token` at a verifier: `Ok(None)` when accepted, `Ok(Some(code))` with the
+    /// problem's `code` when refused with 401.
+    ///
+    /// # Errors
+    ///
+    /// Fails on any other answer.
+    pub async fn verify(&mut self, token: &str) -> anyhow::Result<Option<String>> {
+        let (status, body) = self.get("/v1/verify", Some(token)).await?;
+        match status {
+            StatusCode::OK => Ok(None),
+            StatusCode::UNAUTHORIZED => {
+                let problem: serde_json::Value =
+                    serde_json::from_slice(&body).context("401 body is not JSON")?;
+                Ok(Some(
+                    problem["code"].as_str().unwrap_or_default().to_owned(),
+                ))
+            }
+            other => bail!(
+                "unexpected {other} from /v1/verify: {}",
+                String::from_utf8_lossy(&body)
+            ),
+        }
+    }
+}
+
+impl Client {
+    /// Polls `/v1/verify` with `token` in a tight loop (no sleep) until the verifier answers
+    /// `401 token_revoked`; returns the number of polls. Fails after `limit` from `started`.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a timeout or any other refusal.
+    pub async fn until_revoked(
+        &mut self,
+        token: &str,
+        started: std::time::Instant,
+        limit: std::time::Duration,
+    ) -> anyhow::Result<u64> {
+        let mut polls = 0;
+        loop {
+            polls += 1;
+            match self.verify(token).await? {
+                None if started.elapsed() > limit => {
+                    bail!("the revocation did not reach the verifier within {limit:?}")
+                }
+                None => {}
+                Some(code) if code == "token_revoked" => return Ok(polls),
+                Some(code) => bail!("refused with {code}, expected token_revoked"),
+            }
+        }
+    }
+}
+
+/// Nearest-rank percentile of sorted samples.
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

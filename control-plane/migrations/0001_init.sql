@@ -58,7 +58,10 @@ CREATE TABLE sessions (
     expires_at   timestamptz NOT NULL,
     revoked_at   timestamptz
 );
-CREATE INDEX sessions_user ON sessions (user_id) WHERE revoked_at IS NULL;
+-- Full indexes: the cascades from users and apps look sessions up by these columns.
+CREATE INDEX sessions_user ON sessions (user_id);
+CREATE INDEX sessions_app ON sessions (app_id);
+CREATE INDEX sessions_expiry ON sessions (expires_at);
 -- At most one live session per device of a user: a new login on the device replaces it.
 CREATE UNIQUE INDEX sessions_device ON sessions (user_id, device_id)
     WHERE revoked_at IS NULL AND device_id IS NOT NULL;

@@ -89,3 +89,12 @@ pub async fn live(client: &impl GenericClient, id: &str, now: i64) -> Result<App
         _ => Err(ApiError::app_not_found()),
     }
 }
+
+/// The application's row, locked until the transaction ends (for read-modify-write).
+pub async fn lock(tx: &impl GenericClient, id: Uuid) -> Result<App, ApiError> {
+    let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = $1 FOR UPDATE");
+    tx.query_opt(&sql, &[&id])
+        .await?
+        .map(|r| App::from_row(&r))
+        .ok_or_else(ApiError::app_not_found)
+}

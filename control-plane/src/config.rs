@@ -25,6 +25,8 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// How long a signing key stays active before the schedule rotates it.
     pub key_rotation_interval: Duration,
+    /// How long a new key is published before it may sign (covers JWKS URL caches).
+    pub key_publish_lead: Duration,
     /// Period of the Redis reconciler (and of key-schedule checks).
     pub reconcile_interval: Duration,
     /// Concurrent Argon2id hashes; defaults to the number of cores.
@@ -140,6 +142,9 @@ impl Config {
             })
             .collect::<Result<_, _>>()?;
         let rotation_days: u64 = number(env, "PORTCULLIS_KEY_ROTATION_DAYS", 30, |d| *d >= 1)?;
+        let lead: u64 = number(env, "PORTCULLIS_KEY_PUBLISH_LEAD_SECS", 120, |s| {
+            *s <= 86_400
+        })?;
         let reconcile: u64 = number(env, "PORTCULLIS_RECONCILE_INTERVAL_SECS", 30, |s| *s >= 1)?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let hash_workers = number(env, "PORTCULLIS_HASH_WORKERS", cores, |n| *n >= 1)?;
@@ -155,6 +160,7 @@ impl Config {
             key_encryption_key,
             trusted_proxies,
             key_rotation_interval: Duration::from_secs(rotation_days * 86_400),
+            key_publish_lead: Duration::from_secs(lead),
             reconcile_interval: Duration::from_secs(reconcile),
             hash_workers,
             db_pool_size,

@@ -77,18 +77,17 @@ impl ApiError {
 
 impl From<tokio_postgres::Error> for ApiError {
     fn from(e: tokio_postgres::Error) -> Self {
-        // A closed connection or a server shutting down is an outage, not a bug.
-        if e.is_closed() || e.as_db_error().is_none() {
-            return Self::unavailable("database", &e);
+        // A lost connection, a network error or a server shutting down is an outage (503);
+        // anything else (a constraint, a type error, a missing row) is a bug (500).
+        let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        let outage_class = e
+            .as_db_error()
+            .is_some_and(|db| matches!(&db.code().code()[..2], "08" | "57" | "53"));
+        if e.is_closed() || io || outage_class {
+            Self::unavailable("database", &e)
+        } else {
+            Self::internal(&e)
         }
-        if let Some(db) = e.as_db_error() {
-            let class = &db.code().code()[..2];
-            // 08: connection exception, 57: operator intervention (shutdown), 53: resources.
-            if matches!(class, "08" | "57" | "53") {
-                return Self::unavailable("database", &e);
-            }
-        }
-        Self::internal(&e)
     }
 }
 

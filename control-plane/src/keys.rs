@@ -28,7 +28,7 @@ const KEY_LOCK: i64 = 0x6b65_7972_6f74_6174;
 const CACHE_FOR: Duration = Duration::from_secs(2);
 /// A retired key stays published this long: the longest access-token lifetime an
 /// application may set, plus clock leeway.
-pub const RETIRED_PUBLISHED_SECS: i64 = 86_400 + 300;
+pub const RETIRED_PUBLISHED_SECS: i64 = crate::tokens::MAX_ACCESS_TTL + 300;
 
 /// The signing key and the published key set, as one replica sees them.
 #[derive(Debug)]
@@ -62,14 +62,26 @@ pub struct KeyInfo {
 pub struct KeyRing {
     pool: Pool,
     secrets: Secrets,
+    /// How long a `next` key is published before it may sign.
+    publish_lead: Duration,
     current: ArcSwapOption<Keys>,
 }
 
+/// What one rotation attempt did.
+#[derive(Debug)]
+enum Rotation {
+    Done(String),
+    NotDue,
+    /// The next key needs this many more seconds of publication.
+    TooSoon(u64),
+}
+
 impl KeyRing {
-    pub fn new(pool: Pool, secrets: Secrets) -> Self {
+    pub fn new(pool: Pool, secrets: Secrets, publish_lead: Duration) -> Self {
         Self {
             pool,
             secrets,
+            publish_lead,
             current: ArcSwapOption::empty(),
         }
     }
@@ -192,13 +204,52 @@ impl KeyRing {
         Ok(changed)
     }
 
-    /// `active -> retired`, `next -> active`, and a fresh `next`. Returns the new active kid.
+    /// The operator's rotation: `active -> retired`, `next -> active`, and a fresh `next`.
+    /// Returns the new active kid. Refused with `429` (and `Retry-After`) while the next key
+    /// has been published for less than the publish lead, so verifiers that poll a JWKS URL
+    /// have it before it signs.
     pub async fn rotate(&self) -> Result<String, ApiError> {
+        match self.rotate_when(None).await? {
+            Rotation::Done(kid) => Ok(kid),
+            Rotation::NotDue => Err(ApiError::internal(&"rotation without a schedule not due")),
+            Rotation::TooSoon(wait) => Err(ApiError {
+                detail: format!(
+                    "the next key was published too recently to sign; retry in {wait} s"
+                ),
+                ..ApiError::rate_limited(wait)
+            }),
+        }
+    }
+
+    /// One rotation under the advisory lock, so replicas ticking together (or an operator
+    /// calling twice) rotate once. With `due_after`, only when the active key is that old.
+    async fn rotate_when(&self, due_after: Option<Duration>) -> Result<Rotation, ApiError> {
         let mut client = self.pool.get().await?;
         self.ensure(&mut client).await?;
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&KEY_LOCK])
             .await?;
+        let ages = tx
+            .query_one(
+                "SELECT
+                     (SELECT EXTRACT(EPOCH FROM now() - activated_at)::bigint
+                        FROM signing_keys WHERE state = 'active'),
+                     (SELECT EXTRACT(EPOCH FROM now() - created_at)::bigint
+                        FROM signing_keys WHERE state = 'next')",
+                &[],
+            )
+            .await?;
+        let (active_age, next_age): (Option<i64>, Option<i64>) = (ages.get(0), ages.get(1));
+        if let Some(due) = due_after
+            && active_age.unwrap_or(0) < due.as_secs() as i64
+        {
+            return Ok(Rotation::NotDue);
+        }
+        let lead = self.publish_lead.as_secs() as i64;
+        let next_age = next_age.unwrap_or(0);
+        if next_age < lead {
+            return Ok(Rotation::TooSoon((lead - next_age) as u64));
+        }
         tx.execute(
             "UPDATE signing_keys SET state = 'retired', retired_at = now(),
                  remove_after = now() + make_interval(secs => $1)
@@ -217,21 +268,20 @@ impl KeyRing {
         self.insert(&tx, "next").await?;
         tx.commit().await?;
         self.current.store(None);
-        Ok(kid)
+        Ok(Rotation::Done(kid))
     }
 
     /// The schedule: rotates when the active key is older than `interval`, and removes
     /// retired keys whose tokens have all expired. Returns whether the published set changed.
     pub async fn maintain(&self, interval: Duration) -> Result<bool, ApiError> {
+        let rotated = match self.rotate_when(Some(interval)).await? {
+            Rotation::Done(kid) => {
+                tracing::info!(%kid, "signing key rotated on schedule");
+                true
+            }
+            Rotation::NotDue | Rotation::TooSoon(_) => false,
+        };
         let client = self.pool.get().await?;
-        let due = client
-            .query_opt(
-                "SELECT 1 FROM signing_keys WHERE state = 'active'
-                 AND activated_at < now() - make_interval(secs => $1)",
-                &[&(interval.as_secs_f64())],
-            )
-            .await?
-            .is_some();
         let removed = client
             .execute(
                 "UPDATE signing_keys SET state = 'removed'
@@ -240,14 +290,10 @@ impl KeyRing {
             )
             .await?;
         drop(client);
-        if due {
-            let kid = self.rotate().await?;
-            tracing::info!(%kid, "signing key rotated on schedule");
-        }
         if removed > 0 {
             self.current.store(None);
         }
-        Ok(due || removed > 0)
+        Ok(rotated || removed > 0)
     }
 
     pub async fn list(&self) -> Result<Vec<KeyInfo>, ApiError> {

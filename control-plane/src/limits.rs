@@ -24,18 +24,18 @@ if ttl < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) 
 return {n, ttl}
 ";
 
-/// Reads a window counter without changing it.
-const PEEK: &str = r"
-local n = tonumber(redis.call('GET', KEYS[1]) or '0')
-local ttl = redis.call('TTL', KEYS[1])
-return {n, ttl}
+/// Takes one back (a login attempt that turned out right), never below zero.
+const FORGIVE: &str = r"
+local n = redis.call('DECR', KEYS[1])
+if n <= 0 then redis.call('DEL', KEYS[1]) end
+return n
 ";
 
 #[derive(Clone)]
 pub struct Limiter {
     conn: ConnectionManager,
     hit: Script,
-    peek: Script,
+    forgive: Script,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -53,7 +53,8 @@ pub enum Scope<'a> {
         route: &'a str,
         ip: IpAddr,
     },
-    /// Failed logins on one account (by its canonical identifier), per hour.
+    /// Password attempts on one account (by its canonical identifier), per hour; a right
+    /// password is forgiven afterwards, so what remains are failures.
     AccountFailures { app: &'a str, account: &'a str },
 }
 
@@ -82,7 +83,7 @@ impl Limiter {
         Self {
             conn,
             hit: Script::new(HIT),
-            peek: Script::new(PEEK),
+            forgive: Script::new(FORGIVE),
         }
     }
 
@@ -103,7 +104,9 @@ impl Limiter {
         }
     }
 
-    /// Counts one request; `429` once more than `limit` arrived in the window.
+    /// Counts one request or attempt; `429` once more than `limit` arrived in the window.
+    /// Counting before the work is done means attempts in flight count too, so a burst
+    /// cannot slip past the limit while its password checks are queued.
     pub async fn hit(&self, scope: Scope<'_>, limit: u32) -> Result<(), ApiError> {
         match self.run(&self.hit, &scope).await {
             Some((n, ttl)) if n > u64::from(limit) => Err(ApiError::rate_limited(ttl)),
@@ -111,16 +114,16 @@ impl Limiter {
         }
     }
 
-    /// `429` while `limit` failures are already counted in the window, without counting.
-    pub async fn check(&self, scope: Scope<'_>, limit: u32) -> Result<(), ApiError> {
-        match self.run(&self.peek, &scope).await {
-            Some((n, ttl)) if n >= u64::from(limit) => Err(ApiError::rate_limited(ttl)),
-            _ => Ok(()),
+    /// Takes back one [`hit`](Self::hit) of `scope` (the attempt succeeded).
+    pub async fn forgive(&self, scope: Scope<'_>) {
+        let mut conn = self.conn.clone();
+        if let Err(e) = self
+            .forgive
+            .key(scope.key())
+            .invoke_async::<i64>(&mut conn)
+            .await
+        {
+            tracing::warn!(error = %e, "rate limiter unavailable");
         }
-    }
-
-    /// Counts one failure.
-    pub async fn record(&self, scope: Scope<'_>) {
-        let _ = self.run(&self.hit, &scope).await;
     }
 }

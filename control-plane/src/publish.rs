@@ -17,10 +17,26 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::error::ApiError;
 
+/// `HSET key field value` unless the field already holds a larger cutoff: two writers (a
+/// revocation and a reconcile on another replica) never move a cutoff backwards.
+const RAISE_CUTOFF: &str = r"
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+if cur < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]); return 1 end
+return 0
+";
+
+/// `HDEL key field` only if it still holds the value the reconciler judged stale.
+const DROP_IF_UNCHANGED: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+";
+
 /// A cheap, cloneable handle on one multiplexed, self-reconnecting Redis connection.
 #[derive(Clone)]
 pub struct Publisher {
     conn: ConnectionManager,
+    raise: redis::Script,
+    drop_if: redis::Script,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -56,6 +72,8 @@ impl Publisher {
             .set_max_delay(Duration::from_secs(2));
         Ok(Self {
             conn: ConnectionManager::new_lazy_with_config(client, config)?,
+            raise: redis::Script::new(RAISE_CUTOFF),
+            drop_if: redis::Script::new(DROP_IF_UNCHANGED),
         })
     }
 
@@ -91,7 +109,14 @@ impl Publisher {
 
     pub async fn session_revoked(&self, session_id: &str, until: i64) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
-        let _: i64 = conn.zadd(REVOKED_SESSIONS, session_id, until).await?;
+        // GT: a later `until` already there is kept.
+        let _: i64 = redis::cmd("ZADD")
+            .arg(REVOKED_SESSIONS)
+            .arg("GT")
+            .arg(until)
+            .arg(session_id)
+            .query_async(&mut conn)
+            .await?;
         self.announce(|version| Event::SessionRevoked {
             session_id: session_id.to_owned(),
             until,
@@ -103,7 +128,13 @@ impl Publisher {
 
     pub async fn user_revoked(&self, user_id: &str, before: i64) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
-        let _: i64 = conn.hset(REVOKED_USERS, user_id, before).await?;
+        let _: i64 = self
+            .raise
+            .key(REVOKED_USERS)
+            .arg(user_id)
+            .arg(before)
+            .invoke_async(&mut conn)
+            .await?;
         self.announce(|version| Event::UserRevoked {
             user_id: user_id.to_owned(),
             before,
@@ -124,6 +155,11 @@ impl Publisher {
         jwks_json: &str,
         now: i64,
     ) -> Result<Repaired, ApiError> {
+        let mut conn = self.conn.clone();
+        // Redis first, PostgreSQL second: every revocation is committed to PostgreSQL before
+        // it reaches Redis, so whatever this read of Redis holds is already in the read of
+        // PostgreSQL below, and an entry missing there is truly gone (expired).
+        let present: HashMap<String, i64> = conn.hgetall(REVOKED_USERS).await?;
         let client = pool.get().await?;
         client
             .execute("DELETE FROM revocations WHERE until < $1", &[&now])
@@ -144,7 +180,6 @@ impl Publisher {
             }
         }
 
-        let mut conn = self.conn.clone();
         let mut repaired = Repaired::default();
         let current: Option<String> = conn.get(JWKS).await?;
         if current.as_deref() != Some(jwks_json) {
@@ -154,30 +189,39 @@ impl Publisher {
         repaired.pruned += conn
             .zrembyscore::<_, _, _, usize>(REVOKED_SESSIONS, "-inf", format!("({now}"))
             .await?;
-        if !sessions.is_empty() {
-            let members: Vec<(i64, &str)> = sessions
-                .iter()
-                .map(|(sid, until)| (*until, sid.as_str()))
-                .collect();
-            for chunk in members.chunks(1000) {
-                repaired.sessions_added += conn
-                    .zadd_multiple::<_, _, _, usize>(REVOKED_SESSIONS, chunk)
+        let members: Vec<(i64, &str)> = sessions
+            .iter()
+            .map(|(sid, until)| (*until, sid.as_str()))
+            .collect();
+        for chunk in members.chunks(1000) {
+            let mut add = redis::cmd("ZADD");
+            add.arg(REVOKED_SESSIONS).arg("GT").arg("CH");
+            for (until, sid) in chunk {
+                add.arg(*until).arg(*sid);
+            }
+            repaired.sessions_added += add.query_async::<usize>(&mut conn).await?;
+        }
+        for (user, value) in &present {
+            if !users.contains_key(user) {
+                repaired.pruned += self
+                    .drop_if
+                    .key(REVOKED_USERS)
+                    .arg(user)
+                    .arg(value)
+                    .invoke_async::<usize>(&mut conn)
                     .await?;
             }
         }
-        let present: HashMap<String, i64> = conn.hgetall(REVOKED_USERS).await?;
-        let stale: Vec<&String> = present.keys().filter(|u| !users.contains_key(*u)).collect();
-        if !stale.is_empty() {
-            repaired.pruned += conn.hdel::<_, _, usize>(REVOKED_USERS, &stale).await?;
-        }
-        let missing: Vec<(&String, i64)> = users
-            .iter()
-            .filter(|(u, before)| present.get(*u) != Some(before))
-            .map(|(u, before)| (u, *before))
-            .collect();
-        for chunk in missing.chunks(1000) {
-            let () = conn.hset_multiple(REVOKED_USERS, chunk).await?;
-            repaired.users_written += chunk.len();
+        for (user, before) in &users {
+            if present.get(user) != Some(before) {
+                repaired.users_written += self
+                    .raise
+                    .key(REVOKED_USERS)
+                    .arg(user)
+                    .arg(before)
+                    .invoke_async::<usize>(&mut conn)
+                    .await?;
+            }
         }
         // A session entry in Redis that Postgres no longer has only over-revokes until its
         // score passes, when the prune above drops it.

@@ -16,11 +16,10 @@ use crate::apps::App;
 use crate::clock;
 use crate::crypto::{digest, random_token};
 use crate::error::ApiError;
-use crate::keys::RETIRED_PUBLISHED_SECS;
 use crate::state::AppState;
 use crate::store::is_unique_violation;
 use crate::tokens::{self, Grant, Tokens};
-use crate::users::{USER_COLUMNS, User};
+use crate::users::{self, NewUser, USER_COLUMNS, User};
 
 /// Where a request came from, and when.
 #[derive(Clone, Debug)]
@@ -78,9 +77,8 @@ pub async fn revoke_in(
     tx: &impl GenericClient,
     which: &Which,
     now: i64,
-    access_ttl: i64,
 ) -> Result<Vec<Revoked>, ApiError> {
-    let until = tokens::revocation_until(now, access_ttl);
+    let until = tokens::revocation_until(now);
     let at = clock::at(now);
     let (condition, user, extra) = match which {
         Which::One { user, session } => ("id::text = $4", user, Some(session.to_string())),
@@ -109,13 +107,23 @@ pub async fn revoke_in(
         .collect())
 }
 
-/// Records a per-user cutoff: every token of `user` issued at or before `now` is refused,
-/// and its sessions are closed.
-pub async fn revoke_user_in(tx: &impl GenericClient, user: Uuid, now: i64) -> Result<(), ApiError> {
-    let until = now + RETIRED_PUBLISHED_SECS;
+/// Records a per-user cutoff and closes the user's sessions. Returns the cutoff: every
+/// token of `user` issued at or before it is refused.
+///
+/// The user row is locked first, and logins and refreshes hold it shared while they issue,
+/// so a login racing this revocation either finishes first (its token's `iat` is then at
+/// or before the cutoff, read from the database clock after the lock) or sees the change.
+pub async fn revoke_user_in(
+    tx: &impl GenericClient,
+    user: Uuid,
+    now: i64,
+) -> Result<i64, ApiError> {
+    tx.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user])
+        .await?;
+    let before = cutoff_now(tx, now).await?;
     tx.execute(
         "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
-        &[&user, &clock::at(now)],
+        &[&user, &clock::at(before)],
     )
     .await?;
     tx.execute(
@@ -123,10 +131,26 @@ pub async fn revoke_user_in(tx: &impl GenericClient, user: Uuid, now: i64) -> Re
          ON CONFLICT (kind, subject) DO UPDATE
          SET before = GREATEST(revocations.before, EXCLUDED.before),
              until = GREATEST(revocations.until, EXCLUDED.until)",
-        &[&user.to_string(), &now, &until],
+        &[
+            &user.to_string(),
+            &before,
+            &tokens::revocation_until(before),
+        ],
     )
     .await?;
-    Ok(())
+    Ok(before)
+}
+
+/// A revocation cutoff: `now`, or the database clock if later (after the locks the caller
+/// waited for, so it covers every token issued by whoever held them).
+async fn cutoff_now(tx: &impl GenericClient, now: i64) -> Result<i64, ApiError> {
+    Ok(tx
+        .query_one(
+            "SELECT GREATEST($1, EXTRACT(EPOCH FROM clock_timestamp())::bigint)",
+            &[&now],
+        )
+        .await?
+        .get(0))
 }
 
 /// Publishes committed session revocations. A Redis failure is logged and left to the
@@ -158,36 +182,51 @@ pub async fn publish_users(state: &AppState, users: &[Uuid], before: i64) {
     }
 }
 
-/// Starts a session for `user` and returns its first tokens. A session already bound to the
-/// same device is revoked in the same transaction.
+/// Whose session [`start`] opens.
+#[derive(Debug)]
+pub enum Subject<'a> {
+    /// A user being created: inserted in the same transaction as the session, so a failure
+    /// leaves neither.
+    New(&'a NewUser),
+    /// A signed-in user; refused with `403 user_disabled` if disabled meanwhile.
+    Existing(&'a User),
+}
+
+/// Starts a session and returns the user and its first tokens. A session already bound to
+/// the same device is revoked in the same transaction.
 pub async fn start(
     state: &AppState,
     app: &App,
-    user: &User,
+    subject: Subject<'_>,
     device: Option<&str>,
     ctx: &Ctx,
     amr: Vec<Amr>,
-) -> Result<Tokens, ApiError> {
+) -> Result<(User, Tokens), ApiError> {
     let refresh = random_token(32);
     let sid = Uuid::now_v7();
     let expires = clock::at(ctx.now + app.settings.refresh_token_ttl);
     let mut client = state.pool.get().await?;
     let mut attempt = 0;
-    let replaced = loop {
+    let (user, replaced) = loop {
         attempt += 1;
         let tx = client.transaction().await?;
+        let user = match subject {
+            Subject::New(new) => users::insert(&tx, app.id, new).await?,
+            Subject::Existing(user) => {
+                let user = lock_user(&tx, user.id).await?;
+                if user.disabled(clock::at(ctx.now)) {
+                    return Err(disabled());
+                }
+                user
+            }
+        };
         let replaced = match device {
             Some(d) => {
-                revoke_in(
-                    &tx,
-                    &Which::Device {
-                        user: user.id,
-                        device: d.to_owned(),
-                    },
-                    ctx.now,
-                    app.settings.access_token_ttl,
-                )
-                .await?
+                let which = Which::Device {
+                    user: user.id,
+                    device: d.to_owned(),
+                };
+                revoke_in(&tx, &which, ctx.now).await?
             }
             None => Vec::new(),
         };
@@ -220,11 +259,27 @@ pub async fn start(
         )
         .await?;
         tx.commit().await?;
-        break replaced;
+        break (user, replaced);
     };
     drop(client);
     publish_sessions(state, &replaced).await;
-    issue(state, app, user, sid, refresh, amr, ctx.now).await
+    let tokens = issue(state, app, &user, sid, refresh, amr, ctx.now).await?;
+    Ok((user, tokens))
+}
+
+fn disabled() -> ApiError {
+    ApiError::new(ErrorCode::UserDisabled, "the user is disabled or expired")
+}
+
+/// The user row, locked shared until the transaction ends: a concurrent revocation of the
+/// user waits for this session to be recorded (see [`revoke_user_in`]).
+async fn lock_user(tx: &impl GenericClient, id: Uuid) -> Result<User, ApiError> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR SHARE");
+    let row = tx
+        .query_opt(&sql, &[&id])
+        .await?
+        .ok_or_else(ApiError::invalid_credentials)?;
+    Ok(User::from_row(&row))
 }
 
 async fn issue(
@@ -301,13 +356,10 @@ pub async fn refresh(
         .await?;
     if let Some(row) = won {
         let (sid, user_id, amr): (Uuid, Uuid, Vec<String>) = (row.get(0), row.get(1), row.get(2));
-        let user = load_user(&tx, user_id).await?;
+        let user = lock_user(&tx, user_id).await?;
         if user.disabled(now) {
             tx.rollback().await?;
-            return Err(ApiError::new(
-                ErrorCode::UserDisabled,
-                "the user is disabled or expired",
-            ));
+            return Err(disabled());
         }
         let successor = state.secrets.successor(presented);
         tx.execute(
@@ -367,30 +419,22 @@ pub async fn refresh(
             .await?
             .is_some();
         if successor_live {
-            let user = load_user(&tx, user_id).await?;
+            let user = lock_user(&tx, user_id).await?;
             tx.commit().await?;
             drop(client);
             if user.disabled(now) {
-                return Err(ApiError::new(
-                    ErrorCode::UserDisabled,
-                    "the user is disabled or expired",
-                ));
+                return Err(disabled());
             }
             metrics::counter!("portcullis_refresh_total", "outcome" => "grace").increment(1);
             let successor = state.secrets.successor(presented);
             return issue(state, app, &user, sid, successor, amr_parse(&amr), ctx.now).await;
         }
     }
-    let revoked = revoke_in(
-        &tx,
-        &Which::One {
-            user: user_id,
-            session: sid,
-        },
-        ctx.now,
-        app.settings.access_token_ttl,
-    )
-    .await?;
+    let which = Which::One {
+        user: user_id,
+        session: sid,
+    };
+    let revoked = revoke_in(&tx, &which, ctx.now).await?;
     tx.commit().await?;
     drop(client);
     metrics::counter!("portcullis_refresh_total", "outcome" => "reused").increment(1);
@@ -400,12 +444,6 @@ pub async fn refresh(
         ErrorCode::RefreshTokenReused,
         "the refresh token was already used; the session is revoked",
     ))
-}
-
-async fn load_user(tx: &impl GenericClient, id: Uuid) -> Result<User, ApiError> {
-    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
-    let row = tx.query_one(&sql, &[&id]).await?;
-    Ok(User::from_row(&row))
 }
 
 /// The live session a refresh token belongs to, for logout.
@@ -428,14 +466,9 @@ pub async fn session_of_refresh(
 }
 
 /// Revokes sessions and publishes them: the common end of logout and session deletion.
-pub async fn revoke(
-    state: &AppState,
-    app: &App,
-    which: &Which,
-    now: i64,
-) -> Result<Vec<Revoked>, ApiError> {
+pub async fn revoke(state: &AppState, which: &Which, now: i64) -> Result<Vec<Revoked>, ApiError> {
     let client = state.pool.get().await?;
-    let revoked = revoke_in(&client, which, now, app.settings.access_token_ttl).await?;
+    let revoked = revoke_in(&client, which, now).await?;
     drop(client);
     publish_sessions(state, &revoked).await;
     Ok(revoked)
@@ -485,7 +518,7 @@ pub async fn revoke_app_users_in(
     tx: &impl GenericClient,
     which: AppsOf,
     now: i64,
-) -> Result<Vec<Uuid>, ApiError> {
+) -> Result<(Vec<Uuid>, i64), ApiError> {
     let (condition, id) = match which {
         AppsOf::Owner(id) => ("a.owner_id = $1", id),
         AppsOf::App(id) => ("a.id = $1", id),
@@ -499,10 +532,27 @@ pub async fn revoke_app_users_in(
              until = GREATEST(revocations.until, EXCLUDED.until)
          RETURNING subject"
     );
-    let until = now + RETIRED_PUBLISHED_SECS;
-    let rows = tx.query(&sql, &[&id, &now, &until]).await?;
-    Ok(rows
+    // The cascade that follows deletes the user rows, waiting for any login holding one;
+    // the cutoff comes from the database clock so those logins' tokens fall under it.
+    let before = cutoff_now(tx, now).await?;
+    let rows = tx
+        .query(&sql, &[&id, &before, &tokens::revocation_until(before)])
+        .await?;
+    let users = rows
         .iter()
         .filter_map(|r| r.get::<_, String>(0).parse().ok())
-        .collect())
+        .collect();
+    Ok((users, before))
+}
+
+/// Deletes sessions (and, by cascade, their refresh tokens) that ended more than a day ago:
+/// expired, or revoked. Their revocations live on in `revocations` until tokens expire.
+pub async fn prune(client: &impl GenericClient, now: i64) -> Result<u64, ApiError> {
+    let horizon = clock::at(now - 86_400);
+    Ok(client
+        .execute(
+            "DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $1",
+            &[&horizon],
+        )
+        .await?)
 }

@@ -103,7 +103,7 @@ impl AppSettings {
             }
         };
         check(
-            (60..=86_400).contains(&self.access_token_ttl),
+            (60..=crate::tokens::MAX_ACCESS_TTL).contains(&self.access_token_ttl),
             "access_token_ttl must be 60..=86400 seconds",
         )?;
         check(

@@ -11,6 +11,7 @@ use crate::crypto::{PasswordHasherPool, Secrets};
 use crate::keys::KeyRing;
 use crate::limits::Limiter;
 use crate::publish::Publisher;
+use crate::tokens::OWNER_TOKEN_TYP;
 
 /// Clock skew tolerated when the control plane checks its own tokens.
 pub const LEEWAY_SECS: i64 = 30;
@@ -24,32 +25,43 @@ pub struct AppState {
     pub limiter: Limiter,
     pub hasher: PasswordHasherPool,
     pub secrets: Secrets,
-    /// The sidecar's verify core, for tokens presented to the control plane itself.
+    /// The sidecar's verify core, for user tokens presented to the control plane itself.
     pub verifier: Arc<Verifier>,
+    /// The same for owner tokens, which carry their own `typ`.
+    pub owner_verifier: Arc<Verifier>,
 }
 
 impl AppState {
     pub fn new(config: Config, pool: Pool, publisher: Publisher) -> Self {
         let secrets = Secrets::new(&config.key_encryption_key);
-        let verifier = Verifier::new(
-            Settings {
-                issuers: vec![config.issuer.clone()],
-                // Each route checks the audience it expects (an application id, or owners).
-                audiences: Vec::new(),
-                leeway_secs: LEEWAY_SECS,
-                typs: vec![portcullis_common::token::ACCESS_TOKEN_TYP.to_owned()],
-            },
-            4096,
-        );
+        let verifier = |typ: &str| {
+            Arc::new(Verifier::new(
+                Settings {
+                    issuers: vec![config.issuer.clone()],
+                    // Each route checks the audience it expects (an application id, or owners).
+                    audiences: Vec::new(),
+                    leeway_secs: LEEWAY_SECS,
+                    typs: vec![typ.to_owned()],
+                },
+                4096,
+            ))
+        };
+        let owner_verifier = verifier(OWNER_TOKEN_TYP);
+        let verifier = verifier(portcullis_common::token::ACCESS_TOKEN_TYP);
         Self {
-            keys: Arc::new(KeyRing::new(pool.clone(), secrets.clone())),
+            keys: Arc::new(KeyRing::new(
+                pool.clone(),
+                secrets.clone(),
+                config.key_publish_lead,
+            )),
             limiter: Limiter::new(publisher.connection()),
             hasher: PasswordHasherPool::new(config.hash_workers),
             config: Arc::new(config),
             pool,
             publisher,
             secrets,
-            verifier: Arc::new(verifier),
+            verifier,
+            owner_verifier,
         }
     }
 }

@@ -16,6 +16,9 @@ use crate::state::{AppState, LEEWAY_SECS};
 /// The audience (and `client_id`) of owner tokens: never an application id, so an owner
 /// token is refused by every application's routes and a user token by the owner routes.
 pub const OWNER_AUDIENCE: &str = "portcullis:owners";
+/// The `typ` of owner tokens (RFC 8725 §3.11: explicit typing). Sidecars accept only
+/// `at+jwt` by default, so an owner token never passes as a user's access token there.
+pub const OWNER_TOKEN_TYP: &str = "owner+jwt";
 
 /// `tokens` in API.md §3.
 #[derive(Debug, Serialize, ToSchema)]
@@ -76,8 +79,11 @@ pub async fn mint(
         amr: grant.amr,
         guest: grant.guest,
     };
-    let header = serde_json::to_vec(&AccessTokenHeader::eddsa(&keys.kid))
-        .map_err(|e| ApiError::internal(&e))?;
+    let mut header = AccessTokenHeader::eddsa(&keys.kid);
+    if grant.audience == OWNER_AUDIENCE {
+        header.typ = OWNER_TOKEN_TYP.to_owned();
+    }
+    let header = serde_json::to_vec(&header).map_err(|e| ApiError::internal(&e))?;
     let payload = serde_json::to_vec(&claims).map_err(|e| ApiError::internal(&e))?;
     Ok((sign_compact(&keys.signer, &header, &payload), claims))
 }
@@ -97,8 +103,12 @@ pub async fn authenticate(
         version: 0,
     };
     let mut scratch = Box::new(Scratch::new());
-    let verified = state
-        .verifier
+    let verifier = if audience == OWNER_AUDIENCE {
+        &state.owner_verifier
+    } else {
+        &state.verifier
+    };
+    let verified = verifier
         .verify(token.as_bytes(), now, &snapshot, &mut scratch)
         .map_err(|r| ApiError::unauthenticated(r.code))?;
     let claims: AccessTokenClaims = serde_json::from_str(verified.payload)
@@ -139,7 +149,12 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The lifetime of a revocation entry: until every token it covers has expired.
-pub fn revocation_until(now: i64, access_ttl: i64) -> i64 {
-    now + access_ttl + LEEWAY_SECS
+/// The longest access-token lifetime an application may set.
+pub const MAX_ACCESS_TTL: i64 = 86_400;
+
+/// When a revocation made at `now` may be forgotten: once every token it covers has
+/// expired. The longest lifetime is used, not the application's current one, which may have
+/// been shorter when older tokens were issued.
+pub fn revocation_until(now: i64) -> i64 {
+    now + MAX_ACCESS_TTL + LEEWAY_SECS
 }

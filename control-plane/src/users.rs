@@ -232,7 +232,7 @@ pub async fn update(
          WHERE id = $1 RETURNING {USER_COLUMNS}"
     );
     let row = client
-        .query_one(
+        .query_opt(
             &sql,
             &[
                 &id,
@@ -249,7 +249,8 @@ pub async fn update(
             ],
         )
         .await
-        .map_err(conflict)?;
+        .map_err(conflict)?
+        .ok_or_else(|| ApiError::not_found("user"))?;
     Ok(User::from_row(&row))
 }
 

@@ -26,14 +26,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{AUTHORIZATION, HOST};
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use portcullis_benches::{Minter, TOKEN_TTL_SECS, random_signing_key, random_uuid, unix_now};
+use hyper::StatusCode;
+use portcullis_benches::{
+    Client, Minter, TOKEN_TTL_SECS, ms, percentile, random_signing_key, random_uuid, unix_now,
+};
 use portcullis_common::redis_layout::{self as layout, Event};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
@@ -132,63 +129,6 @@ impl VerifierProcess {
     }
 }
 
-/// One keep-alive HTTP/1.1 connection to the verifier.
-#[derive(Debug)]
-struct Client {
-    sender: SendRequest<Empty<Bytes>>,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
-        let stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Self { sender })
-    }
-
-    async fn get(
-        &mut self,
-        path: &str,
-        token: Option<&str>,
-    ) -> anyhow::Result<(StatusCode, Bytes)> {
-        let mut request = Request::get(path).header(HOST, "127.0.0.1");
-        if let Some(token) = token {
-            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
-        }
-        self.sender.ready().await?;
-        let response = self
-            .sender
-            .send_request(request.body(Empty::new())?)
-            .await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, body))
-    }
-
-    /// Verifies `token`: `Ok(None)` when accepted, `Ok(Some(code))` with the problem's
-    /// `code` when refused with 401.
-    async fn verify(&mut self, token: &str) -> anyhow::Result<Option<String>> {
-        let (status, body) = self.get("/v1/verify", Some(token)).await?;
-        match status {
-            StatusCode::OK => Ok(None),
-            StatusCode::UNAUTHORIZED => {
-                let problem: serde_json::Value =
-                    serde_json::from_slice(&body).context("401 body is not JSON")?;
-                Ok(Some(
-                    problem["code"].as_str().unwrap_or_default().to_owned(),
-                ))
-            }
-            other => bail!(
-                "unexpected {other} from /v1/verify: {}",
-                String::from_utf8_lossy(&body)
-            ),
-        }
-    }
-}
-
 /// Writes the key set and version 1, and clears any revocation left in a reused Redis.
 async fn seed_redis(conn: &mut MultiplexedConnection, minter: &Minter) -> anyhow::Result<()> {
     let jwks = portcullis_benches::jwks_json(&[minter.verifying_key()]);
@@ -198,16 +138,6 @@ async fn seed_redis(conn: &mut MultiplexedConnection, minter: &Minter) -> anyhow
         .del(&[layout::REVOKED_SESSIONS, layout::REVOKED_USERS])
         .await?;
     Ok(())
-}
-
-/// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 async fn latency(
@@ -236,17 +166,9 @@ async fn latency(
         .encode();
         let started = Instant::now();
         let _: i64 = conn.publish(layout::EVENTS_CHANNEL, event).await?;
-        loop {
-            polls += 1;
-            match client.verify(&token).await? {
-                None if started.elapsed() > REVOCATION_TIMEOUT => {
-                    bail!("the revocation was not applied within {REVOCATION_TIMEOUT:?}")
-                }
-                None => {}
-                Some(code) if code == "token_revoked" => break,
-                Some(code) => bail!("refused with {code}, expected token_revoked"),
-            }
-        }
+        polls += client
+            .until_revoked(&token, started, REVOCATION_TIMEOUT)
+            .await?;
         samples.push(started.elapsed());
     }
     samples.sort();

@@ -219,13 +219,14 @@ async fn patch(
     let updated = users::update(&tx, user.id, &changes).await?;
     let now = crate::clock::at(ctx.now);
     let newly_disabled = updated.disabled(now) && !user.disabled(now);
-    if newly_disabled {
-        sessions::revoke_user_in(&tx, user.id, ctx.now).await?;
-    }
+    let cutoff = match newly_disabled {
+        true => Some(sessions::revoke_user_in(&tx, user.id, ctx.now).await?),
+        false => None,
+    };
     tx.commit().await?;
     drop(client);
-    if newly_disabled {
-        sessions::publish_users(&state, &[user.id], ctx.now).await;
+    if let Some(before) = cutoff {
+        sessions::publish_users(&state, &[user.id], before).await;
     }
     Ok(Json(updated.view()))
 }

@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{JsonBody, auth, created};
-use crate::apps::{APP_COLUMNS, App, AppView};
+use crate::apps::{self, APP_COLUMNS, App, AppView};
 use crate::crypto::{digest, random_token};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::sessions::{self, AppsOf, Ctx};
@@ -177,6 +177,10 @@ async fn patch(
     let owner = auth::owner(&state, &headers, ctx.now).await?;
     let app = auth::owned_app(&state, owner, &app).await?;
     let name = body.name.as_deref().map(app_name).transpose()?;
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    // Read-modify-write under the row lock: concurrent changes never undo each other.
+    let app = apps::lock(&tx, app.id).await?;
     let settings = with_lifetimes(
         app.settings.clone(),
         body.access_token_ttl,
@@ -184,15 +188,15 @@ async fn patch(
     )?;
     let expires_at = super::patched_time(app.expires_at, body.expires_at)?;
     let settings_json = serde_json::to_value(&settings).map_err(|e| ApiError::internal(&e))?;
-    let client = state.pool.get().await?;
     let sql = format!(
         "UPDATE apps SET name = COALESCE($2, name), settings = $3, expires_at = $4
          WHERE id = $1 RETURNING {APP_COLUMNS}"
     );
-    let row = client
+    let row = tx
         .query_one(&sql, &[&app.id, &name, &settings_json, &expires_at])
         .await
         .map_err(app_exists)?;
+    tx.commit().await?;
     Ok(Json(App::from_row(&row).view(None)))
 }
 
@@ -209,12 +213,12 @@ async fn delete(
     let app = auth::owned_app(&state, owner, &app).await?;
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    let users = sessions::revoke_app_users_in(&tx, AppsOf::App(app.id), ctx.now).await?;
+    let (users, before) = sessions::revoke_app_users_in(&tx, AppsOf::App(app.id), ctx.now).await?;
     tx.execute("DELETE FROM apps WHERE id = $1", &[&app.id])
         .await?;
     tx.commit().await?;
     drop(client);
-    sessions::publish_users(&state, &users, ctx.now).await;
+    sessions::publish_users(&state, &users, before).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -267,14 +271,16 @@ async fn settings_put(
     JsonBody(patch): JsonBody<serde_json::Value>,
 ) -> ApiResult<Json<AppSettings>> {
     let app = auth::app_admin(&state, &headers, &app, ctx.now).await?;
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let app = apps::lock(&tx, app.id).await?;
     let settings = app.settings.merged(&patch)?;
     let json = serde_json::to_value(&settings).map_err(|e| ApiError::internal(&e))?;
-    let client = state.pool.get().await?;
-    client
-        .execute(
-            "UPDATE apps SET settings = $2 WHERE id = $1",
-            &[&app.id, &json],
-        )
-        .await?;
+    tx.execute(
+        "UPDATE apps SET settings = $2 WHERE id = $1",
+        &[&app.id, &json],
+    )
+    .await?;
+    tx.commit().await?;
     Ok(Json(settings))
 }

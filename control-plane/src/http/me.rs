@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::{JsonBody, auth};
 use crate::apps::{self, App};
 use crate::error::{ApiError, ApiResult, Problem};
+use crate::limits::Scope;
 use crate::passwords;
 use crate::sessions::{self, Ctx, SessionView, Which};
 use crate::state::AppState;
@@ -113,12 +114,12 @@ async fn me_delete(
 pub(super) async fn delete_user(state: &AppState, user: &User, now: i64) -> Result<(), ApiError> {
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    sessions::revoke_user_in(&tx, user.id, now).await?;
+    let before = sessions::revoke_user_in(&tx, user.id, now).await?;
     tx.execute("DELETE FROM users WHERE id = $1", &[&user.id])
         .await?;
     tx.commit().await?;
     drop(client);
-    sessions::publish_users(state, &[user.id], now).await;
+    sessions::publish_users(state, &[user.id], before).await;
     Ok(())
 }
 
@@ -160,10 +161,24 @@ async fn password_change(
             user.username.as_deref().unwrap_or(""),
         ],
     )?;
+    // A stolen access token must not buy unlimited guesses at the current password.
+    let (app_id, account) = (app.id.to_string(), format!("password-change:{}", user.id));
+    let failures = Scope::AccountFailures {
+        app: &app_id,
+        account: &account,
+    };
+    state
+        .limiter
+        .hit(
+            failures,
+            app.settings.rate_limits.per_account_failures_per_hour,
+        )
+        .await?;
     let hash = (!user.guest).then_some(user.password_hash.as_str());
     if !state.hasher.verify(hash, &body.current_password).await? {
         return Err(ApiError::invalid_credentials());
     }
+    state.limiter.forgive(failures).await;
     let new_hash = state.hasher.hash(&body.new_password).await?;
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
@@ -180,7 +195,6 @@ async fn password_change(
                 except: Some(principal.sid),
             },
             ctx.now,
-            app.settings.access_token_ttl,
         )
         .await?
     } else {
@@ -229,10 +243,9 @@ async fn sessions_delete_all(
     headers: HeaderMap,
     Path(app): Path<String>,
 ) -> ApiResult<Json<SessionsRevoked>> {
-    let (app, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    let (_, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
     let revoked = sessions::revoke(
         &state,
-        &app,
         &Which::AllOfUser {
             user: user.id,
             except: None,
@@ -255,13 +268,12 @@ async fn session_delete(
     headers: HeaderMap,
     Path((app, sid)): Path<(String, String)>,
 ) -> ApiResult<Json<SessionsRevoked>> {
-    let (app, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    let (_, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
     let session = sid
         .parse::<Uuid>()
         .map_err(|_| ApiError::not_found("session"))?;
     let revoked = sessions::revoke(
         &state,
-        &app,
         &Which::One {
             user: user.id,
             session,

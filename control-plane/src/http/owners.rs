@@ -175,7 +175,7 @@ async fn login(
         app: "owners",
         account: &account,
     };
-    state.limiter.check(failures, 100).await?;
+    state.limiter.hit(failures, 100).await?;
     let client = state.pool.get().await?;
     let row = client
         .query_opt(
@@ -185,13 +185,11 @@ async fn login(
         .await?;
     drop(client);
     let hash: Option<String> = row.as_ref().map(|r| r.get(1));
-    if !state.hasher.verify(hash.as_deref(), &body.password).await? {
-        state.limiter.record(failures).await;
-        return Err(ApiError::invalid_credentials());
-    }
-    let Some(row) = row else {
+    let verified = state.hasher.verify(hash.as_deref(), &body.password).await?;
+    let (Some(row), true) = (row, verified) else {
         return Err(ApiError::invalid_credentials());
     };
+    state.limiter.forgive(failures).await;
     let (token, _) = tokens::mint(
         &state,
         Grant {
@@ -233,6 +231,8 @@ async fn me_get(
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub(super) struct OwnerPatch {
+    /// Required to change `email` or `password`.
+    current_password: Option<String>,
     first_name: Option<String>,
     last_name: Option<String>,
     email: Option<String>,
@@ -260,6 +260,20 @@ async fn me_patch(
         .as_deref()
         .map(|v| name(v, "last_name"))
         .transpose()?;
+    if email.is_some() || body.password.is_some() {
+        // A stolen token alone must not take the account over (ASVS 5 §6.2.3).
+        let current = body.current_password.as_deref().unwrap_or("");
+        let client = state.pool.get().await?;
+        let row = client
+            .query_opt("SELECT password_hash FROM owners WHERE id = $1", &[&id])
+            .await?;
+        drop(client);
+        let stored: Option<String> = row.map(|r| r.get(0));
+        let shape_ok = passwords::check_shape(current).is_ok();
+        if !(shape_ok && state.hasher.verify(stored.as_deref(), current).await?) {
+            return Err(ApiError::invalid_credentials());
+        }
+    }
     let hash = match &body.password {
         Some(p) => {
             passwords::check_new(p, &Default::default(), &[email.as_deref().unwrap_or("")])?;
@@ -290,12 +304,17 @@ async fn me_patch(
         .await
         .map_err(owner_exists)?
         .ok_or_else(|| ApiError::unauthenticated(ErrorCode::TokenRevoked))?;
-    if hash.is_some() {
-        // Every owner token issued until now stops working, this request's included: the
-        // owner signs in again with the new password.
-        sessions::revoke_user_in(&tx, id, ctx.now).await?;
-    }
+    // Every owner token issued until now stops working, this request's included: the
+    // owner signs in again with the new password.
+    let cutoff = match hash {
+        Some(_) => Some(sessions::revoke_user_in(&tx, id, ctx.now).await?),
+        None => None,
+    };
     tx.commit().await?;
+    drop(client);
+    if let Some(before) = cutoff {
+        sessions::publish_users(&state, &[id], before).await;
+    }
     Ok(Json(OwnerView::from_row(&row)))
 }
 
@@ -310,12 +329,14 @@ async fn me_delete(
     let id = auth::owner(&state, &headers, ctx.now).await?;
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    let users = sessions::revoke_app_users_in(&tx, sessions::AppsOf::Owner(id), ctx.now).await?;
-    sessions::revoke_user_in(&tx, id, ctx.now).await?;
+    let (mut users, before) =
+        sessions::revoke_app_users_in(&tx, sessions::AppsOf::Owner(id), ctx.now).await?;
+    let before = before.max(sessions::revoke_user_in(&tx, id, ctx.now).await?);
+    users.push(id);
     tx.execute("DELETE FROM owners WHERE id = $1", &[&id])
         .await?;
     tx.commit().await?;
     drop(client);
-    sessions::publish_users(&state, &users, ctx.now).await;
+    sessions::publish_users(&state, &users, before).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

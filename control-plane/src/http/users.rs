@@ -21,7 +21,7 @@ use crate::crypto::random_token;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::limits::Scope;
 use crate::passwords;
-use crate::sessions::{self, Ctx, Which};
+use crate::sessions::{self, Ctx, Subject, Which};
 use crate::state::AppState;
 use crate::tokens::{self, Tokens};
 use crate::users::{self, Changes, NewUser, UserView, canonical, check_device};
@@ -131,11 +131,15 @@ async fn register(
         active: true,
         ..NewUser::default()
     };
-    let client = state.pool.get().await?;
-    let user = users::insert(&client, app.id, &new).await?;
-    drop(client);
-    let tokens =
-        sessions::start(&state, &app, &user, device.as_deref(), &ctx, vec![Amr::Pwd]).await?;
+    let (user, tokens) = sessions::start(
+        &state,
+        &app,
+        Subject::New(&new),
+        device.as_deref(),
+        &ctx,
+        vec![Amr::Pwd],
+    )
+    .await?;
     Ok(created(Registered {
         user: user.view(),
         tokens,
@@ -204,7 +208,7 @@ async fn login(
     };
     state
         .limiter
-        .check(
+        .hit(
             failures,
             app.settings.rate_limits.per_account_failures_per_hour,
         )
@@ -216,23 +220,22 @@ async fn login(
         .as_ref()
         .filter(|u| !u.guest)
         .map(|u| u.password_hash.as_str());
-    if !state.hasher.verify(hash, &password).await? {
-        state.limiter.record(failures).await;
+    let verified = state.hasher.verify(hash, &password).await?;
+    let (Some(user), true) = (user, verified) else {
         metrics::counter!("portcullis_logins_total", "outcome" => "failed").increment(1);
         return Err(ApiError::invalid_credentials());
-    }
-    let Some(user) = user else {
-        return Err(ApiError::invalid_credentials());
     };
-    if user.disabled(crate::clock::at(ctx.now)) {
-        return Err(ApiError::new(
-            ErrorCode::UserDisabled,
-            "the user is disabled or expired",
-        ));
-    }
+    state.limiter.forgive(failures).await;
+    let (_, tokens) = sessions::start(
+        &state,
+        &app,
+        Subject::Existing(&user),
+        device.as_deref(),
+        &ctx,
+        vec![Amr::Pwd],
+    )
+    .await?;
     metrics::counter!("portcullis_logins_total", "outcome" => "ok").increment(1);
-    let tokens =
-        sessions::start(&state, &app, &user, device.as_deref(), &ctx, vec![Amr::Pwd]).await?;
     Ok(Json(tokens))
 }
 
@@ -269,13 +272,10 @@ async fn guest(
         display_name: name.map(str::to_owned),
         ..NewUser::default()
     };
-    let client = state.pool.get().await?;
-    let user = users::insert(&client, app.id, &new).await?;
-    drop(client);
-    let tokens = sessions::start(
+    let (_, tokens) = sessions::start(
         &state,
         &app,
-        &user,
+        Subject::New(&new),
         device.as_deref(),
         &ctx,
         vec![Amr::Guest],
@@ -331,21 +331,23 @@ async fn logout(
     let client = state.pool.get().await?;
     let app = apps::live(&client, &app, ctx.now).await?;
     let (session, user) = match body.refresh_token {
-        Some(refresh) => sessions::session_of_refresh(&client, app.id, &refresh)
-            .await?
-            .ok_or_else(|| {
+        Some(refresh) => {
+            let found = sessions::session_of_refresh(&client, app.id, &refresh).await?;
+            drop(client);
+            found.ok_or_else(|| {
                 ApiError::new(
                     ErrorCode::InvalidRefreshToken,
                     "the refresh token is invalid or expired",
                 )
-            })?,
+            })?
+        }
         None => {
             drop(client);
             let p = auth::user(&state, &headers, &app, ctx.now).await?;
             (p.sid, p.sub)
         }
     };
-    sessions::revoke(&state, &app, &Which::One { user, session }, ctx.now).await?;
+    sessions::revoke(&state, &Which::One { user, session }, ctx.now).await?;
     Ok(Json(LoggedOut {
         logged_out: true,
         session_id: session,

@@ -77,15 +77,29 @@ async fn owners_register_login_and_manage_themselves() {
     );
     assert_eq!(r.json()["last_name"], "Lovelace");
 
-    // A new password revokes the owner's tokens, this one included.
+    // Email and password changes need the current password: a token alone is not enough.
+    let me = "/v1/owners/me";
     let r = s
         .call(
             "PATCH",
-            "/v1/owners/me",
+            me,
             Some(&token),
             Some(json!({"password": "a brand new passphrase"})),
         )
         .await;
+    assert_eq!(r.code(), "invalid_credentials");
+    let r = s
+        .call(
+            "PATCH",
+            me,
+            Some(&token),
+            Some(json!({"email": "x@example.com", "current_password": "wrong guess!"})),
+        )
+        .await;
+    assert_eq!(r.code(), "invalid_credentials");
+    // A new password revokes the owner's tokens, this one included.
+    let body = json!({"password": "a brand new passphrase", "current_password": PASSWORD});
+    let r = s.call("PATCH", me, Some(&token), Some(body)).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         s.get("/v1/owners/me", Some(&token)).await.code(),
@@ -245,6 +259,8 @@ async fn deleting_an_owner_cascades_and_revokes() {
     let access = tokens["access_token"].as_str().unwrap();
     assert_eq!(v.status(access).await, 200);
 
+    // Owner tokens are typed `owner+jwt`: no sidecar takes one for a user's access token.
+    assert_eq!(v.status(&owner).await, 401);
     let r = s.call("DELETE", "/v1/owners/me", Some(&owner), None).await;
     assert_eq!(r.status, 204, "{}", r.body);
     crate::support::eventually(std::time::Duration::from_secs(5), || async {

@@ -50,6 +50,8 @@ pub fn env(
         ("PORTCULLIS_KEY_ENCRYPTION_KEY", kek.as_str()),
         ("PORTCULLIS_RECONCILE_INTERVAL_SECS", "1"),
         ("PORTCULLIS_DRAIN_TIMEOUT_SECS", "1"),
+        // The verifiers here read Redis, which has a new key at once.
+        ("PORTCULLIS_KEY_PUBLISH_LEAD_SECS", "0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -249,3 +249,21 @@ async fn postgres_restart_gives_503_then_recovers() {
         .await;
     assert_eq!(r.status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_signs_only_after_its_publish_lead() {
+    let s = Stack::start_with(&[("PORTCULLIS_KEY_PUBLISH_LEAD_SECS", "3600")]).await;
+    let r = s
+        .post("/v1/admin/keys/rotate", Some(ADMIN_TOKEN), json!({}))
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (429, "rate_limited"),
+        "{}",
+        r.body
+    );
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(wait > 3000, "{wait}");
+    let keys = s.get("/v1/admin/keys", Some(ADMIN_TOKEN)).await.json();
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 2, "nothing rotated");
+}
