@@ -12,9 +12,12 @@
 -- `request()`, all threads at once. The one `request()` wrk calls on thread 0 before
 -- starting it, only to inspect the request's shape, gets a placeholder that is never sent.
 --
--- Usage: wrk -t T ... -s benches/wrk/tokens.lua URL -- TOKEN_FILE T
+-- With a third argument `refresh`, each token is sent instead as a refresh token: `POST`
+-- with the JSON body `{"refresh_token":"<token>"}` (the control plane's refresh route).
+--
+-- Usage: wrk -t T ... -s benches/wrk/tokens.lua URL -- TOKEN_FILE T [refresh]
 
-local path, nthreads
+local path, nthreads, mode
 local data, first, stop, pos
 local inspected = false
 local threads_created = 0
@@ -27,6 +30,7 @@ end
 function init(args)
   path = args[1]
   nthreads = tonumber(args[2] or "")
+  mode = args[3] or "bearer"
   if path == nil or nthreads == nil then
     error("usage: wrk ... -s tokens.lua URL -- TOKEN_FILE THREADS")
   end
@@ -73,6 +77,10 @@ function request()
   pos = eol + 1
   if pos > stop then
     pos = first
+  end
+  if mode == "refresh" then
+    return wrk.format("POST", nil, { ["Content-Type"] = "application/json" },
+      '{"refresh_token":"' .. token .. '"}')
   end
   return wrk.format(nil, nil, { ["Authorization"] = "Bearer " .. token })
 end

@@ -1,7 +1,9 @@
 //! Applications: the row, its settings, and how a request names one. An expired or deleted
 //! application answers `404 app_not_found` on its end-user routes; its owner still sees it.
 
-use deadpool_postgres::GenericClient;
+use std::sync::Arc;
+
+use deadpool_postgres::{GenericClient, Pool};
 use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -12,6 +14,7 @@ use uuid::Uuid;
 use crate::clock;
 use crate::error::ApiError;
 use crate::settings::AppSettings;
+use crate::store::Prepared as _;
 
 pub const APP_COLUMNS: &str = "id, owner_id, name, settings, expires_at, created_at";
 
@@ -76,24 +79,72 @@ pub async fn find(client: &impl GenericClient, id: &str) -> Result<Option<App>, 
         return Ok(None);
     };
     let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = $1");
-    Ok(client
-        .query_opt(&sql, &[&id])
-        .await?
-        .map(|r| App::from_row(&r)))
+    Ok(client.q_opt(&sql, &[&id]).await?.map(|r| App::from_row(&r)))
 }
 
-/// The application for an end-user route: it must exist and not be expired.
-pub async fn live(client: &impl GenericClient, id: &str, now: i64) -> Result<App, ApiError> {
-    match find(client, id).await? {
-        Some(app) if !app.expired(now) => Ok(app),
-        _ => Err(ApiError::app_not_found()),
+/// How long a replica serves an application's row (settings, expiry) from memory. A change
+/// made on this replica applies at once (it forgets the entry); one made on another
+/// replica, within this long.
+const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Applications as the end-user routes see them, cached briefly: every login and refresh
+/// needs the settings, and reading them each time costs a database round trip.
+#[derive(Clone, Debug)]
+pub struct AppCache {
+    cache: moka::sync::Cache<Uuid, Option<Arc<App>>>,
+}
+
+impl AppCache {
+    pub fn new() -> Self {
+        Self {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(CACHE_FOR)
+                .build(),
+        }
+    }
+
+    /// The application for an end-user route: it must exist and not be expired.
+    pub async fn live(&self, pool: &Pool, id: &str, now: i64) -> Result<Arc<App>, ApiError> {
+        let Ok(uuid) = id.parse::<Uuid>() else {
+            return Err(ApiError::app_not_found());
+        };
+        let app = match self.cache.get(&uuid) {
+            Some(app) => app,
+            None => {
+                let client = pool.get().await?;
+                let app = find(&client, id).await?.map(Arc::new);
+                self.cache.insert(uuid, app.clone());
+                app
+            }
+        };
+        match app {
+            Some(app) if !app.expired(now) => Ok(app),
+            _ => Err(ApiError::app_not_found()),
+        }
+    }
+
+    /// Drops one application (changed or deleted here).
+    pub fn forget(&self, id: Uuid) {
+        self.cache.invalidate(&id);
+    }
+
+    /// Drops every application (an owner and all of theirs deleted).
+    pub fn forget_all(&self) {
+        self.cache.invalidate_all();
+    }
+}
+
+impl Default for AppCache {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 /// The application's row, locked until the transaction ends (for read-modify-write).
 pub async fn lock(tx: &impl GenericClient, id: Uuid) -> Result<App, ApiError> {
     let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = $1 FOR UPDATE");
-    tx.query_opt(&sql, &[&id])
+    tx.q_opt(&sql, &[&id])
         .await?
         .map(|r| App::from_row(&r))
         .ok_or_else(ApiError::app_not_found)

@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 
 use crate::crypto::Secrets;
 use crate::error::ApiError;
+use crate::store::Prepared as _;
 
 /// Advisory lock key serializing key changes across replicas ("keyrotat").
 const KEY_LOCK: i64 = 0x6b65_7972_6f74_6174;
@@ -111,7 +112,7 @@ impl KeyRing {
 
     async fn load(&self, client: &impl GenericClient) -> Result<Option<Keys>, ApiError> {
         let rows = client
-            .query(
+            .q(
                 "SELECT kid, state, public_key, private_key_enc FROM signing_keys
                  WHERE state IN ('next', 'active', 'retired') ORDER BY created_at, kid",
                 &[],
@@ -170,7 +171,7 @@ impl KeyRing {
         state: &str,
     ) -> Result<String, ApiError> {
         let (kid, public, sealed) = self.new_key();
-        tx.execute(
+        tx.exec(
             "INSERT INTO signing_keys (kid, state, public_key, private_key_enc, activated_at)
              VALUES ($1, $2, $3, $4, CASE WHEN $2 = 'active' THEN now() END)",
             &[&kid, &state, &public, &sealed],
@@ -182,10 +183,10 @@ impl KeyRing {
     /// Creates the active and next keys where missing. Returns whether anything changed.
     pub async fn ensure(&self, client: &mut deadpool_postgres::Client) -> Result<bool, ApiError> {
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&KEY_LOCK])
+        tx.exec("SELECT pg_advisory_xact_lock($1)", &[&KEY_LOCK])
             .await?;
         let states: Vec<String> = tx
-            .query(
+            .q(
                 "SELECT state FROM signing_keys WHERE state IN ('active', 'next')",
                 &[],
             )
@@ -227,10 +228,10 @@ impl KeyRing {
         let mut client = self.pool.get().await?;
         self.ensure(&mut client).await?;
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&KEY_LOCK])
+        tx.exec("SELECT pg_advisory_xact_lock($1)", &[&KEY_LOCK])
             .await?;
         let ages = tx
-            .query_one(
+            .q_one(
                 "SELECT
                      (SELECT EXTRACT(EPOCH FROM now() - activated_at)::bigint
                         FROM signing_keys WHERE state = 'active'),
@@ -250,7 +251,7 @@ impl KeyRing {
         if next_age < lead {
             return Ok(Rotation::TooSoon((lead - next_age) as u64));
         }
-        tx.execute(
+        tx.exec(
             "UPDATE signing_keys SET state = 'retired', retired_at = now(),
                  remove_after = now() + make_interval(secs => $1)
              WHERE state = 'active'",
@@ -258,7 +259,7 @@ impl KeyRing {
         )
         .await?;
         let row = tx
-            .query_one(
+            .q_one(
                 "UPDATE signing_keys SET state = 'active', activated_at = now()
                  WHERE state = 'next' RETURNING kid",
                 &[],
@@ -283,7 +284,7 @@ impl KeyRing {
         };
         let client = self.pool.get().await?;
         let removed = client
-            .execute(
+            .exec(
                 "UPDATE signing_keys SET state = 'removed'
                  WHERE state = 'retired' AND remove_after < now()",
                 &[],
@@ -299,7 +300,7 @@ impl KeyRing {
     pub async fn list(&self) -> Result<Vec<KeyInfo>, ApiError> {
         let client = self.pool.get().await?;
         let rows = client
-            .query(
+            .q(
                 "SELECT kid, state, created_at, activated_at, retired_at, remove_after
                  FROM signing_keys ORDER BY created_at DESC, kid",
                 &[],

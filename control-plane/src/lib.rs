@@ -31,6 +31,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -97,6 +98,11 @@ pub async fn run(
     let app = http::router(state.clone());
     let drain = state.config.drain_timeout;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Answers are small and latency matters more than packet count: without NODELAY a
+    // response split across two writes can wait out the client's delayed ACK (~40 ms).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

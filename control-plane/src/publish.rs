@@ -16,6 +16,7 @@ use redis::AsyncCommands as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::error::ApiError;
+use crate::store::Prepared as _;
 
 /// `HSET key field value` unless the field already holds a larger cutoff: two writers (a
 /// revocation and a reconcile on another replica) never move a cutoff backwards.
@@ -162,10 +163,10 @@ impl Publisher {
         let present: HashMap<String, i64> = conn.hgetall(REVOKED_USERS).await?;
         let client = pool.get().await?;
         client
-            .execute("DELETE FROM revocations WHERE until < $1", &[&now])
+            .exec("DELETE FROM revocations WHERE until < $1", &[&now])
             .await?;
         let rows = client
-            .query("SELECT kind, subject, before, until FROM revocations", &[])
+            .q("SELECT kind, subject, before, until FROM revocations", &[])
             .await?;
         drop(client);
         let mut sessions = HashMap::new();

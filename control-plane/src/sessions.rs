@@ -17,6 +17,7 @@ use crate::clock;
 use crate::crypto::{digest, random_token};
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::store::Prepared as _;
 use crate::store::is_unique_violation;
 use crate::tokens::{self, Grant, Tokens};
 use crate::users::{self, NewUser, USER_COLUMNS, User};
@@ -81,10 +82,12 @@ pub async fn revoke_in(
     let until = tokens::revocation_until(now);
     let at = clock::at(now);
     let (condition, user, extra) = match which {
-        Which::One { user, session } => ("id::text = $4", user, Some(session.to_string())),
-        Which::Device { user, device } => ("device_id = $4", user, Some(device.clone())),
+        // The parameter is text for every variant; casting it (never the column) keeps the
+        // primary-key index usable.
+        Which::One { user, session } => ("id = $4::text::uuid", user, Some(session.to_string())),
+        Which::Device { user, device } => ("device_id = $4::text", user, Some(device.clone())),
         Which::AllOfUser { user, except } => (
-            "($4::text IS NULL OR id::text <> $4)",
+            "($4::text IS NULL OR id <> $4::text::uuid)",
             user,
             except.map(|e| e.to_string()),
         ),
@@ -99,7 +102,7 @@ pub async fn revoke_in(
          ON CONFLICT (kind, subject) DO UPDATE SET until = GREATEST(revocations.until, EXCLUDED.until)
          RETURNING subject"
     );
-    let rows = tx.query(&sql, &[&at, &user, &until, &extra]).await?;
+    let rows = tx.q(&sql, &[&at, &user, &until, &extra]).await?;
     Ok(rows
         .iter()
         .filter_map(|r| r.get::<_, String>(0).parse().ok())
@@ -118,15 +121,15 @@ pub async fn revoke_user_in(
     user: Uuid,
     now: i64,
 ) -> Result<i64, ApiError> {
-    tx.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user])
+    tx.exec("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user])
         .await?;
     let before = cutoff_now(tx, now).await?;
-    tx.execute(
+    tx.exec(
         "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
         &[&user, &clock::at(before)],
     )
     .await?;
-    tx.execute(
+    tx.exec(
         "INSERT INTO revocations (kind, subject, before, until) VALUES ('user', $1, $2, $3)
          ON CONFLICT (kind, subject) DO UPDATE
          SET before = GREATEST(revocations.before, EXCLUDED.before),
@@ -145,7 +148,7 @@ pub async fn revoke_user_in(
 /// waited for, so it covers every token issued by whoever held them).
 async fn cutoff_now(tx: &impl GenericClient, now: i64) -> Result<i64, ApiError> {
     Ok(tx
-        .query_one(
+        .q_one(
             "SELECT GREATEST($1, EXTRACT(EPOCH FROM clock_timestamp())::bigint)",
             &[&now],
         )
@@ -231,7 +234,7 @@ pub async fn start(
             None => Vec::new(),
         };
         let inserted = tx
-            .execute(
+            .exec(
                 "INSERT INTO sessions (id, user_id, app_id, device_id, user_agent, ip, amr,
                      created_at, last_seen_at, expires_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
@@ -253,7 +256,7 @@ pub async fn start(
             Err(e) if attempt < 3 && is_unique_violation(&e, Some("sessions_device")) => continue,
             other => other?,
         };
-        tx.execute(
+        tx.exec(
             "INSERT INTO refresh_tokens (hash, session_id) VALUES ($1, $2)",
             &[&digest(&refresh), &sid],
         )
@@ -276,7 +279,7 @@ fn disabled() -> ApiError {
 async fn lock_user(tx: &impl GenericClient, id: Uuid) -> Result<User, ApiError> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR SHARE");
     let row = tx
-        .query_opt(&sql, &[&id])
+        .q_opt(&sql, &[&id])
         .await?
         .ok_or_else(ApiError::invalid_credentials)?;
     Ok(User::from_row(&row))
@@ -341,52 +344,64 @@ pub async fn refresh(
         return Err(invalid());
     }
     let hash = digest(presented);
+    // The successor is a function of the presented token, so the winning UPDATE records
+    // it at once and a retry within the grace window can recompute it.
+    let successor = state.secrets.successor(presented);
+    let successor_hash = digest(&successor);
     let now = clock::at(ctx.now);
     let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
-    let won = tx
-        .query_opt(
-            "UPDATE refresh_tokens rt SET used_at = $3
-             FROM sessions s
-             WHERE rt.hash = $1 AND rt.used_at IS NULL AND s.id = rt.session_id
-               AND s.app_id = $2 AND s.revoked_at IS NULL AND s.expires_at > $3
-             RETURNING s.id, s.user_id, s.amr",
-            &[&hash, &app.id, &now],
+    // The common case in one statement (one round trip, one commit). `holder` takes the
+    // user row shared and re-checks it is enabled under that lock (see `revoke_user_in`);
+    // the UPDATE's `used_at IS NULL` is re-checked under the row lock too, so of two
+    // concurrent refreshes with one token exactly one gets a row back.
+    let sql = format!(
+        "WITH target AS (
+             SELECT rt.hash, s.id AS sid, s.user_id, s.amr
+             FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id
+             WHERE rt.hash = $1 AND rt.used_at IS NULL AND s.app_id = $2
+               AND s.revoked_at IS NULL AND s.expires_at > $3),
+         holder AS (
+             SELECT {USER_COLUMNS} FROM users
+             WHERE id = (SELECT user_id FROM target) AND active
+               AND (expires_at IS NULL OR expires_at > $3)
+             FOR SHARE),
+         won AS (
+             UPDATE refresh_tokens rt SET used_at = $3, successor_hash = $4
+             FROM target t
+             WHERE rt.hash = t.hash AND rt.used_at IS NULL AND EXISTS (SELECT 1 FROM holder)
+             RETURNING t.sid, t.amr),
+         successor AS (
+             INSERT INTO refresh_tokens (hash, session_id) SELECT $4, sid FROM won),
+         seen AS (
+             UPDATE sessions SET last_seen_at = $3, ip = $5, user_agent = COALESCE($6, user_agent)
+             FROM won WHERE sessions.id = won.sid)
+         SELECT holder.*, won.sid, won.amr FROM won, holder"
+    );
+    let won = client
+        .q_opt(
+            &sql,
+            &[
+                &hash,
+                &app.id,
+                &now,
+                &successor_hash,
+                &ctx.ip.to_string(),
+                &ctx.user_agent,
+            ],
         )
         .await?;
     if let Some(row) = won {
-        let (sid, user_id, amr): (Uuid, Uuid, Vec<String>) = (row.get(0), row.get(1), row.get(2));
-        let user = lock_user(&tx, user_id).await?;
-        if user.disabled(now) {
-            tx.rollback().await?;
-            return Err(disabled());
-        }
-        let successor = state.secrets.successor(presented);
-        tx.execute(
-            "INSERT INTO refresh_tokens (hash, session_id) VALUES ($1, $2)",
-            &[&digest(&successor), &sid],
-        )
-        .await?;
-        tx.execute(
-            "UPDATE refresh_tokens SET successor_hash = $2 WHERE hash = $1",
-            &[&hash, &digest(&successor)],
-        )
-        .await?;
-        tx.execute(
-            "UPDATE sessions SET last_seen_at = $2, ip = $3, user_agent = COALESCE($4, user_agent)
-             WHERE id = $1",
-            &[&sid, &now, &ctx.ip.to_string(), &ctx.user_agent],
-        )
-        .await?;
-        tx.commit().await?;
+        let user = User::from_row(&row);
+        let (sid, amr): (Uuid, Vec<String>) = (row.get(13), row.get(14));
         drop(client);
         metrics::counter!("portcullis_refresh_total", "outcome" => "rotated").increment(1);
         return issue(state, app, &user, sid, successor, amr_parse(&amr), ctx.now).await;
     }
 
+    let tx = client.transaction().await?;
     // Not rotatable: unknown, expired, revoked, or already used.
     let row = tx
-        .query_opt(
+        .q_opt(
             "SELECT rt.used_at, rt.successor_hash, s.id, s.user_id, s.amr,
                     s.revoked_at IS NULL AND s.expires_at > $3 AS live
              FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id
@@ -406,13 +421,23 @@ pub async fn refresh(
         metrics::counter!("portcullis_refresh_total", "outcome" => "invalid").increment(1);
         return Err(invalid());
     }
+    if used_at.is_none() {
+        // Unused, on a live session, yet not rotated: the user is disabled or expired
+        // (or the token was rotated a moment ago by a concurrent request, and then it is
+        // used by now).
+        let user = lock_user(&tx, user_id).await?;
+        if user.disabled(now) {
+            return Err(disabled());
+        }
+        return Err(invalid());
+    }
     let grace = app.settings.refresh_token_reuse_grace_secs;
     let within_grace =
         grace > 0 && used_at.is_some_and(|used| (now - used).whole_seconds() <= grace);
     if within_grace {
         // The successor must still be the session's live token: a session never has two.
         let successor_live = tx
-            .query_opt(
+            .q_opt(
                 "SELECT 1 FROM refresh_tokens WHERE hash = $1 AND used_at IS NULL",
                 &[&successor_hash],
             )
@@ -426,7 +451,6 @@ pub async fn refresh(
                 return Err(disabled());
             }
             metrics::counter!("portcullis_refresh_total", "outcome" => "grace").increment(1);
-            let successor = state.secrets.successor(presented);
             return issue(state, app, &user, sid, successor, amr_parse(&amr), ctx.now).await;
         }
     }
@@ -456,7 +480,7 @@ pub async fn session_of_refresh(
         return Ok(None);
     }
     let row = client
-        .query_opt(
+        .q_opt(
             "SELECT s.id, s.user_id FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id
              WHERE rt.hash = $1 AND s.app_id = $2 AND s.revoked_at IS NULL",
             &[&digest(presented), &app],
@@ -481,7 +505,7 @@ pub async fn list(
     now: i64,
 ) -> Result<Vec<SessionView>, ApiError> {
     let rows = client
-        .query(
+        .q(
             "SELECT id, device_id, user_agent, ip, created_at, last_seen_at FROM sessions
              WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2
              ORDER BY created_at DESC",
@@ -536,7 +560,7 @@ pub async fn revoke_app_users_in(
     // the cutoff comes from the database clock so those logins' tokens fall under it.
     let before = cutoff_now(tx, now).await?;
     let rows = tx
-        .query(&sql, &[&id, &before, &tokens::revocation_until(before)])
+        .q(&sql, &[&id, &before, &tokens::revocation_until(before)])
         .await?;
     let users = rows
         .iter()
@@ -550,7 +574,7 @@ pub async fn revoke_app_users_in(
 pub async fn prune(client: &impl GenericClient, now: i64) -> Result<u64, ApiError> {
     let horizon = clock::at(now - 86_400);
     Ok(client
-        .execute(
+        .exec(
             "DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $1",
             &[&horizon],
         )

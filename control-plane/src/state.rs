@@ -6,6 +6,7 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use portcullis_verifier::core::{Settings, Verifier};
 
+use crate::apps::AppCache;
 use crate::config::Config;
 use crate::crypto::{PasswordHasherPool, Secrets};
 use crate::keys::KeyRing;
@@ -21,6 +22,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub pool: Pool,
     pub keys: Arc<KeyRing>,
+    pub apps: AppCache,
     pub publisher: Publisher,
     pub limiter: Limiter,
     pub hasher: PasswordHasherPool,
@@ -55,6 +57,7 @@ impl AppState {
                 config.key_publish_lead,
             )),
             limiter: Limiter::new(publisher.connection()),
+            apps: AppCache::new(),
             hasher: PasswordHasherPool::new(config.hash_workers),
             config: Arc::new(config),
             pool,

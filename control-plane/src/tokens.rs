@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::state::{AppState, LEEWAY_SECS};
+use crate::store::Prepared as _;
 
 /// The audience (and `client_id`) of owner tokens: never an application id, so an owner
 /// token is refused by every application's routes and a user token by the owner routes.
@@ -121,7 +122,7 @@ pub async fn authenticate(
     };
     let client = state.pool.get().await?;
     let revoked = client
-        .query_opt(
+        .q_opt(
             "SELECT 1 FROM revocations
              WHERE (kind = 'session' AND subject = $1) OR (kind = 'user' AND subject = $2 AND before >= $3)
              LIMIT 1",

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use portcullis_common::ErrorCode;
 
 use crate::error::ApiError;
+use crate::store::Prepared as _;
 use crate::store::is_unique_violation;
 
 pub const USER_COLUMNS: &str = "id, app_id, email, username, phone, email_verified, active, \
@@ -100,7 +101,7 @@ pub async fn find(
 ) -> Result<Option<User>, ApiError> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE app_id = $1 AND id = $2");
     Ok(client
-        .query_opt(&sql, &[&app, &id])
+        .q_opt(&sql, &[&app, &id])
         .await?
         .map(|r| User::from_row(&r)))
 }
@@ -118,7 +119,7 @@ pub async fn find_by_login(
     };
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE app_id = $1 AND {column} = $2");
     Ok(client
-        .query_opt(&sql, &[&app, &canonical(login)])
+        .q_opt(&sql, &[&app, &canonical(login)])
         .await?
         .map(|r| User::from_row(&r)))
 }
@@ -192,7 +193,7 @@ pub async fn insert(
          RETURNING {USER_COLUMNS}"
     );
     let row = client
-        .query_one(
+        .q_one(
             &sql,
             &[
                 &Uuid::now_v7(),
@@ -232,7 +233,7 @@ pub async fn update(
          WHERE id = $1 RETURNING {USER_COLUMNS}"
     );
     let row = client
-        .query_opt(
+        .q_opt(
             &sql,
             &[
                 &id,

@@ -79,6 +79,7 @@ async fn logout_latency(
     let mut cp = Client::connect(control_plane).await?;
     let mut v = Client::connect(verifier).await?;
     let mut samples = Vec::with_capacity(sessions);
+    let mut answered = Vec::with_capacity(sessions);
     let mut polls = 0u64;
     for _ in 0..sessions {
         let (status, body) = cp
@@ -119,19 +120,23 @@ async fn logout_latency(
                 String::from_utf8_lossy(&body)
             );
         }
+        answered.push(started.elapsed());
         polls += v
             .until_revoked(&access, started, REVOCATION_TIMEOUT)
             .await?;
         samples.push(started.elapsed());
     }
     samples.sort();
+    answered.sort();
     println!(
-        "logout -> verifier 401 (end to end), {} sessions: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({:.1} polls per logout)",
+        "logout -> verifier 401 (end to end), {} sessions: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({:.1} polls per logout; the logout itself answered in p50 {:.3} ms, p99 {:.3} ms)",
         samples.len(),
         ms(percentile(&samples, 50.0)),
         ms(percentile(&samples, 99.0)),
         ms(samples[samples.len() - 1]),
         polls as f64 / samples.len() as f64,
+        ms(percentile(&answered, 50.0)),
+        ms(percentile(&answered, 99.0)),
     );
     Ok(())
 }

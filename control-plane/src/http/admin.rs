@@ -18,6 +18,7 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::passwords;
 use crate::sessions::{self, Ctx};
 use crate::state::AppState;
+use crate::store::Prepared as _;
 use crate::users::{self, Changes, NewUser, USER_COLUMNS, User, UserView, canonical, check_roles};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -75,7 +76,7 @@ async fn list(
          ORDER BY id LIMIT $4"
     );
     let rows = client
-        .query(&sql, &[&app.id, &cursor, &email, &(limit + 1)])
+        .q(&sql, &[&app.id, &cursor, &email, &(limit + 1)])
         .await?;
     let more = rows.len() as i64 > limit;
     let users: Vec<User> = rows

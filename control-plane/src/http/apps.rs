@@ -19,6 +19,7 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::sessions::{self, AppsOf, Ctx};
 use crate::settings::AppSettings;
 use crate::state::AppState;
+use crate::store::Prepared as _;
 use crate::store::is_unique_violation;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -108,7 +109,7 @@ async fn create(
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING {APP_COLUMNS}"
     );
     let row = client
-        .query_one(
+        .q_one(
             &sql,
             &[
                 &Uuid::now_v7(),
@@ -134,7 +135,7 @@ async fn list(
     let owner = auth::owner(&state, &headers, ctx.now).await?;
     let client = state.pool.get().await?;
     let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE owner_id = $1 ORDER BY created_at, id");
-    let rows = client.query(&sql, &[&owner]).await?;
+    let rows = client.q(&sql, &[&owner]).await?;
     Ok(Json(AppList {
         apps: rows.iter().map(|r| App::from_row(r).view(None)).collect(),
     }))
@@ -193,10 +194,11 @@ async fn patch(
          WHERE id = $1 RETURNING {APP_COLUMNS}"
     );
     let row = tx
-        .query_one(&sql, &[&app.id, &name, &settings_json, &expires_at])
+        .q_one(&sql, &[&app.id, &name, &settings_json, &expires_at])
         .await
         .map_err(app_exists)?;
     tx.commit().await?;
+    state.apps.forget(app.id);
     Ok(Json(App::from_row(&row).view(None)))
 }
 
@@ -214,10 +216,11 @@ async fn delete(
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
     let (users, before) = sessions::revoke_app_users_in(&tx, AppsOf::App(app.id), ctx.now).await?;
-    tx.execute("DELETE FROM apps WHERE id = $1", &[&app.id])
+    tx.exec("DELETE FROM apps WHERE id = $1", &[&app.id])
         .await?;
     tx.commit().await?;
     drop(client);
+    state.apps.forget(app.id);
     sessions::publish_users(&state, &users, before).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -236,7 +239,7 @@ async fn rotate_key(
     let key = new_api_key();
     let client = state.pool.get().await?;
     client
-        .execute(
+        .exec(
             "UPDATE apps SET api_key_hash = $2 WHERE id = $1",
             &[&app.id, &digest(&key)],
         )
@@ -276,11 +279,12 @@ async fn settings_put(
     let app = apps::lock(&tx, app.id).await?;
     let settings = app.settings.merged(&patch)?;
     let json = serde_json::to_value(&settings).map_err(|e| ApiError::internal(&e))?;
-    tx.execute(
+    tx.exec(
         "UPDATE apps SET settings = $2 WHERE id = $1",
         &[&app.id, &json],
     )
     .await?;
     tx.commit().await?;
+    state.apps.forget(app.id);
     Ok(Json(settings))
 }

@@ -9,6 +9,7 @@ use crate::apps::{self, APP_COLUMNS, App};
 use crate::crypto::digest;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::store::Prepared as _;
 use crate::tokens::{self, OWNER_AUDIENCE, Principal};
 
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
@@ -57,7 +58,7 @@ pub(super) async fn app_admin(
         return Err(ApiError::app_not_found());
     };
     let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = $1 AND api_key_hash = $2");
-    match client.query_opt(&sql, &[&id, &digest(credential)]).await? {
+    match client.q_opt(&sql, &[&id, &digest(credential)]).await? {
         Some(row) => {
             let app = App::from_row(&row);
             if app.expired(now) {

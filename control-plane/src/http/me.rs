@@ -1,6 +1,8 @@
 //! Routes a signed-in user calls about themselves (API.md §3): profile, password change and
 //! sessions.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -13,12 +15,13 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{JsonBody, auth};
-use crate::apps::{self, App};
+use crate::apps::App;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::limits::Scope;
 use crate::passwords;
 use crate::sessions::{self, Ctx, SessionView, Which};
 use crate::state::AppState;
+use crate::store::Prepared as _;
 use crate::tokens::Principal;
 use crate::users::{self, Changes, User, UserView};
 
@@ -36,10 +39,8 @@ async fn signed_in(
     headers: &HeaderMap,
     app: &str,
     ctx: &Ctx,
-) -> Result<(App, Principal, User), ApiError> {
-    let client = state.pool.get().await?;
-    let app = apps::live(&client, app, ctx.now).await?;
-    drop(client);
+) -> Result<(Arc<App>, Principal, User), ApiError> {
+    let app = state.apps.live(&state.pool, app, ctx.now).await?;
     let principal = auth::user(state, headers, &app, ctx.now).await?;
     let client = state.pool.get().await?;
     let user = users::find(&client, app.id, principal.sub)
@@ -115,7 +116,7 @@ pub(super) async fn delete_user(state: &AppState, user: &User, now: i64) -> Resu
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
     let before = sessions::revoke_user_in(&tx, user.id, now).await?;
-    tx.execute("DELETE FROM users WHERE id = $1", &[&user.id])
+    tx.exec("DELETE FROM users WHERE id = $1", &[&user.id])
         .await?;
     tx.commit().await?;
     drop(client);
@@ -182,7 +183,7 @@ async fn password_change(
     let new_hash = state.hasher.hash(&body.new_password).await?;
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    tx.execute(
+    tx.exec(
         "UPDATE users SET password_hash = $2 WHERE id = $1",
         &[&user.id, &new_hash],
     )

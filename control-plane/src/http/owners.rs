@@ -19,6 +19,7 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::passwords;
 use crate::sessions::{self, Ctx};
 use crate::state::AppState;
+use crate::store::Prepared as _;
 use crate::store::is_unique_violation;
 use crate::tokens::{self, Grant, OWNER_AUDIENCE};
 use crate::users::{canonical, check_email};
@@ -121,7 +122,7 @@ async fn create(
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING {OWNER_COLUMNS}"
     );
     let row = client
-        .query_one(
+        .q_one(
             &sql,
             &[
                 &Uuid::now_v7(),
@@ -178,7 +179,7 @@ async fn login(
     state.limiter.hit(failures, 100).await?;
     let client = state.pool.get().await?;
     let row = client
-        .query_opt(
+        .q_opt(
             "SELECT id, password_hash FROM owners WHERE email_canonical = $1",
             &[&account],
         )
@@ -223,7 +224,7 @@ async fn me_get(
     let client = state.pool.get().await?;
     let sql = format!("SELECT {OWNER_COLUMNS} FROM owners WHERE id = $1");
     let row = client
-        .query_opt(&sql, &[&id])
+        .q_opt(&sql, &[&id])
         .await?
         .ok_or_else(|| ApiError::unauthenticated(ErrorCode::TokenRevoked))?;
     Ok(Json(OwnerView::from_row(&row)))
@@ -265,7 +266,7 @@ async fn me_patch(
         let current = body.current_password.as_deref().unwrap_or("");
         let client = state.pool.get().await?;
         let row = client
-            .query_opt("SELECT password_hash FROM owners WHERE id = $1", &[&id])
+            .q_opt("SELECT password_hash FROM owners WHERE id = $1", &[&id])
             .await?;
         drop(client);
         let stored: Option<String> = row.map(|r| r.get(0));
@@ -290,7 +291,7 @@ async fn me_patch(
          WHERE id = $1 RETURNING {OWNER_COLUMNS}"
     );
     let row = tx
-        .query_opt(
+        .q_opt(
             &sql,
             &[
                 &id,
@@ -333,10 +334,10 @@ async fn me_delete(
         sessions::revoke_app_users_in(&tx, sessions::AppsOf::Owner(id), ctx.now).await?;
     let before = before.max(sessions::revoke_user_in(&tx, id, ctx.now).await?);
     users.push(id);
-    tx.execute("DELETE FROM owners WHERE id = $1", &[&id])
-        .await?;
+    tx.exec("DELETE FROM owners WHERE id = $1", &[&id]).await?;
     tx.commit().await?;
     drop(client);
+    state.apps.forget_all();
     sessions::publish_users(&state, &users, before).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -1,6 +1,8 @@
 //! The public end-user routes of an application (API.md §3): register, login (JSON or HTTP
 //! Basic), guest, refresh, logout and token introspection.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -16,7 +18,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{JsonBody, auth, created};
-use crate::apps::{self, App};
+use crate::apps::App;
 use crate::crypto::random_token;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::limits::Scope;
@@ -37,10 +39,13 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Loads the live application and counts this request against its per-IP limit.
-async fn app_for(state: &AppState, app: &str, route: &str, ctx: &Ctx) -> Result<App, ApiError> {
-    let client = state.pool.get().await?;
-    let app = apps::live(&client, app, ctx.now).await?;
-    drop(client);
+async fn app_for(
+    state: &AppState,
+    app: &str,
+    route: &str,
+    ctx: &Ctx,
+) -> Result<Arc<App>, ApiError> {
+    let app = state.apps.live(&state.pool, app, ctx.now).await?;
     let app_id = app.id.to_string();
     state
         .limiter
@@ -328,8 +333,8 @@ async fn logout(
     headers: HeaderMap,
     JsonBody(body): JsonBody<RefreshRequest>,
 ) -> ApiResult<Json<LoggedOut>> {
+    let app = state.apps.live(&state.pool, &app, ctx.now).await?;
     let client = state.pool.get().await?;
-    let app = apps::live(&client, &app, ctx.now).await?;
     let (session, user) = match body.refresh_token {
         Some(refresh) => {
             let found = sessions::session_of_refresh(&client, app.id, &refresh).await?;
@@ -371,9 +376,7 @@ async fn verify(
     Path(app): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Introspection>> {
-    let client = state.pool.get().await?;
-    let app = apps::live(&client, &app, ctx.now).await?;
-    drop(client);
+    let app = state.apps.live(&state.pool, &app, ctx.now).await?;
     let principal = auth::user(&state, &headers, &app, ctx.now).await?;
     Ok(Json(Introspection {
         valid: true,

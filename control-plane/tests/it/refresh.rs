@@ -211,3 +211,21 @@ async fn absolute_lifetime_and_logout() {
         "missing_token"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_user_cannot_refresh_and_keeps_the_token() {
+    let s = Stack::start().await;
+    let (_, app, _) = s.owner_with_app().await;
+    let tokens = s.register(&app, "ann@example.com").await;
+    // Expiry passing on its own (no administrator action, so no revocation).
+    s.sql("UPDATE users SET expires_at = now() - interval '1 second'")
+        .await;
+    let r = refresh(&s, &app, &tokens["refresh_token"]).await;
+    assert_eq!((r.status, r.code().as_str()), (403, "user_disabled"));
+    s.sql("UPDATE users SET expires_at = NULL").await;
+    // The refused attempt did not spend the token.
+    assert_eq!(
+        refresh(&s, &app, &tokens["refresh_token"]).await.status,
+        200
+    );
+}
