@@ -2,6 +2,7 @@
 //! with the real verifier for the end-to-end checks. One integration binary (STYLE.md).
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod maintenance;
 mod owners_apps;
 mod refresh;
 mod support;
