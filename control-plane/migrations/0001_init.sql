@@ -82,6 +82,8 @@ CREATE TABLE signing_keys (
     -- XChaCha20-Poly1305 under PORTCULLIS_KEY_ENCRYPTION_KEY: nonce || ciphertext.
     private_key_enc bytea NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),
+    -- First time a JWKS holding this key reached Redis: the publish lead counts from here.
+    published_at    timestamptz,
     activated_at    timestamptz,
     retired_at      timestamptz,
     -- A retired key stays published until every token it signed has expired.

@@ -92,6 +92,9 @@ const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 #[derive(Clone, Debug)]
 pub struct AppCache {
     cache: moka::sync::Cache<Uuid, Option<Arc<App>>>,
+    /// Bumped by every `forget`: a read that started before one never caches its result,
+    /// so a row read just before a local change cannot outlive it.
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AppCache {
@@ -101,6 +104,7 @@ impl AppCache {
                 .max_capacity(10_000)
                 .time_to_live(CACHE_FOR)
                 .build(),
+            generation: Arc::default(),
         }
     }
 
@@ -112,9 +116,13 @@ impl AppCache {
         let app = match self.cache.get(&uuid) {
             Some(app) => app,
             None => {
+                use std::sync::atomic::Ordering::SeqCst;
+                let generation = self.generation.load(SeqCst);
                 let client = pool.get().await?;
                 let app = find(&client, id).await?.map(Arc::new);
-                self.cache.insert(uuid, app.clone());
+                if self.generation.load(SeqCst) == generation {
+                    self.cache.insert(uuid, app.clone());
+                }
                 app
             }
         };
@@ -126,11 +134,15 @@ impl AppCache {
 
     /// Drops one application (changed or deleted here).
     pub fn forget(&self, id: Uuid) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.cache.invalidate(&id);
     }
 
     /// Drops every application (an owner and all of theirs deleted).
     pub fn forget_all(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.cache.invalidate_all();
     }
 }

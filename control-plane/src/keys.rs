@@ -40,6 +40,8 @@ pub struct Keys {
     pub jwks_json: String,
     /// The same keys, ready for the verify core.
     pub key_set: Arc<KeySet>,
+    /// Every published kid.
+    pub kids: Vec<String>,
     fetched: Instant,
 }
 
@@ -119,6 +121,7 @@ impl KeyRing {
             )
             .await?;
         let mut jwks = Jwks::default();
+        let mut kids = Vec::new();
         let mut active = None;
         for row in &rows {
             let kid: String = row.get(0);
@@ -128,6 +131,7 @@ impl KeyRing {
                 .try_into()
                 .map_err(|_| ApiError::internal(&format!("key {kid}: bad public key")))?;
             jwks.keys.push(Jwk::ed25519(&public));
+            kids.push(kid.clone());
             if state == "active" {
                 let sealed: &[u8] = row.get(3);
                 let secret = self
@@ -153,6 +157,7 @@ impl KeyRing {
             signer,
             jwks_json,
             key_set: Arc::new(key_set),
+            kids,
             fetched: Instant::now(),
         }))
     }
@@ -235,7 +240,7 @@ impl KeyRing {
                 "SELECT
                      (SELECT EXTRACT(EPOCH FROM now() - activated_at)::bigint
                         FROM signing_keys WHERE state = 'active'),
-                     (SELECT EXTRACT(EPOCH FROM now() - created_at)::bigint
+                     (SELECT EXTRACT(EPOCH FROM now() - published_at)::bigint
                         FROM signing_keys WHERE state = 'next')",
                 &[],
             )
@@ -246,10 +251,13 @@ impl KeyRing {
         {
             return Ok(Rotation::NotDue);
         }
+        // Counted from the first successful publication: a key never published (Redis
+        // down since it was made) waits, however old it is.
         let lead = self.publish_lead.as_secs() as i64;
-        let next_age = next_age.unwrap_or(0);
-        if next_age < lead {
-            return Ok(Rotation::TooSoon((lead - next_age) as u64));
+        match next_age {
+            Some(age) if age < lead => return Ok(Rotation::TooSoon((lead - age) as u64)),
+            None if lead > 0 => return Ok(Rotation::TooSoon(lead as u64)),
+            _ => {}
         }
         tx.exec(
             "UPDATE signing_keys SET state = 'retired', retired_at = now(),
@@ -295,6 +303,19 @@ impl KeyRing {
             self.current.store(None);
         }
         Ok(rotated || removed > 0)
+    }
+
+    /// Records that a JWKS holding `keys` reached Redis (first time only).
+    pub async fn mark_published(&self, keys: &Keys) -> Result<(), ApiError> {
+        let client = self.pool.get().await?;
+        client
+            .exec(
+                "UPDATE signing_keys SET published_at = now()
+                 WHERE published_at IS NULL AND kid = ANY($1)",
+                &[&keys.kids],
+            )
+            .await?;
+        Ok(())
     }
 
     pub async fn list(&self) -> Result<Vec<KeyInfo>, ApiError> {

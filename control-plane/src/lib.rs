@@ -139,16 +139,9 @@ async fn maintain(state: AppState) {
         {
             tracing::warn!(error = %e, "key schedule check failed");
         }
-        let jwks = match state.keys.refresh().await {
-            Ok(keys) => keys.jwks_json.clone(),
-            Err(e) => {
-                tracing::warn!(error = %e, "keys unreadable; reconcile skipped");
-                continue;
-            }
-        };
         match state
             .publisher
-            .reconcile(&state.pool, &jwks, clock::unix_now())
+            .reconcile(&state.pool, &state.keys, clock::unix_now())
             .await
         {
             Ok(repaired) if repaired.any() => {

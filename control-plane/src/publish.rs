@@ -16,6 +16,7 @@ use redis::AsyncCommands as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::error::ApiError;
+use crate::keys::KeyRing;
 use crate::store::Prepared as _;
 
 /// `HSET key field value` unless the field already holds a larger cutoff: two writers (a
@@ -32,12 +33,23 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL'
 return 0
 ";
 
+/// `SET key new` only if the key still holds `expected` (`""` = absent): the reconciler
+/// never overwrites a JWKS another replica published after the reconciler read Redis.
+const SET_IF_UNCHANGED: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if (cur == false and ARGV[1] == '') or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2]); return 1
+end
+return 0
+";
+
 /// A cheap, cloneable handle on one multiplexed, self-reconnecting Redis connection.
 #[derive(Clone)]
 pub struct Publisher {
     conn: ConnectionManager,
     raise: redis::Script,
     drop_if: redis::Script,
+    set_if: redis::Script,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -75,6 +87,7 @@ impl Publisher {
             conn: ConnectionManager::new_lazy_with_config(client, config)?,
             raise: redis::Script::new(RAISE_CUTOFF),
             drop_if: redis::Script::new(DROP_IF_UNCHANGED),
+            set_if: redis::Script::new(SET_IF_UNCHANGED),
         })
     }
 
@@ -153,10 +166,11 @@ impl Publisher {
     pub async fn reconcile(
         &self,
         pool: &Pool,
-        jwks_json: &str,
+        keys: &KeyRing,
         now: i64,
     ) -> Result<Repaired, ApiError> {
         let mut conn = self.conn.clone();
+        let published: Option<String> = conn.get(JWKS).await?;
         // Redis first, PostgreSQL second: every revocation is committed to PostgreSQL before
         // it reaches Redis, so whatever this read of Redis holds is already in the read of
         // PostgreSQL below, and an entry missing there is truly gone (expired).
@@ -182,10 +196,23 @@ impl Publisher {
         }
 
         let mut repaired = Repaired::default();
-        let current: Option<String> = conn.get(JWKS).await?;
-        if current.as_deref() != Some(jwks_json) {
-            let () = conn.set(JWKS, jwks_json).await?;
-            repaired.jwks = true;
+        // Keys after Redis, as revocations: a JWKS another replica published is already in
+        // this read of PostgreSQL, so the comparison never favours an older set.
+        let fresh = keys.refresh().await?;
+        if published.as_deref() == Some(fresh.jwks_json.as_str()) {
+            keys.mark_published(&fresh).await?;
+        } else {
+            let set: i64 = self
+                .set_if
+                .key(JWKS)
+                .arg(published.as_deref().unwrap_or(""))
+                .arg(&fresh.jwks_json)
+                .invoke_async(&mut conn)
+                .await?;
+            if set == 1 {
+                repaired.jwks = true;
+                keys.mark_published(&fresh).await?;
+            }
         }
         repaired.pruned += conn
             .zrembyscore::<_, _, _, usize>(REVOKED_SESSIONS, "-inf", format!("({now}"))

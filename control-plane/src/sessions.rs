@@ -149,7 +149,7 @@ pub async fn revoke_user_in(
 async fn cutoff_now(tx: &impl GenericClient, now: i64) -> Result<i64, ApiError> {
     Ok(tx
         .q_one(
-            "SELECT GREATEST($1, EXTRACT(EPOCH FROM clock_timestamp())::bigint)",
+            "SELECT GREATEST($1, floor(EXTRACT(EPOCH FROM clock_timestamp()))::bigint)",
             &[&now],
         )
         .await?
@@ -307,7 +307,7 @@ async fn issue(
             guest: user.guest,
             ttl,
         },
-        now,
+        user.issued_at(now),
     )
     .await?;
     Ok(Tokens {
@@ -392,7 +392,7 @@ pub async fn refresh(
         .await?;
     if let Some(row) = won {
         let user = User::from_row(&row);
-        let (sid, amr): (Uuid, Vec<String>) = (row.get(13), row.get(14));
+        let (sid, amr): (Uuid, Vec<String>) = (row.get(14), row.get(15));
         drop(client);
         metrics::counter!("portcullis_refresh_total", "outcome" => "rotated").increment(1);
         return issue(state, app, &user, sid, successor, amr_parse(&amr), ctx.now).await;

@@ -14,8 +14,11 @@ use crate::error::ApiError;
 use crate::store::Prepared as _;
 use crate::store::is_unique_violation;
 
+/// Every column `User::from_row` reads, in order. The last is the user's revocation
+/// cutoff, if any (see `User::cutoff`).
 pub const USER_COLUMNS: &str = "id, app_id, email, username, phone, email_verified, active, \
-     guest, roles, expires_at, created_at, password_hash, display_name";
+     guest, roles, expires_at, created_at, password_hash, display_name, \
+     (SELECT before FROM revocations WHERE kind = 'user' AND subject = users.id::text)";
 
 #[derive(Clone, Debug)]
 pub struct User {
@@ -32,6 +35,8 @@ pub struct User {
     pub created_at: OffsetDateTime,
     pub password_hash: String,
     pub display_name: Option<String>,
+    /// Tokens of this user issued at or before this Unix time are revoked.
+    pub cutoff: Option<i64>,
 }
 
 /// The profile of API.md §3 `GET /me` (and of the user administration routes).
@@ -69,6 +74,7 @@ impl User {
             created_at: row.get(10),
             password_hash: row.get(11),
             display_name: row.get(12),
+            cutoff: row.get(13),
         }
     }
 
@@ -86,6 +92,12 @@ impl User {
             guest: self.guest,
             name: self.display_name.clone(),
         }
+    }
+
+    /// The `iat` for a token issued at `now`: after the user's revocation cutoff even when
+    /// that cutoff falls in this same second (a login right after a password change).
+    pub fn issued_at(&self, now: i64) -> i64 {
+        self.cutoff.map_or(now, |cutoff| now.max(cutoff + 1))
     }
 
     /// Inactive, or past its `expires_at`.

@@ -132,8 +132,11 @@ async fn rotate(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<
     auth::operator(&state, &headers)?;
     let kid = state.keys.rotate().await?;
     let keys = state.keys.refresh().await?;
-    if let Err(e) = state.publisher.jwks(&keys.jwks_json).await {
-        tracing::warn!(error = %e, "JWKS not published after rotation; the reconciler will");
+    match state.publisher.jwks(&keys.jwks_json).await {
+        Ok(()) => state.keys.mark_published(&keys).await?,
+        Err(e) => {
+            tracing::warn!(error = %e, "JWKS not published after rotation; the reconciler will")
+        }
     }
     tracing::info!(%kid, "signing key rotated by the operator");
     Ok(Json(Rotated { kid }))

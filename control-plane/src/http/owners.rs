@@ -180,7 +180,9 @@ async fn login(
     let client = state.pool.get().await?;
     let row = client
         .q_opt(
-            "SELECT id, password_hash FROM owners WHERE email_canonical = $1",
+            "SELECT id, password_hash,
+                 (SELECT before FROM revocations WHERE kind = 'user' AND subject = owners.id::text)
+             FROM owners WHERE email_canonical = $1",
             &[&account],
         )
         .await?;
@@ -202,7 +204,9 @@ async fn login(
             guest: false,
             ttl: OWNER_TOKEN_TTL,
         },
-        ctx.now,
+        // After a password change's cutoff, even within the same second.
+        row.get::<_, Option<i64>>(2)
+            .map_or(ctx.now, |cutoff| ctx.now.max(cutoff + 1)),
     )
     .await?;
     Ok(Json(OwnerToken {

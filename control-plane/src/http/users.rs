@@ -205,8 +205,15 @@ async fn login(
     if passwords::check_shape(&password).is_err() || login.len() > 320 {
         return Err(ApiError::invalid_credentials());
     }
+    let client = state.pool.get().await?;
+    let user = users::find_by_login(&client, app.id, &login).await?;
+    drop(client);
+    // Failures count against the account, whichever identifier named it (email or
+    // username); an unknown identifier is counted as itself.
     let app_id = app.id.to_string();
-    let account = canonical(&login);
+    let account = user
+        .as_ref()
+        .map_or_else(|| canonical(&login), |u| u.id.to_string());
     let failures = Scope::AccountFailures {
         app: &app_id,
         account: &account,
@@ -218,9 +225,6 @@ async fn login(
             app.settings.rate_limits.per_account_failures_per_hour,
         )
         .await?;
-    let client = state.pool.get().await?;
-    let user = users::find_by_login(&client, app.id, &login).await?;
-    drop(client);
     let hash = user
         .as_ref()
         .filter(|u| !u.guest)

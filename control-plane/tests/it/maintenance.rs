@@ -77,6 +77,7 @@ async fn reconcile_prunes_what_has_expired_and_restores_what_is_missing() {
         .await
         .unwrap();
     let publisher = Publisher::new(&redis_server.url()).unwrap();
+    let keys = KeyRing::new(pool.clone(), Secrets::new(&[1; 32]), Duration::ZERO);
     let mut redis = redis_server.connection().await.unwrap();
     let now = clock::unix_now();
     let client = pool.get().await.unwrap();
@@ -108,11 +109,26 @@ async fn reconcile_prunes_what_has_expired_and_restores_what_is_missing() {
         .await
         .unwrap();
 
-    let repaired = publisher
-        .reconcile(&pool, r#"{"keys":[]}"#, now)
+    let repaired = publisher.reconcile(&pool, &keys, now).await.unwrap();
+    assert!(repaired.any() && repaired.jwks);
+    let published: String = redis::cmd("GET")
+        .arg("portcullis:jwks")
+        .query_async(&mut redis)
         .await
         .unwrap();
-    assert!(repaired.any());
+    assert_eq!(published, keys.refresh().await.unwrap().jwks_json);
+    let unpublished: i64 = client
+        .query_one(
+            "SELECT count(*) FROM signing_keys WHERE published_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        unpublished, 0,
+        "keys are marked published once Redis has them"
+    );
     let sessions_in_redis: Vec<String> = redis::cmd("ZRANGE")
         .arg("portcullis:revoked:sessions")
         .arg(0)
@@ -144,10 +160,7 @@ async fn reconcile_prunes_what_has_expired_and_restores_what_is_missing() {
     );
 
     // Nothing to repair: nothing published.
-    let again = publisher
-        .reconcile(&pool, r#"{"keys":[]}"#, now)
-        .await
-        .unwrap();
+    let again = publisher.reconcile(&pool, &keys, now).await.unwrap();
     assert!(!again.any(), "{again:?}");
 
     // Ended sessions older than a day are deleted, with their refresh tokens.

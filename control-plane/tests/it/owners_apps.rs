@@ -113,6 +113,16 @@ async fn owners_register_login_and_manage_themselves() {
         )
         .await;
     assert_eq!(old.status, 401);
+    // Signing in again at once (same second as the cutoff) gives a token that works.
+    let r = s
+        .post(
+            "/v1/owners/login",
+            None,
+            json!({"email": "ada@example.com", "password": "a brand new passphrase"}),
+        )
+        .await;
+    let fresh = r.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(s.get("/v1/owners/me", Some(&fresh)).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
