@@ -26,6 +26,7 @@
 //! When the tests run as root, PostgreSQL (which refuses to run as root) is run as the
 //! `postgres` system user.
 
+pub mod http;
 pub mod tokens;
 
 use std::collections::BTreeSet;

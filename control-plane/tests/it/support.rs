@@ -7,12 +7,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use base64::Engine as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use portcullis_control_plane::config::Config;
 use portcullis_tests::{PostgresServer, RedisServer};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 pub const ADMIN_TOKEN: &str = "operator-token-for-tests-0123456789";
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -262,70 +260,8 @@ impl Verifier {
     }
 }
 
-/// A response, read whole.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: http::HeaderMap,
-    pub body: String,
-}
-
-impl Reply {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or(Value::Null)
-    }
-
-    pub fn code(&self) -> String {
-        self.json()["code"].as_str().unwrap_or("").to_owned()
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-/// One HTTP/1.1 request on a fresh connection.
-pub async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<String>,
-) -> Reply {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let res = sender
-        .send_request(
-            req.body(Full::new(Bytes::from(body.unwrap_or_default())))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
-
 pub use portcullis_tests::eventually;
+pub use portcullis_tests::http::{Reply, request};
 
 pub fn uuid_like() -> String {
     portcullis_tests::tokens::new_id()
