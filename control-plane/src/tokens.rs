@@ -42,7 +42,6 @@ pub struct Tokens {
 pub struct Principal {
     pub sub: Uuid,
     pub sid: Uuid,
-    pub iat: i64,
     pub claims: AccessTokenClaims,
 }
 
@@ -135,7 +134,6 @@ pub async fn authenticate(
     Ok(Principal {
         sub,
         sid,
-        iat: claims.iat,
         claims,
     })
 }
