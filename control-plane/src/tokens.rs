@@ -131,11 +131,7 @@ pub async fn authenticate(
     if revoked.is_some() {
         return Err(ApiError::unauthenticated(ErrorCode::TokenRevoked));
     }
-    Ok(Principal {
-        sub,
-        sid,
-        claims,
-    })
+    Ok(Principal { sub, sid, claims })
 }
 
 /// `Authorization: Bearer <token>` → the token.
