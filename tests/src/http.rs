@@ -32,7 +32,8 @@ impl Reply {
     }
 }
 
-/// One request on a fresh connection; a body is sent as `application/json`.
+/// One request on a fresh connection; a body is sent as `application/json` unless `headers`
+/// name another `content-type`.
 ///
 /// # Panics
 ///
@@ -55,7 +56,10 @@ pub async fn request(
         .method(method)
         .uri(path)
         .header("host", addr.to_string());
-    if body.is_some() {
+    let typed = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+    if body.is_some() && !typed {
         req = req.header("content-type", "application/json");
     }
     for (k, v) in headers {

@@ -10,6 +10,10 @@
 //! - [`PostgresServer`]: a fresh cluster made by `initdb` (trust auth, user `postgres`),
 //!   with [`PostgresServer::create_database`] for per-test databases; a restart keeps
 //!   the data.
+//! - [`mail::SmtpServer`]: a real SMTP server process (Debian's `python3-aiosmtpd`)
+//!   writing to a maildir the tests read; can be stopped and restarted (an SMTP outage).
+//! - [`sink::HttpSink`]: an HTTP endpoint in the test process that records what it is
+//!   sent (SMS providers, webhooks), answers a chosen status, and can go away.
 //!
 //! Servers are independent of each other, so tests using them can run in parallel:
 //! give every test its own server. Dropping a server kills its process and removes its
@@ -27,6 +31,8 @@
 //! `postgres` system user.
 
 pub mod http;
+pub mod mail;
+pub mod sink;
 pub mod tokens;
 
 use std::collections::BTreeSet;
@@ -55,13 +61,13 @@ const POSTGRES_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `stop()` waits for a clean PostgreSQL shutdown before killing it.
 const POSTGRES_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Poll interval while waiting for a server.
-const POLL_INTERVAL: Duration = Duration::from_millis(25);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// Lines of a server log quoted in a start error.
 const LOG_TAIL_LINES: usize = 25;
 /// Start of the line written to a server log before each (re)start.
 const LOG_BANNER: &str = "===== portcullis-tests:";
 /// Hint appended to every missing-binary error.
-const ENSURE_DEPS_HINT: &str = "(or run scripts/ensure-deps)";
+pub(crate) const ENSURE_DEPS_HINT: &str = "(or run scripts/ensure-deps)";
 
 /// Polls `probe` every 20 ms until it returns true; returns how long that took.
 ///
@@ -171,7 +177,7 @@ fn is_executable(path: &Path) -> bool {
 /// [`find_binary`], or an error telling which Debian package provides `name`.
 /// Runs `attempt` (given its number) up to [`START_ATTEMPTS`] times until it succeeds;
 /// the error lists every attempt's failure.
-fn retry(what: &str, mut attempt: impl FnMut(usize) -> Result<()>) -> Result<()> {
+pub(crate) fn retry(what: &str, mut attempt: impl FnMut(usize) -> Result<()>) -> Result<()> {
     let mut errors = Vec::new();
     for n in 0..START_ATTEMPTS {
         match attempt(n) {
@@ -262,12 +268,12 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 
 /// A uniquely named directory under the system temp dir, removed on drop.
 #[derive(Debug)]
-struct TempDir {
-    path: PathBuf,
+pub(crate) struct TempDir {
+    pub(crate) path: PathBuf,
 }
 
 impl TempDir {
-    fn new(kind: &str) -> Result<Self> {
+    pub(crate) fn new(kind: &str) -> Result<Self> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         // Only a uniqueness salt for the directory name, not a time check.
         #[allow(clippy::disallowed_methods)]
@@ -294,7 +300,7 @@ impl Drop for TempDir {
 }
 
 /// Opens `path` for appending, writes `banner` and returns it as (stdout, stderr).
-fn open_log(path: &Path, banner: &str) -> Result<(Stdio, Stdio)> {
+pub(crate) fn open_log(path: &Path, banner: &str) -> Result<(Stdio, Stdio)> {
     let mut file: File = OpenOptions::new()
         .create(true)
         .append(true)
@@ -309,7 +315,7 @@ fn open_log(path: &Path, banner: &str) -> Result<(Stdio, Stdio)> {
 }
 
 /// The last lines of a log file, formatted for an error message.
-fn log_tail(path: &Path) -> String {
+pub(crate) fn log_tail(path: &Path) -> String {
     match fs::read(path) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
