@@ -40,12 +40,18 @@ pub enum ErrorCode {
     TokenExpiredOrUsed,
     CaptchaRequired,
     CaptchaInvalid,
+    /// A one-time code (TOTP, SMS or email code, recovery code) that is wrong, expired,
+    /// already used, or past its attempts.
+    InvalidCode,
+    /// The `mfa_token` of a login step-up is unknown, expired, used or past its attempts.
+    InvalidMfaToken,
+    MfaAlreadyEnabled,
 }
 
 impl ErrorCode {
     /// Every code in declaration order (so `code as usize` indexes it), for tests and
     /// for pre-registering metrics.
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 31] = [
         Self::InvalidRequest,
         Self::PayloadTooLarge,
         Self::NotFound,
@@ -74,6 +80,9 @@ impl ErrorCode {
         Self::TokenExpiredOrUsed,
         Self::CaptchaRequired,
         Self::CaptchaInvalid,
+        Self::InvalidCode,
+        Self::InvalidMfaToken,
+        Self::MfaAlreadyEnabled,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -106,6 +115,9 @@ impl ErrorCode {
             Self::TokenExpiredOrUsed => "token_expired_or_used",
             Self::CaptchaRequired => "captcha_required",
             Self::CaptchaInvalid => "captcha_invalid",
+            Self::InvalidCode => "invalid_code",
+            Self::InvalidMfaToken => "invalid_mfa_token",
+            Self::MfaAlreadyEnabled => "mfa_already_enabled",
         }
     }
 
@@ -124,10 +136,12 @@ impl ErrorCode {
             | Self::InvalidToken
             | Self::InvalidCredentials
             | Self::InvalidRefreshToken
-            | Self::RefreshTokenReused => 401,
+            | Self::RefreshTokenReused
+            | Self::InvalidCode
+            | Self::InvalidMfaToken => 401,
             Self::Forbidden | Self::UserDisabled => 403,
             Self::NotFound | Self::AppNotFound => 404,
-            Self::OwnerExists | Self::AppExists | Self::UserExists => 409,
+            Self::OwnerExists | Self::AppExists | Self::UserExists | Self::MfaAlreadyEnabled => 409,
             Self::TokenExpiredOrUsed => 410,
             Self::PayloadTooLarge => 413,
             Self::WeakPassword => 422,
@@ -168,6 +182,9 @@ impl ErrorCode {
             Self::TokenExpiredOrUsed => "The token has expired or was already used",
             Self::CaptchaRequired => "A CAPTCHA response is required",
             Self::CaptchaInvalid => "The CAPTCHA response was refused",
+            Self::InvalidCode => "The code is wrong, expired or already used",
+            Self::InvalidMfaToken => "The MFA token is invalid, expired or already used",
+            Self::MfaAlreadyEnabled => "This factor is already enabled",
         }
     }
 }

@@ -33,6 +33,14 @@ pub struct Config {
     pub hash_workers: usize,
     pub db_pool_size: usize,
     pub drain_timeout: Duration,
+    /// Outgoing mail (`smtp://`, `smtps://`); `None`: messages are logged, not sent.
+    pub smtp_url: Option<String>,
+    /// The envelope and `From` address of every mail.
+    pub mail_from: String,
+    /// Where SMS messages are POSTed as `{"to", "body"}`; `None`: logged, not sent.
+    pub sms_webhook_url: Option<String>,
+    /// Sent as `Authorization: Bearer` to the SMS endpoint when set.
+    pub sms_webhook_token: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -45,6 +53,9 @@ impl std::fmt::Debug for Config {
             .field("key_rotation_interval", &self.key_rotation_interval)
             .field("reconcile_interval", &self.reconcile_interval)
             .field("hash_workers", &self.hash_workers)
+            .field("mail_from", &self.mail_from)
+            .field("smtp", &self.smtp_url.is_some())
+            .field("sms", &self.sms_webhook_url.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -150,6 +161,31 @@ impl Config {
         let hash_workers = number(env, "PORTCULLIS_HASH_WORKERS", cores, |n| *n >= 1)?;
         let db_pool_size = number(env, "PORTCULLIS_DB_POOL_SIZE", 16, |n| *n >= 1)?;
         let drain: u64 = number(env, "PORTCULLIS_DRAIN_TIMEOUT_SECS", 10, |_| true)?;
+        let optional = |var| {
+            env.get(var)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let smtp_url = optional("PORTCULLIS_SMTP_URL");
+        if let Some(url) = &smtp_url {
+            crate::outbox::check_smtp_url(url).map_err(|e| err("PORTCULLIS_SMTP_URL", e))?;
+        }
+        let mail_from = match optional("PORTCULLIS_MAIL_FROM") {
+            Some(from) => from,
+            None if smtp_url.is_some() => {
+                return Err(err(
+                    "PORTCULLIS_MAIL_FROM",
+                    "is required with PORTCULLIS_SMTP_URL",
+                ));
+            }
+            None => "portcullis@localhost".to_owned(),
+        };
+        if !crate::users::check_email(&mail_from).is_ok_and(|m| m == mail_from) {
+            return Err(err("PORTCULLIS_MAIL_FROM", "must be an email address"));
+        }
+        let sms_webhook_url = optional("PORTCULLIS_SMS_WEBHOOK_URL")
+            .map(|u| http_url("PORTCULLIS_SMS_WEBHOOK_URL", u))
+            .transpose()?;
         Ok(Self {
             listen,
             database_url,
@@ -165,6 +201,10 @@ impl Config {
             hash_workers,
             db_pool_size,
             drain_timeout: Duration::from_secs(drain),
+            smtp_url,
+            mail_from,
+            sms_webhook_url,
+            sms_webhook_token: optional("PORTCULLIS_SMS_WEBHOOK_TOKEN"),
         })
     }
 }
@@ -211,6 +251,9 @@ mod tests {
             ("PORTCULLIS_TRUSTED_PROXIES", "10.0.0.0/8,nope"),
             ("PORTCULLIS_LISTEN", "8080"),
             ("PORTCULLIS_HASH_WORKERS", "0"),
+            ("PORTCULLIS_SMTP_URL", "mailto:x@y"),
+            ("PORTCULLIS_MAIL_FROM", "not an address"),
+            ("PORTCULLIS_SMS_WEBHOOK_URL", "ftp://sms"),
         ];
         for (var, value) in cases {
             let mut env = base();
@@ -218,6 +261,13 @@ mod tests {
             let e = Config::from_env(&env).unwrap_err();
             assert_eq!(e.var, var, "{value}");
         }
+        let mut env = base();
+        env.insert("PORTCULLIS_SMTP_URL", "smtp://127.0.0.1:2525");
+        assert_eq!(
+            Config::from_env(&env).unwrap_err().var,
+            "PORTCULLIS_MAIL_FROM",
+            "a mail server needs a sender"
+        );
         let mut env = base();
         env.remove("PORTCULLIS_ADMIN_TOKEN");
         assert_eq!(

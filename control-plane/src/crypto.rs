@@ -36,6 +36,7 @@ pub fn digest(secret: &str) -> Vec<u8> {
 pub struct Secrets {
     aead: XChaCha20Poly1305,
     successor_key: [u8; 32],
+    code_key: [u8; 32],
 }
 
 impl std::fmt::Debug for Secrets {
@@ -60,6 +61,7 @@ impl Secrets {
         Self {
             aead: XChaCha20Poly1305::new(&aead_key.into()),
             successor_key: derive(root, b"portcullis refresh successor v1"),
+            code_key: derive(root, b"portcullis one-time codes v1"),
         }
     }
 
@@ -99,6 +101,38 @@ impl Secrets {
         mac.update(token.as_bytes());
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
+
+    /// What the database stores for a low-entropy code (a 6-digit OTP, a recovery code):
+    /// HMAC-SHA256 under a server key, bound to `context` (the code's row or its user), so a
+    /// stolen table cannot be brute-forced offline.
+    pub fn code_mac(&self, context: &[u8], code: &str) -> Vec<u8> {
+        let mut mac =
+            <HmacSha256 as Mac>::new_from_slice(&self.code_key).unwrap_or_else(|_| unreachable!());
+        mac.update(&(context.len() as u64).to_be_bytes());
+        mac.update(context);
+        mac.update(code.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+}
+
+/// A uniformly random code of `digits` decimal digits (leading zeros kept).
+pub fn random_digits(digits: u32) -> String {
+    let n = rand::random_range(0..10u32.pow(digits));
+    format!("{n:0width$}", width = digits as usize)
+}
+
+/// A recovery code: ten characters of a 32-letter alphabet without look-alikes (no i, l, o, 1) (50 bits),
+/// shown as `xxxxx-xxxxx`.
+pub fn recovery_code() -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghjkmnpqrstuvwxyz023456789";
+    let mut out = String::with_capacity(11);
+    for i in 0..10 {
+        if i == 5 {
+            out.push('-');
+        }
+        out.push(char::from(ALPHABET[rand::random_range(0..32)]));
+    }
+    out
 }
 
 /// Argon2id at OWASP's parameters (m = 19 MiB, t = 2, p = 1) on at most `workers` blocking

@@ -10,6 +10,7 @@
 //! the AEAD for secrets at rest and token digests; `store` the pool and migrations.
 
 pub mod apps;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod crypto;
@@ -17,9 +18,13 @@ pub mod error;
 pub mod http;
 pub mod keys;
 pub mod limits;
+pub mod messages;
 pub mod metrics;
+pub mod mfa;
+pub mod outbox;
 pub mod passwords;
 pub mod publish;
+pub mod recovery;
 pub mod sessions;
 pub mod settings;
 pub mod state;
@@ -47,6 +52,9 @@ pub enum StartError {
     Redis(#[from] redis::RedisError),
     #[error("PORTCULLIS_KEY_ENCRYPTION_KEY: {0}")]
     Keys(String),
+    /// The message: it names the variable (SMTP or SMS).
+    #[error("{0}")]
+    Messages(String),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -82,7 +90,8 @@ pub async fn run(
     metrics::install();
     let pool = migrate(&config).await?;
     let publisher = Publisher::new(&config.redis_url)?;
-    let state = AppState::new(config, pool, publisher);
+    let outbox = outbox::Outbox::new(&config).map_err(StartError::Messages)?;
+    let state = AppState::new(config, pool, publisher, outbox);
     // A key that does not open means the wrong encryption key: refuse to start.
     match state.keys.refresh().await {
         Ok(_) => {}
@@ -94,6 +103,12 @@ pub async fn run(
         Err(e) => return Err(StartError::Keys(e.detail)),
     }
     let maintenance = tokio::spawn(maintain(state.clone()));
+    let delivery = tokio::spawn(
+        state
+            .outbox
+            .clone()
+            .run(state.pool.clone(), state.secrets.clone()),
+    );
     tracing::info!(addr = %listener.local_addr()?, "control plane listening");
     let app = http::router(state.clone());
     let drain = state.config.drain_timeout;
@@ -121,12 +136,21 @@ pub async fn run(
         } => Ok(()),
     };
     maintenance.abort();
+    delivery.abort();
     result?;
     Ok(())
 }
 
 /// The background schedule: reconcile Redis from PostgreSQL at start and every interval,
-/// rotate keys when due, drop retired keys whose tokens have expired.
+/// rotate keys when due, drop retired keys whose tokens have expired, and prune ended
+/// sessions, delivered messages and expired one-time tokens.
+async fn prune(state: &AppState) -> Result<(), error::ApiError> {
+    let client = state.pool.get().await?;
+    sessions::prune(&client, clock::unix_now()).await?;
+    outbox::prune(&client).await?;
+    Ok(())
+}
+
 async fn maintain(state: AppState) {
     let mut tick = tokio::time::interval(state.config.reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -138,6 +162,9 @@ async fn maintain(state: AppState) {
             .await
         {
             tracing::warn!(error = %e, "key schedule check failed");
+        }
+        if let Err(e) = prune(&state).await {
+            tracing::warn!(error = %e, "pruning failed; retrying next interval");
         }
         match state
             .publisher

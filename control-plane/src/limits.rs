@@ -56,6 +56,12 @@ pub enum Scope<'a> {
     /// Password attempts on one account (by its canonical identifier), per hour; a right
     /// password is forgiven afterwards, so what remains are failures.
     AccountFailures { app: &'a str, account: &'a str },
+    /// Mails and SMS sent to one account or one destination (an address, a phone), per
+    /// hour: no one can be flooded with messages, and a code cannot be re-sent forever.
+    Messages { app: &'a str, destination: &'a str },
+    /// Wrong second-factor codes on one account, per hour: with a 6-digit code, what stops
+    /// brute force.
+    MfaFailures { app: &'a str, user: &'a str },
 }
 
 impl Scope<'_> {
@@ -63,9 +69,13 @@ impl Scope<'_> {
         match self {
             Self::Ip { app, route, ip } => format!("portcullis:rl:{app}:{route}:ip:{ip}"),
             Self::AccountFailures { app, account } => {
-                let h = Sha256::digest(account.as_bytes());
-                let hex: String = h[..16].iter().map(|b| format!("{b:02x}")).collect();
-                format!("portcullis:rl:{app}:login-failures:{hex}")
+                format!("portcullis:rl:{app}:login-failures:{}", hashed(account))
+            }
+            Self::Messages { app, destination } => {
+                format!("portcullis:rl:{app}:messages:{}", hashed(destination))
+            }
+            Self::MfaFailures { app, user } => {
+                format!("portcullis:rl:{app}:mfa-failures:{}", hashed(user))
             }
         }
     }
@@ -73,9 +83,15 @@ impl Scope<'_> {
     fn window(&self) -> i64 {
         match self {
             Self::Ip { .. } => 60,
-            Self::AccountFailures { .. } => 3600,
+            Self::AccountFailures { .. } | Self::Messages { .. } | Self::MfaFailures { .. } => 3600,
         }
     }
+}
+
+/// An identifier as it is named in Redis: the first 128 bits of its SHA-256, in hex.
+fn hashed(identifier: &str) -> String {
+    let h = Sha256::digest(identifier.as_bytes());
+    h[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Limiter {

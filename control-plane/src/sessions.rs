@@ -27,6 +27,7 @@ use crate::users::{self, NewUser, USER_COLUMNS, User};
 pub struct Ctx {
     pub ip: IpAddr,
     pub user_agent: Option<String>,
+    pub request_id: Option<String>,
     pub now: i64,
 }
 
@@ -188,9 +189,9 @@ pub async fn publish_users(state: &AppState, users: &[Uuid], before: i64) {
 /// Whose session [`start`] opens.
 #[derive(Debug)]
 pub enum Subject<'a> {
-    /// A user being created: inserted in the same transaction as the session, so a failure
-    /// leaves neither.
-    New(&'a NewUser),
+    /// A user being created: inserted in the same transaction as the session (and the
+    /// mails of its registration), so a failure leaves none of them.
+    New(&'a NewUser, &'a [crate::recovery::Mailing]),
     /// A signed-in user; refused with `403 user_disabled` if disabled meanwhile.
     Existing(&'a User),
 }
@@ -210,11 +211,19 @@ pub async fn start(
     let expires = clock::at(ctx.now + app.settings.refresh_token_ttl);
     let mut client = state.pool.get().await?;
     let mut attempt = 0;
+    let mut mailed = false;
     let (user, replaced) = loop {
         attempt += 1;
         let tx = client.transaction().await?;
         let user = match subject {
-            Subject::New(new) => users::insert(&tx, app.id, new).await?,
+            Subject::New(new, mailings) => {
+                let user = users::insert(&tx, app.id, new).await?;
+                for mailing in mailings {
+                    crate::recovery::mail_in(&tx, state, app, &user, mailing, ctx).await?;
+                    mailed = true;
+                }
+                user
+            }
             Subject::Existing(user) => {
                 let user = lock_user(&tx, user.id).await?;
                 if user.disabled(clock::at(ctx.now)) {
@@ -265,6 +274,9 @@ pub async fn start(
         break (user, replaced);
     };
     drop(client);
+    if mailed {
+        state.outbox.wake();
+    }
     publish_sessions(state, &replaced).await;
     let tokens = issue(state, app, &user, sid, refresh, amr, ctx.now).await?;
     Ok((user, tokens))

@@ -21,6 +21,33 @@ pub struct AppSettings {
     pub refresh_token_reuse_grace_secs: i64,
     pub password_policy: PasswordPolicy,
     pub rate_limits: RateLimits,
+    pub mfa: MfaSettings,
+    /// The sender name of this application's mail (the address is `PORTCULLIS_MAIL_FROM`);
+    /// empty: the application's name.
+    pub mail_from_name: String,
+    /// Where a magic link (and, later, a social login) may send the browser back to:
+    /// exact matches only.
+    pub allowed_redirect_uris: Vec<String>,
+}
+
+/// Who must pass a second factor at sign-in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MfaPolicy {
+    /// No second factor is asked for, and none can be enrolled.
+    Off,
+    /// Users who enrolled a factor are asked for it.
+    #[default]
+    Optional,
+    /// Every sign-in needs a second factor: an enrolled one, or else a code mailed to the
+    /// account's address.
+    Required,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(default)]
+pub struct MfaSettings {
+    pub policy: MfaPolicy,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -39,6 +66,10 @@ pub struct RateLimits {
     pub per_ip_per_minute: u32,
     /// Failed logins per account per hour before the account is slowed down.
     pub per_account_failures_per_hour: u32,
+    /// Mails and SMS (reset, magic link, codes) per account and per destination per hour.
+    pub messages_per_account_per_hour: u32,
+    /// Wrong second-factor codes per account per hour before MFA answers `429`.
+    pub mfa_failures_per_hour: u32,
 }
 
 pub const DEFAULT_REFRESH_TTL: i64 = 30 * 86_400;
@@ -52,6 +83,9 @@ impl Default for AppSettings {
             refresh_token_reuse_grace_secs: 0,
             password_policy: PasswordPolicy::default(),
             rate_limits: RateLimits::default(),
+            mfa: MfaSettings::default(),
+            mail_from_name: String::new(),
+            allowed_redirect_uris: Vec::new(),
         }
     }
 }
@@ -70,6 +104,8 @@ impl Default for RateLimits {
         Self {
             per_ip_per_minute: 60,
             per_account_failures_per_hour: 100,
+            messages_per_account_per_hour: 10,
+            mfa_failures_per_hour: 10,
         }
     }
 }
@@ -125,8 +161,46 @@ impl AppSettings {
         check(
             self.rate_limits.per_account_failures_per_hour >= 1,
             "rate_limits.per_account_failures_per_hour must be at least 1",
+        )?;
+        check(
+            self.rate_limits.messages_per_account_per_hour >= 1
+                && self.rate_limits.mfa_failures_per_hour >= 1,
+            "rate_limits.messages_per_account_per_hour and mfa_failures_per_hour must be at least 1",
+        )?;
+        check(
+            self.mail_from_name.chars().count() <= 100
+                && !self.mail_from_name.chars().any(char::is_control),
+            "mail_from_name must be at most 100 characters",
+        )?;
+        check(
+            self.allowed_redirect_uris.len() <= 100
+                && self
+                    .allowed_redirect_uris
+                    .iter()
+                    .all(|u| redirect_uri_ok(u)),
+            "allowed_redirect_uris must be at most 100 absolute http(s) URIs without a fragment",
         )
     }
+
+    /// Whether `uri` is one of the application's allowed redirect URIs (exact match).
+    pub fn redirect_allowed(&self, uri: &str) -> bool {
+        self.allowed_redirect_uris
+            .iter()
+            .any(|allowed| allowed == uri)
+    }
+}
+
+/// An absolute `http(s)://host...` URI of at most 2,000 characters, with no fragment, no
+/// whitespace and no credentials.
+fn redirect_uri_ok(uri: &str) -> bool {
+    let rest = uri
+        .strip_prefix("https://")
+        .or_else(|| uri.strip_prefix("http://"));
+    let authority = rest.map(|r| r.split(['/', '?']).next().unwrap_or(""));
+    uri.len() <= 2000
+        && authority.is_some_and(|a| !a.is_empty() && !a.contains('@'))
+        && !uri.contains('#')
+        && !uri.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 fn merge(into: &mut Value, patch: &Value) {
@@ -161,6 +235,12 @@ mod tests {
         assert_eq!(s.rate_limits.per_ip_per_minute, 5);
         assert_eq!(s.rate_limits.per_account_failures_per_hour, 100);
         assert_eq!(s.refresh_token_ttl, DEFAULT_REFRESH_TTL);
+        let s = s
+            .merged(&json!({"mfa": {"policy": "required"}, "allowed_redirect_uris": ["https://app.example/cb"]}))
+            .unwrap();
+        assert_eq!(s.mfa.policy, MfaPolicy::Required);
+        assert!(s.redirect_allowed("https://app.example/cb"));
+        assert!(!s.redirect_allowed("https://app.example/cb/"));
     }
 
     #[test]
@@ -171,6 +251,10 @@ mod tests {
             json!({"access_token_ttl": "soon"}),
             json!({"refresh_token_reuse_grace_secs": -1}),
             json!({"password_policy": {"min_length": 4}}),
+            json!({"mfa": {"policy": "sometimes"}}),
+            json!({"allowed_redirect_uris": ["javascript:alert(1)"]}),
+            json!({"allowed_redirect_uris": ["https://user@evil.example/"]}),
+            json!({"allowed_redirect_uris": ["https://app.example/#x"]}),
             json!([1]),
         ] {
             assert!(s.merged(&bad).is_err(), "{bad}");

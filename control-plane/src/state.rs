@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::crypto::{PasswordHasherPool, Secrets};
 use crate::keys::KeyRing;
 use crate::limits::Limiter;
+use crate::outbox::Outbox;
 use crate::publish::Publisher;
 use crate::tokens::OWNER_TOKEN_TYP;
 
@@ -27,6 +28,7 @@ pub struct AppState {
     pub limiter: Limiter,
     pub hasher: PasswordHasherPool,
     pub secrets: Secrets,
+    pub outbox: Outbox,
     /// The sidecar's verify core, for user tokens presented to the control plane itself.
     pub verifier: Arc<Verifier>,
     /// The same for owner tokens, which carry their own `typ`.
@@ -34,7 +36,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, pool: Pool, publisher: Publisher) -> Self {
+    pub fn new(config: Config, pool: Pool, publisher: Publisher, outbox: Outbox) -> Self {
         let secrets = Secrets::new(&config.key_encryption_key);
         let verifier = |typ: &str| {
             Arc::new(Verifier::new(
@@ -63,6 +65,7 @@ impl AppState {
             pool,
             publisher,
             secrets,
+            outbox,
             verifier,
             owner_verifier,
         }

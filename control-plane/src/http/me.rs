@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use portcullis_common::ErrorCode;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -16,9 +17,12 @@ use uuid::Uuid;
 
 use super::{JsonBody, auth};
 use crate::apps::App;
+use crate::audit::{self, Event};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::limits::Scope;
+use crate::mfa::{self, Proof};
 use crate::passwords;
+use crate::recovery::{self, Purpose};
 use crate::sessions::{self, Ctx, SessionView, Which};
 use crate::state::AppState;
 use crate::store::Prepared as _;
@@ -34,7 +38,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// The live application and the signed-in user (who must still exist and be enabled).
-async fn signed_in(
+pub(super) async fn signed_in(
     state: &AppState,
     headers: &HeaderMap,
     app: &str,
@@ -73,12 +77,20 @@ pub(super) struct ProfilePatch {
     username: Option<String>,
     email: Option<String>,
     phone: Option<String>,
+    /// Needed (or `code`) to change the email address or the phone number.
+    current_password: Option<String>,
+    /// A second-factor code: TOTP, a recovery code, or a code sent to this session.
+    code: Option<String>,
 }
 
-/// Change username, email or phone.
+/// Change username, email or phone. A new email or phone needs the current password or a
+/// second-factor code (they are where recovery and codes go); it is unverified, and the
+/// SMS or email factor bound to the old one is removed.
 #[utoipa::path(patch, path = "/v1/apps/{app}/me", tag = "me", params(("app" = String, Path)),
     request_body = ProfilePatch,
-    responses((status = 200, body = UserView), (status = 409, description = "user_exists", body = Problem)))]
+    responses((status = 200, body = UserView),
+              (status = 401, description = "invalid_credentials or invalid_code", body = Problem),
+              (status = 409, description = "user_exists", body = Problem)))]
 async fn me_patch(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -86,14 +98,55 @@ async fn me_patch(
     Path(app): Path<String>,
     JsonBody(body): JsonBody<ProfilePatch>,
 ) -> ApiResult<Json<UserView>> {
-    let (_, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    let (app, principal, user) = signed_in(&state, &headers, &app, &ctx).await?;
     let changes = Changes::profile(
         body.email.as_deref(),
         body.username.as_deref(),
         body.phone.as_deref(),
     )?;
-    let client = state.pool.get().await?;
-    let updated = users::update(&client, user.id, &changes).await?;
+    let email_changes = changes
+        .email
+        .as_deref()
+        .is_some_and(|e| user.email.as_deref().map(users::canonical) != Some(users::canonical(e)));
+    let phone_changes = changes.phone.is_some() && changes.phone != user.phone;
+    // A guest has no credential to present; anyone else proves it is them.
+    if (email_changes || phone_changes) && !user.guest {
+        let proof = Proof {
+            current_password: body.current_password,
+            code: body.code,
+            ..Proof::default()
+        };
+        mfa::reauthenticate(&state, &app, &user, principal.sid, &proof, &ctx).await?;
+    }
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let updated = users::update(&tx, user.id, &changes).await?;
+    let mut gone = Vec::new();
+    if email_changes {
+        gone.push("email");
+    }
+    if phone_changes {
+        gone.push("sms");
+    }
+    if !gone.is_empty() {
+        tx.exec(
+            "DELETE FROM mfa_factors WHERE user_id = $1 AND kind = ANY($2)",
+            &[&user.id, &gone],
+        )
+        .await?;
+        audit::record(
+            &tx,
+            Event {
+                app: app.id,
+                user: Some(user.id),
+                event: "user.contact_changed",
+                details: json!({ "email": email_changes, "phone": phone_changes }),
+                ctx: &ctx,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
     Ok(Json(updated.view()))
 }
 
@@ -186,6 +239,19 @@ async fn password_change(
     tx.exec(
         "UPDATE users SET password_hash = $2 WHERE id = $1",
         &[&user.id, &new_hash],
+    )
+    .await?;
+    // A reset link mailed before the change must not undo it.
+    recovery::retire_in(&tx, user.id, &[Purpose::PasswordReset.as_str()], ctx.now).await?;
+    audit::record(
+        &tx,
+        Event {
+            app: app.id,
+            user: Some(user.id),
+            event: "password.changed",
+            details: json!({ "kill_sessions": body.kill_sessions }),
+            ctx: &ctx,
+        },
     )
     .await?;
     let killed = if body.kill_sessions {

@@ -31,8 +31,11 @@ mod admin;
 mod apps;
 mod auth;
 mod me;
+mod mfa;
 mod ops;
 mod owners;
+mod pages;
+mod recovery;
 mod users;
 
 /// Largest accepted request body (API.md §1).
@@ -56,6 +59,8 @@ pub fn router(state: AppState) -> Router {
         .merge(apps::routes())
         .merge(users::routes())
         .merge(me::routes())
+        .merge(recovery::routes())
+        .merge(mfa::routes())
         .merge(admin::routes())
         .merge(ops::routes())
         .split_for_parts();
@@ -176,6 +181,12 @@ impl FromRequestParts<AppState> for Ctx {
                 .get(axum::http::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .map(|ua| ua.chars().take(256).collect()),
+            // Set (or echoed) by `SetRequestIdLayer` before any handler runs.
+            request_id: parts
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(|id| id.chars().take(128).collect()),
             now: clock::unix_now(),
         })
     }

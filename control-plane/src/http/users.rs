@@ -22,7 +22,9 @@ use crate::apps::App;
 use crate::crypto::random_token;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::limits::Scope;
+use crate::mfa::{self, SignIn};
 use crate::passwords;
+use crate::recovery::Mailing;
 use crate::sessions::{self, Ctx, Subject, Which};
 use crate::state::AppState;
 use crate::tokens::{self, Tokens};
@@ -39,7 +41,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Loads the live application and counts this request against its per-IP limit.
-async fn app_for(
+pub(super) async fn app_for(
     state: &AppState,
     app: &str,
     route: &str,
@@ -88,7 +90,9 @@ pub(super) struct Registered {
     tokens: Tokens,
 }
 
-/// A new user and their first session. No password: a random one is set.
+/// A new user and their first session. No password: a random one is set, and with
+/// `send_reset_email` a mail lets the user choose one. `verify_email` mails a link that
+/// confirms the address.
 #[utoipa::path(post, path = "/v1/apps/{app}/register", tag = "users", params(("app" = String, Path)),
     request_body = Registration,
     responses((status = 201, body = Registered), (status = 409, description = "user_exists", body = Problem),
@@ -121,13 +125,16 @@ async fn register(
         }
         None => random_token(32),
     };
-    // Mail-based options arrive with account recovery (not in this release): accepted and
-    // ignored, as unknown fields are.
-    let _ = (
-        body.options.verify_email,
-        body.options.set_cookie,
-        body.options.send_reset_email,
-    );
+    // Cookie sessions are not in this release: the option is accepted and ignored, as
+    // unknown fields are.
+    let _ = body.options.set_cookie;
+    let mut mailings = Vec::new();
+    if body.options.verify_email {
+        mailings.push(Mailing::EmailVerification);
+    }
+    if body.password.is_none() && body.options.send_reset_email {
+        mailings.push(Mailing::SetPassword);
+    }
     let new = NewUser {
         email: profile.email,
         username: profile.username,
@@ -139,7 +146,7 @@ async fn register(
     let (user, tokens) = sessions::start(
         &state,
         &app,
-        Subject::New(&new),
+        Subject::New(&new, &mailings),
         device.as_deref(),
         &ctx,
         vec![Amr::Pwd],
@@ -174,10 +181,12 @@ fn basic(headers: &HeaderMap) -> Option<(String, String)> {
     Some((login.to_owned(), password.to_owned()))
 }
 
-/// Sign in with email or username and password (JSON or HTTP Basic).
+/// Sign in with email or username and password (JSON or HTTP Basic). A user with a second
+/// factor (or any user, under an application's `required` MFA policy) gets a step-up
+/// (`mfa_required`, `mfa_token`, `methods`) to complete at `/login/mfa`.
 #[utoipa::path(post, path = "/v1/apps/{app}/login", tag = "users", params(("app" = String, Path)),
     request_body = Login,
-    responses((status = 200, body = Tokens),
+    responses((status = 200, body = SignIn),
               (status = 401, description = "invalid_credentials", body = Problem),
               (status = 403, description = "user_disabled", body = Problem),
               (status = 429, description = "rate_limited", body = Problem)))]
@@ -187,7 +196,7 @@ async fn login(
     Path(app): Path<String>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<Login>,
-) -> ApiResult<Json<Tokens>> {
+) -> ApiResult<Json<SignIn>> {
     let app = app_for(&state, &app, "login", &ctx).await?;
     let (login, password) = match (basic(&headers), body.password) {
         (Some(pair), _) => pair,
@@ -235,17 +244,15 @@ async fn login(
         return Err(ApiError::invalid_credentials());
     };
     state.limiter.forgive(failures).await;
-    let (_, tokens) = sessions::start(
-        &state,
-        &app,
-        Subject::Existing(&user),
-        device.as_deref(),
-        &ctx,
-        vec![Amr::Pwd],
-    )
-    .await?;
-    metrics::counter!("portcullis_logins_total", "outcome" => "ok").increment(1);
-    Ok(Json(tokens))
+    let signed_in =
+        mfa::after_first_factor(&state, &app, &user, vec![Amr::Pwd], device.as_deref(), &ctx)
+            .await?;
+    let outcome = match signed_in {
+        SignIn::Tokens(_) => "ok",
+        SignIn::Mfa(_) => "mfa_required",
+    };
+    metrics::counter!("portcullis_logins_total", "outcome" => outcome).increment(1);
+    Ok(Json(signed_in))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -284,7 +291,7 @@ async fn guest(
     let (_, tokens) = sessions::start(
         &state,
         &app,
-        Subject::New(&new),
+        Subject::New(&new, &[]),
         device.as_deref(),
         &ctx,
         vec![Amr::Guest],

@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod maintenance;
+mod mfa;
 mod owners_apps;
+mod recovery;
 mod refresh;
 mod support;
 mod surface;

@@ -287,3 +287,97 @@ pub fn header_of(token: &str) -> Value {
     )
     .unwrap()
 }
+
+/// A stack whose mail goes to a real SMTP server (aiosmtpd) on loopback.
+pub async fn with_smtp(extra: &[(&str, &str)]) -> (Stack, SmtpServer) {
+    let smtp = tokio::task::spawn_blocking(|| SmtpServer::start().unwrap())
+        .await
+        .unwrap();
+    let url = smtp.url();
+    let mut env = vec![
+        ("PORTCULLIS_SMTP_URL", url.as_str()),
+        ("PORTCULLIS_MAIL_FROM", "auth@example.com"),
+    ];
+    env.extend_from_slice(extra);
+    (Stack::start_with(&env).await, smtp)
+}
+
+pub use portcullis_tests::mail::SmtpServer;
+pub use portcullis_tests::sink::HttpSink;
+
+/// The token of the link in a mail's text (`...?token=<token>`), and the link itself.
+pub fn link_in(text: &str) -> (String, String) {
+    let start = text.find("http").expect("a link in the mail");
+    let link: String = text[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    let token = link.split("token=").nth(1).expect("a token in the link");
+    (link.clone(), token.to_owned())
+}
+
+/// The only run of six digits in a message's text.
+pub fn code_in(text: &str) -> String {
+    let runs: Vec<&str> = text
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|r| r.len() == 6)
+        .collect();
+    assert_eq!(runs.len(), 1, "one 6-digit code in {text:?}");
+    runs[0].to_owned()
+}
+
+/// `path` of a link (`http://host:port/path?query` → `/path?query`).
+pub fn path_of(link: &str) -> String {
+    let rest = link.split("://").nth(1).unwrap();
+    format!("/{}", rest.split_once('/').unwrap().1)
+}
+
+/// A TOTP code from Debian's `oathtool` for the base32 `secret` at Unix time `at`.
+pub fn oathtool(secret: &str, at: i64) -> String {
+    let out = std::process::Command::new("oathtool")
+        .args(["--totp", "-b", "--now", &format!("@{at}"), secret])
+        .output()
+        .expect("oathtool not found: install it with 'apt-get install oathtool' (or run scripts/ensure-deps)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Unix seconds now (tests compare with the server's clock).
+#[allow(clippy::disallowed_methods)]
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+impl Stack {
+    /// One value from PostgreSQL (`SELECT`ing one column of one row), as JSON.
+    pub async fn sql_value(&self, query: &str) -> Value {
+        let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let row = client
+            .query_one(&format!("SELECT to_jsonb(({query}))"), &[])
+            .await
+            .unwrap();
+        row.get(0)
+    }
+
+    /// A form post (`application/x-www-form-urlencoded`), as a browser sends it.
+    pub async fn form(&self, path: &str, body: &str) -> Reply {
+        request(
+            self.addr,
+            "POST",
+            path,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Some(body.to_owned()),
+        )
+        .await
+    }
+}

@@ -180,6 +180,24 @@ async fn openapi_health_and_metrics() {
         ("/v1/apps/{app}/sessions", "get"),
         ("/v1/apps/{app}/sessions", "delete"),
         ("/v1/apps/{app}/sessions/{sid}", "delete"),
+        ("/v1/apps/{app}/login/mfa", "post"),
+        ("/v1/apps/{app}/password/forgot", "post"),
+        ("/v1/apps/{app}/password/reset/{token}", "get"),
+        ("/v1/apps/{app}/password/reset", "get"),
+        ("/v1/apps/{app}/password/reset", "post"),
+        ("/v1/apps/{app}/email/verify/send", "post"),
+        ("/v1/apps/{app}/email/verify", "get"),
+        ("/v1/apps/{app}/email/verify", "post"),
+        ("/v1/apps/{app}/magic-link", "post"),
+        ("/v1/apps/{app}/magic-link/verify", "get"),
+        ("/v1/apps/{app}/magic-link/verify", "post"),
+        ("/v1/apps/{app}/mfa", "get"),
+        ("/v1/apps/{app}/mfa/totp/setup", "post"),
+        ("/v1/apps/{app}/mfa/totp/verify", "post"),
+        ("/v1/apps/{app}/mfa/{factor}", "delete"),
+        ("/v1/apps/{app}/mfa/otp/send", "post"),
+        ("/v1/apps/{app}/mfa/otp/verify", "post"),
+        ("/v1/apps/{app}/mfa/recovery-codes", "post"),
         ("/v1/apps/{app}/users", "get"),
         ("/v1/apps/{app}/users", "post"),
         ("/v1/apps/{app}/users/{id}", "get"),
@@ -266,11 +284,11 @@ fn migrate_subcommand_applies_the_schema_once() {
             "-d",
             &db,
             "-c",
-            "SELECT count(*) FROM schema_migrations",
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations",
         ])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1,2");
     let out = Command::new(bin)
         .arg("frobnicate")
         .env_clear()

@@ -231,12 +231,44 @@ async fn guests_profiles_and_password_change() {
     ] {
         assert!(r.json().get(field).is_some(), "{field} in {}", r.body);
     }
+    // A new phone (or email) needs the current password; a username does not.
     let r = s
         .call(
             "PATCH",
             &me,
             Some(access),
             Some(json!({"username": "annie", "phone": "+441234567890"})),
+        )
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (401, "invalid_credentials"));
+    let r = s
+        .call(
+            "PATCH",
+            &me,
+            Some(access),
+            Some(json!({"username": "annie", "phone": "+441234567890", "current_password": "wrong password!"})),
+        )
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (401, "invalid_credentials"));
+    let r = s
+        .call(
+            "PATCH",
+            &me,
+            Some(access),
+            Some(json!({"username": "ann2"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["phone"].as_str()),
+        (200, None),
+        "nothing half-applied"
+    );
+    let r = s
+        .call(
+            "PATCH",
+            &me,
+            Some(access),
+            Some(json!({"username": "annie", "phone": "+441234567890", "current_password": PASSWORD})),
         )
         .await;
     assert_eq!(
@@ -249,7 +281,7 @@ async fn guests_profiles_and_password_change() {
             "PATCH",
             &me,
             Some(access),
-            Some(json!({"email": "BOB@example.com"})),
+            Some(json!({"email": "BOB@example.com", "current_password": PASSWORD})),
         )
         .await;
     assert_eq!(r.code(), "user_exists");

@@ -1,0 +1,275 @@
+//! Second factors (API.md §3): enrolment and removal of TOTP, SMS and email codes,
+//! recovery codes, and the second step of a sign-in (`/login/mfa`).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::JsonBody;
+use super::me::signed_in;
+use super::users::app_for;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::mfa::{self, Channel, Enrolled, Method, Proof};
+use crate::sessions::{self, Ctx, Subject};
+use crate::state::AppState;
+use crate::tokens::Tokens;
+use crate::users;
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login_mfa))
+        .routes(routes!(factors))
+        .routes(routes!(totp_setup))
+        .routes(routes!(totp_verify))
+        .routes(routes!(remove_factor))
+        .routes(routes!(otp_send))
+        .routes(routes!(otp_verify))
+        .routes(routes!(recovery_codes))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub(super) struct SecondStep {
+    mfa_token: String,
+    method: Method,
+    code: String,
+}
+
+/// Complete a sign-in that answered `mfa_required`: the `mfa_token` with a code of one of
+/// the offered methods. `amr` records both factors.
+#[utoipa::path(post, path = "/v1/apps/{app}/login/mfa", tag = "mfa", params(("app" = String, Path)),
+    request_body = SecondStep,
+    responses((status = 200, body = Tokens),
+              (status = 401, description = "invalid_code or invalid_mfa_token", body = Problem),
+              (status = 429, description = "rate_limited", body = Problem)))]
+async fn login_mfa(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(app): Path<String>,
+    JsonBody(body): JsonBody<SecondStep>,
+) -> ApiResult<Json<Tokens>> {
+    let app = app_for(&state, &app, "login-mfa", &ctx).await?;
+    let passed =
+        mfa::complete(&state, &app, &body.mfa_token, body.method, &body.code, &ctx).await?;
+    let client = state.pool.get().await?;
+    let user = users::find(&client, app.id, passed.user)
+        .await?
+        .ok_or_else(ApiError::invalid_credentials)?;
+    drop(client);
+    let (_, tokens) = sessions::start(
+        &state,
+        &app,
+        Subject::Existing(&user),
+        passed.device.as_deref(),
+        &ctx,
+        passed.amr,
+    )
+    .await?;
+    metrics::counter!("portcullis_logins_total", "outcome" => "ok").increment(1);
+    Ok(Json(tokens))
+}
+
+/// The signed-in user's second factors.
+#[utoipa::path(get, path = "/v1/apps/{app}/mfa", tag = "mfa", params(("app" = String, Path)),
+    responses((status = 200, body = Enrolled), (status = 401, body = Problem)))]
+async fn factors(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+) -> ApiResult<Json<Enrolled>> {
+    let (app, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    let client = state.pool.get().await?;
+    Ok(Json(mfa::enrolled(&client, &app, user.id).await?))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct TotpSecret {
+    /// Base32, for typing into an authenticator app.
+    secret: String,
+    /// `otpauth://totp/...`, for a QR code.
+    otpauth_uri: String,
+}
+
+/// Start TOTP enrolment: a new secret (SHA-1, 6 digits, 30 s), confirmed by a first code.
+#[utoipa::path(post, path = "/v1/apps/{app}/mfa/totp/setup", tag = "mfa", params(("app" = String, Path)),
+    responses((status = 200, body = TotpSecret),
+              (status = 409, description = "mfa_already_enabled", body = Problem)))]
+async fn totp_setup(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+) -> ApiResult<Json<TotpSecret>> {
+    let (app, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    let (secret, otpauth_uri) = mfa::totp_setup(&state, &app, &user, &ctx).await?;
+    Ok(Json(TotpSecret {
+        secret,
+        otpauth_uri,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub(super) struct CodeBody {
+    code: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Enabled {
+    enabled: bool,
+    /// Ten single-use codes, shown only now (absent when the user already had some).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovery_codes: Option<Vec<String>>,
+}
+
+/// Confirm TOTP enrolment with a first code; returns ten recovery codes.
+#[utoipa::path(post, path = "/v1/apps/{app}/mfa/totp/verify", tag = "mfa", params(("app" = String, Path)),
+    request_body = CodeBody,
+    responses((status = 200, body = Enabled), (status = 401, description = "invalid_code", body = Problem)))]
+async fn totp_verify(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+    JsonBody(body): JsonBody<CodeBody>,
+) -> ApiResult<Json<Enabled>> {
+    let (app, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    let codes = mfa::totp_confirm(&state, &app, &user, &body.code, &ctx).await?;
+    Ok(Json(Enabled {
+        enabled: true,
+        recovery_codes: Some(codes),
+    }))
+}
+
+/// Remove a factor (`totp`, `sms` or `email`). Needs a second-factor `code` (TOTP, recovery
+/// code, or a code sent to this session) or the `current_password`.
+#[utoipa::path(delete, path = "/v1/apps/{app}/mfa/{factor}", tag = "mfa",
+    params(("app" = String, Path), ("factor" = String, Path)),
+    request_body = Proof,
+    responses((status = 204, description = "removed"),
+              (status = 401, description = "invalid_code or invalid_credentials", body = Problem),
+              (status = 404, body = Problem)))]
+async fn remove_factor(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path((app, factor)): Path<(String, String)>,
+    JsonBody(proof): JsonBody<Proof>,
+) -> ApiResult<Response> {
+    let (app, principal, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    if !matches!(factor.as_str(), "totp" | "sms" | "email") {
+        return Err(ApiError::not_found("factor"));
+    }
+    mfa::reauthenticate(&state, &app, &user, principal.sid, &proof, &ctx).await?;
+    mfa::remove(&state, &app, &user, &factor, &ctx).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub(super) struct SendCode {
+    channel: Channel,
+    /// During a sign-in: the step-up's token (instead of a user access token).
+    mfa_token: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct CodeSent {
+    channel: Channel,
+    /// Seconds the code stays usable.
+    expires_in: i64,
+}
+
+/// Send a 6-digit code by SMS or email: with an `mfa_token`, for the second step of a
+/// sign-in; with a user access token, to enrol the channel (or to prove a second factor).
+#[utoipa::path(post, path = "/v1/apps/{app}/mfa/otp/send", tag = "mfa", params(("app" = String, Path)),
+    request_body = SendCode,
+    responses((status = 202, body = CodeSent),
+              (status = 401, description = "invalid_mfa_token", body = Problem),
+              (status = 429, description = "rate_limited", body = Problem)))]
+async fn otp_send(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+    JsonBody(body): JsonBody<SendCode>,
+) -> ApiResult<Response> {
+    match &body.mfa_token {
+        Some(token) => {
+            let app = app_for(&state, &app, "otp-send", &ctx).await?;
+            mfa::send_for_step_up(&state, &app, token, body.channel, &ctx).await?;
+        }
+        None => {
+            let (app, principal, user) = signed_in(&state, &headers, &app, &ctx).await?;
+            app_for(&state, &app.id.to_string(), "otp-send", &ctx).await?;
+            mfa::send_for_session(&state, &app, &user, principal.sid, body.channel, &ctx).await?;
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(CodeSent {
+            channel: body.channel,
+            expires_in: 600,
+        }),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub(super) struct VerifyCode {
+    code: String,
+    /// Which channel's code; the newest sent to this session when absent.
+    channel: Option<Channel>,
+}
+
+/// Enable SMS or email codes as a factor with the code sent to this session.
+#[utoipa::path(post, path = "/v1/apps/{app}/mfa/otp/verify", tag = "mfa", params(("app" = String, Path)),
+    request_body = VerifyCode,
+    responses((status = 200, body = Enabled), (status = 401, description = "invalid_code", body = Problem)))]
+async fn otp_verify(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+    JsonBody(body): JsonBody<VerifyCode>,
+) -> ApiResult<Json<Enabled>> {
+    let (app, principal, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    app_for(&state, &app.id.to_string(), "otp-verify", &ctx).await?;
+    let (_, codes) = mfa::enable_channel(
+        &state,
+        &app,
+        &user,
+        principal.sid,
+        body.channel,
+        &body.code,
+        &ctx,
+    )
+    .await?;
+    Ok(Json(Enabled {
+        enabled: true,
+        recovery_codes: codes,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct RecoveryCodes {
+    recovery_codes: Vec<String>,
+}
+
+/// Ten new recovery codes; the previous ones stop working.
+#[utoipa::path(post, path = "/v1/apps/{app}/mfa/recovery-codes", tag = "mfa", params(("app" = String, Path)),
+    responses((status = 200, body = RecoveryCodes), (status = 400, body = Problem)))]
+async fn recovery_codes(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+) -> ApiResult<Json<RecoveryCodes>> {
+    let (app, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    Ok(Json(RecoveryCodes {
+        recovery_codes: mfa::regenerate_recovery_codes(&state, &app, &user, &ctx).await?,
+    }))
+}

@@ -1,0 +1,132 @@
+//! The small HTML pages mailed links lead to, and the body extractor their forms post to.
+//!
+//! A mailed link (`GET …?token=`) only shows a page; the page's form POSTs the token. A mail
+//! scanner that follows links therefore never uses a token up. The pages carry no script,
+//! are never cached, never framed, and never leak the token in a `Referer`.
+
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+
+use super::JsonBody;
+use crate::error::ApiError;
+use crate::messages::escape;
+
+/// A body sent as JSON (API clients) or as an HTML form (the pages below). `html` says
+/// which, so the handler answers in kind.
+#[derive(Debug)]
+pub(super) struct Submitted<T> {
+    pub body: T,
+    pub html: bool,
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Submitted<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let form = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                ct.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+        if !form {
+            let JsonBody(body) = JsonBody::from_request(req, state).await?;
+            return Ok(Self { body, html: false });
+        }
+        // axum's rejection is replaced: it could quote a submitted value.
+        let axum::extract::Form(body) = axum::extract::Form::<T>::from_request(req, state)
+            .await
+            .map_err(|_| ApiError::bad_request("the form is incomplete or too large"))?;
+        Ok(Self { body, html: true })
+    }
+}
+
+/// A form on a page: where it posts, its hidden fields, visible inputs and its button.
+#[derive(Debug)]
+pub(super) struct Form<'a> {
+    pub action: &'a str,
+    pub hidden: &'a [(&'a str, &'a str)],
+    /// `(name, label, type)` of visible inputs.
+    pub inputs: &'a [(&'a str, &'a str, &'a str)],
+    pub button: &'a str,
+}
+
+/// An HTML page: a title, a message, and optionally a form.
+pub(super) fn page(
+    status: StatusCode,
+    title: &str,
+    message: &str,
+    form: Option<Form<'_>>,
+) -> Response {
+    let mut html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <title>{t}</title><style>body{{font-family:sans-serif;max-width:28rem;margin:3rem auto;\
+         padding:0 1rem}}input,button{{font-size:1rem;padding:.5rem;margin:.25rem 0;width:100%}}\
+         </style></head><body><h1>{t}</h1><p>{m}</p>",
+        t = escape(title),
+        m = escape(message),
+    );
+    if let Some(form) = form {
+        html.push_str(&format!(
+            "<form method=\"post\" action=\"{}\">",
+            escape(form.action)
+        ));
+        for (name, value) in form.hidden {
+            html.push_str(&format!(
+                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                escape(name),
+                escape(value)
+            ));
+        }
+        for (name, label, kind) in form.inputs {
+            html.push_str(&format!(
+                "<label>{}<input name=\"{}\" type=\"{}\" required></label>",
+                escape(label),
+                escape(name),
+                escape(kind)
+            ));
+        }
+        html.push_str(&format!(
+            "<button type=\"submit\">{}</button></form>",
+            escape(form.button)
+        ));
+    }
+    html.push_str("</body></html>");
+    let mut response = (status, html).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// The page for a refused form post: the problem's title and detail, its status.
+pub(super) fn problem_page(e: &ApiError) -> Response {
+    let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    page(status, e.code.title(), &e.detail, None)
+}

@@ -1,0 +1,382 @@
+//! The message outbox: mail and SMS are committed as rows in the transaction that caused them
+//! ([`enqueue`]) and delivered by a background worker ([`Outbox::run`]) with retries and
+//! backoff, so an SMTP or SMS outage delays messages and loses none.
+//!
+//! A message carries a secret (a link with a token, or a code), so its payload is sealed
+//! with the key-encryption key and erased once delivered or given up. With no transport
+//! configured a message is logged (recipient and kind, never its content) and marked
+//! `logged`: never silently dropped.
+//!
+//! Delivery is at least once: a replica that dies mid-send leaves the row leased, and another
+//! picks it up when the lease runs out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_postgres::{GenericClient, Pool};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use lettre::message::{Mailbox, MultiPart};
+use lettre::{AsyncSmtpTransport, AsyncTransport as _, Tokio1Executor};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::crypto::Secrets;
+use crate::error::ApiError;
+use crate::store::Prepared as _;
+
+/// How long a transport may take for one message.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a claimed row is left to its worker before another may take it.
+const LEASE_SECS: f64 = 60.0;
+/// The longest wait between two attempts.
+const MAX_BACKOFF_SECS: f64 = 300.0;
+/// After this long undelivered, a message is given up (`failed`).
+const GIVE_UP_SECS: i64 = 86_400;
+/// How often the worker looks for due messages when nothing woke it.
+const POLL: Duration = Duration::from_secs(1);
+/// Messages claimed per round.
+const BATCH: i64 = 20;
+
+/// What to send. Built by `messages.rs`; the payload stays sealed in the database.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "channel", rename_all = "lowercase")]
+pub enum Message {
+    Email {
+        from_name: String,
+        subject: String,
+        text: String,
+        html: String,
+    },
+    Sms {
+        body: String,
+    },
+}
+
+impl Message {
+    fn channel(&self) -> &'static str {
+        match self {
+            Self::Email { .. } => "email",
+            Self::Sms { .. } => "sms",
+        }
+    }
+}
+
+/// Queues `message` for `recipient` in the caller's transaction. `kind` names the template
+/// (it is what logs and metrics show). Call [`Outbox::wake`] after the commit.
+pub async fn enqueue(
+    tx: &impl GenericClient,
+    secrets: &Secrets,
+    app: Uuid,
+    kind: &'static str,
+    recipient: &str,
+    message: &Message,
+) -> Result<(), ApiError> {
+    let id = Uuid::now_v7();
+    let plain = serde_json::to_vec(message).map_err(|e| ApiError::internal(&e))?;
+    let sealed = secrets.seal(&plain, id.as_bytes());
+    tx.exec(
+        "INSERT INTO outbox (id, app_id, channel, kind, recipient, payload)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&id, &app, &message.channel(), &kind, &recipient, &sealed],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Refuses what lettre cannot use, at start-up (the scheme, a host).
+pub fn check_smtp_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+        return Err("must be an smtp:// or smtps:// URL".to_owned());
+    }
+    AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+        .map(|_| ())
+        .map_err(|e| format!("is not usable: {e}"))
+}
+
+/// The delivery side: transports and the worker's wake-up call. Cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    wake: Notify,
+    mailer: Option<AsyncSmtpTransport<Tokio1Executor>>,
+    from: String,
+    sms: Option<Sms>,
+}
+
+struct Sms {
+    url: String,
+    token: Option<String>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("smtp", &self.inner.mailer.is_some())
+            .field("sms", &self.inner.sms.is_some())
+            .finish()
+    }
+}
+
+/// How one delivery attempt ended.
+enum Outcome {
+    Sent,
+    /// No transport for the channel: logged instead.
+    Logged,
+    /// Worth another attempt later.
+    Retry(String),
+    /// Will never succeed (the server refused the message for good).
+    Failed(String),
+}
+
+impl Outbox {
+    pub fn new(config: &Config) -> Result<Self, String> {
+        let mailer = config
+            .smtp_url
+            .as_deref()
+            .map(|url| {
+                AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                    .map(|b| b.timeout(Some(SEND_TIMEOUT)).build())
+                    .map_err(|e| format!("PORTCULLIS_SMTP_URL: {e}"))
+            })
+            .transpose()?;
+        let sms = match &config.sms_webhook_url {
+            Some(url) => {
+                let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_native_roots()
+                    .map_err(|e| format!("PORTCULLIS_SMS_WEBHOOK_URL: no TLS roots: {e}"))?
+                    .https_or_http()
+                    .enable_http1()
+                    .build();
+                Some(Sms {
+                    url: url.clone(),
+                    token: config.sms_webhook_token.clone(),
+                    client: Client::builder(TokioExecutor::new()).build(connector),
+                })
+            }
+            None => None,
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                wake: Notify::new(),
+                mailer,
+                from: config.mail_from.clone(),
+                sms,
+            }),
+        })
+    }
+
+    /// Tells the worker a message was committed (it also polls, for other replicas' rows).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// The worker: delivers due messages until the task is dropped.
+    pub async fn run(self, pool: Pool, secrets: Secrets) {
+        loop {
+            match self.round(&pool, &secrets).await {
+                // A full batch: there may be more due at once.
+                Ok(n) if n as i64 == BATCH => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "outbox round failed; retrying"),
+            }
+            tokio::select! {
+                () = self.inner.wake.notified() => {}
+                () = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+
+    /// Claims due messages (rows leased to this worker), delivers them, records the outcome.
+    async fn round(&self, pool: &Pool, secrets: &Secrets) -> Result<usize, ApiError> {
+        let client = pool.get().await?;
+        let claimed = client
+            .q(
+                "UPDATE outbox SET attempts = attempts + 1,
+                     next_attempt_at = now() + make_interval(secs => $1)
+                 WHERE id IN (SELECT id FROM outbox
+                              WHERE state = 'pending' AND next_attempt_at <= now()
+                              ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 RETURNING id, channel, kind, recipient, payload, attempts,
+                     EXTRACT(EPOCH FROM now() - created_at)::bigint",
+                &[&LEASE_SECS, &BATCH],
+            )
+            .await?;
+        for row in &claimed {
+            let id: Uuid = row.get(0);
+            let channel: &str = row.get(1);
+            let kind: &str = row.get(2);
+            let recipient: &str = row.get(3);
+            let payload: Option<Vec<u8>> = row.get(4);
+            let attempts: i32 = row.get(5);
+            let age: i64 = row.get(6);
+            let message = payload
+                .and_then(|sealed| secrets.open(&sealed, id.as_bytes()))
+                .and_then(|plain| serde_json::from_slice::<Message>(&plain).ok());
+            let outcome = match message {
+                Some(message) => self.deliver(recipient, &message).await,
+                None => Outcome::Failed("the payload does not open".to_owned()),
+            };
+            let outcome = match outcome {
+                Outcome::Retry(why) if age >= GIVE_UP_SECS => {
+                    Outcome::Failed(format!("gave up after {attempts} attempts: {why}"))
+                }
+                other => other,
+            };
+            let label = match &outcome {
+                Outcome::Sent => "sent",
+                Outcome::Logged => "logged",
+                Outcome::Retry(_) => "retry",
+                Outcome::Failed(_) => "failed",
+            };
+            metrics::counter!("portcullis_outbox_messages_total", "channel" => channel.to_owned(), "outcome" => label)
+                .increment(1);
+            match outcome {
+                Outcome::Sent | Outcome::Logged => {
+                    client
+                        .exec(
+                            "UPDATE outbox SET state = $2, payload = NULL, last_error = NULL,
+                                 done_at = now() WHERE id = $1",
+                            &[&id, &label],
+                        )
+                        .await?;
+                }
+                Outcome::Retry(why) => {
+                    let backoff = 2f64.powi(attempts.clamp(1, 20) - 1).min(MAX_BACKOFF_SECS);
+                    tracing::warn!(%id, channel, kind, attempts, retry_in_secs = backoff, error = %why,
+                        "message not delivered; will retry");
+                    client
+                        .exec(
+                            "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2),
+                                 last_error = $3 WHERE id = $1",
+                            &[&id, &backoff, &why],
+                        )
+                        .await?;
+                }
+                Outcome::Failed(why) => {
+                    tracing::error!(%id, channel, kind, attempts, error = %why, "message given up");
+                    client
+                        .exec(
+                            "UPDATE outbox SET state = 'failed', payload = NULL, last_error = $2,
+                                 done_at = now() WHERE id = $1",
+                            &[&id, &why],
+                        )
+                        .await?;
+                }
+            }
+        }
+        Ok(claimed.len())
+    }
+
+    async fn deliver(&self, recipient: &str, message: &Message) -> Outcome {
+        match message {
+            Message::Email {
+                from_name,
+                subject,
+                text,
+                html,
+            } => {
+                let Some(mailer) = &self.inner.mailer else {
+                    tracing::warn!(
+                        subject = %subject,
+                        "PORTCULLIS_SMTP_URL is not set: mail logged, not sent"
+                    );
+                    return Outcome::Logged;
+                };
+                let (Ok(from), Ok(to)) = (self.inner.from.parse(), recipient.parse::<Mailbox>())
+                else {
+                    return Outcome::Failed("an address does not parse".to_owned());
+                };
+                let from = Mailbox::new(Some(from_name.clone()), from);
+                let mail = lettre::Message::builder()
+                    .from(from)
+                    .to(to)
+                    .subject(subject.clone())
+                    .multipart(MultiPart::alternative_plain_html(
+                        text.clone(),
+                        html.clone(),
+                    ));
+                let mail = match mail {
+                    Ok(mail) => mail,
+                    Err(e) => return Outcome::Failed(format!("mail not built: {e}")),
+                };
+                match mailer.send(mail).await {
+                    Ok(_) => Outcome::Sent,
+                    Err(e) if e.is_permanent() => Outcome::Failed(format!("SMTP: {e}")),
+                    Err(e) => Outcome::Retry(format!("SMTP: {e}")),
+                }
+            }
+            Message::Sms { body } => {
+                let Some(sms) = &self.inner.sms else {
+                    tracing::warn!("PORTCULLIS_SMS_WEBHOOK_URL is not set: SMS logged, not sent");
+                    return Outcome::Logged;
+                };
+                sms.send(recipient, body).await
+            }
+        }
+    }
+}
+
+impl Sms {
+    async fn send(&self, to: &str, body: &str) -> Outcome {
+        let json = serde_json::json!({ "to": to, "body": body }).to_string();
+        let mut request = http::Request::post(&self.url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::USER_AGENT, "portcullis-control-plane");
+        if let Some(token) = &self.token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = match request.body(Full::new(Bytes::from(json))) {
+            Ok(r) => r,
+            Err(e) => return Outcome::Failed(format!("SMS request not built: {e}")),
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, self.client.request(request)).await {
+            Err(_) => Outcome::Retry("SMS endpoint timed out".to_owned()),
+            Ok(Err(e)) => Outcome::Retry(format!("SMS endpoint: {e}")),
+            Ok(Ok(response)) if response.status().is_success() => Outcome::Sent,
+            // A 4xx other than 408/429 is the provider refusing this message for good.
+            Ok(Ok(response))
+                if response.status().is_client_error()
+                    && !matches!(response.status().as_u16(), 408 | 429) =>
+            {
+                Outcome::Failed(format!("SMS endpoint answered {}", response.status()))
+            }
+            Ok(Ok(response)) => {
+                Outcome::Retry(format!("SMS endpoint answered {}", response.status()))
+            }
+        }
+    }
+}
+
+/// Deletes delivered or given-up rows after a week, and expired one-time tokens and codes
+/// a day after they expired.
+pub async fn prune(client: &impl GenericClient) -> Result<u64, ApiError> {
+    let mut pruned = client
+        .exec(
+            "DELETE FROM outbox WHERE state <> 'pending' AND done_at < now() - interval '7 days'",
+            &[],
+        )
+        .await?;
+    pruned += client
+        .exec(
+            "DELETE FROM one_time_tokens WHERE expires_at < now() - interval '1 day'",
+            &[],
+        )
+        .await?;
+    pruned += client
+        .exec(
+            "DELETE FROM otp_codes WHERE expires_at < now() - interval '1 day'",
+            &[],
+        )
+        .await?;
+    Ok(pruned)
+}
