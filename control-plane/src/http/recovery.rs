@@ -386,7 +386,7 @@ async fn verify_email(
     body: Submitted<TokenBody>,
 ) -> Response {
     let verified = async {
-        let app = state.apps.live(&state.pool, &app, ctx.now).await?;
+        let app = app_for(&state, &app, "email-verify", &ctx).await?;
         let mut client = state.pool.get().await?;
         let tx = client.transaction().await?;
         recovery::verify_email_in(&tx, app.id, &body.body.token, &ctx)
