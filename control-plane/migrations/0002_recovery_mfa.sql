@@ -39,9 +39,11 @@ CREATE TABLE mfa_factors (
 
 -- Recovery codes: HMAC-SHA256 under a key derived from the key-encryption key, single use.
 CREATE TABLE recovery_codes (
-    user_id uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-    hash    bytea NOT NULL,
-    used_at timestamptz,
+    user_id    uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    hash       bytea NOT NULL,
+    -- A code proves who is asking only if it was made before the asking session began.
+    created_at timestamptz NOT NULL DEFAULT now(),
+    used_at    timestamptz,
     PRIMARY KEY (user_id, hash)
 );
 

@@ -58,7 +58,13 @@ pub enum Scope<'a> {
     AccountFailures { app: &'a str, account: &'a str },
     /// Mails and SMS sent to one account or one destination (an address, a phone), per
     /// hour: no one can be flooded with messages, and a code cannot be re-sent forever.
-    Messages { app: &'a str, destination: &'a str },
+    /// `kind` keeps links (reset, magic link) and codes apart, so asking for links to
+    /// someone's address cannot use up the codes that sign them in.
+    Messages {
+        app: &'a str,
+        kind: &'static str,
+        destination: &'a str,
+    },
     /// Wrong second-factor codes on one account, per hour: with a 6-digit code, what stops
     /// brute force.
     MfaFailures { app: &'a str, user: &'a str },
@@ -71,9 +77,14 @@ impl Scope<'_> {
             Self::AccountFailures { app, account } => {
                 format!("portcullis:rl:{app}:login-failures:{}", hashed(account))
             }
-            Self::Messages { app, destination } => {
-                format!("portcullis:rl:{app}:messages:{}", hashed(destination))
-            }
+            Self::Messages {
+                app,
+                kind,
+                destination,
+            } => format!(
+                "portcullis:rl:{app}:messages-{kind}:{}",
+                hashed(destination)
+            ),
             Self::MfaFailures { app, user } => {
                 format!("portcullis:rl:{app}:mfa-failures:{}", hashed(user))
             }
@@ -127,6 +138,16 @@ impl Limiter {
         match self.run(&self.hit, &scope).await {
             Some((n, ttl)) if n > u64::from(limit) => Err(ApiError::rate_limited(ttl)),
             _ => Ok(()),
+        }
+    }
+
+    /// [`hit`](Self::hit), but `503` when the count cannot be kept: for limits that are
+    /// the only defence (wrong second-factor codes), Redis down must not mean unlimited.
+    pub async fn hit_or_refuse(&self, scope: Scope<'_>, limit: u32) -> Result<(), ApiError> {
+        match self.run(&self.hit, &scope).await {
+            Some((n, ttl)) if n > u64::from(limit) => Err(ApiError::rate_limited(ttl)),
+            Some(_) => Ok(()),
+            None => Err(ApiError::unavailable("rate limiter", &"Redis unreachable")),
         }
     }
 

@@ -94,14 +94,35 @@ pub fn magic_link(app: &App, link: &str) -> Message {
     )
 }
 
+/// The sender name without runs of six or more digits, for texts whose only such run must
+/// be the code.
+fn name_beside_code(app: &App) -> String {
+    let name = from_name(app);
+    let mut out = String::with_capacity(name.len());
+    let mut run = String::new();
+    for c in name.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_digit() {
+            run.push(c);
+            continue;
+        }
+        if run.len() < 6 {
+            out.push_str(&run);
+        }
+        run.clear();
+        out.push(c);
+    }
+    out.pop();
+    out
+}
+
 /// A one-time code by mail: the code is the only run of six digits in the text.
 pub fn otp_email(app: &App, code: &str) -> Message {
-    let name = from_name(app);
+    let name = name_beside_code(app);
     let lead = format!("Your verification code is {code}.");
     let after = format!("It expires in ten minutes. Never share it. {IGNORE}");
     Message::Email {
         from_name: name.clone(),
-        subject: format!("Your {} verification code", app.name),
+        subject: format!("Your {name} verification code"),
         text: format!("{lead}\n\n{after}\n\n-- {name}\n"),
         html: format!(
             "<!doctype html><html><body style=\"font-family:sans-serif\"><p>{}</p>\
@@ -117,7 +138,7 @@ pub fn otp_sms(app: &App, code: &str) -> Message {
     Message::Sms {
         body: format!(
             "{code} is your {} verification code. It expires in ten minutes.",
-            from_name(app)
+            name_beside_code(app)
         ),
     }
 }
@@ -166,10 +187,11 @@ mod tests {
     }
 
     #[test]
-    fn an_otp_text_holds_exactly_one_run_of_six_digits() {
+    fn an_otp_text_holds_exactly_one_run_of_six_or_more_digits() {
         for message in [
             otp_email(&app("Shop"), "012345"),
-            otp_sms(&app("Shop"), "012345"),
+            otp_sms(&app("Shop 1234567"), "012345"),
+            otp_email(&app("99999999 Shop 12"), "012345"),
         ] {
             let text = match message {
                 Message::Email { text, .. } => text,
@@ -177,7 +199,7 @@ mod tests {
             };
             let runs: Vec<&str> = text
                 .split(|c: char| !c.is_ascii_digit())
-                .filter(|r| !r.is_empty())
+                .filter(|r| r.len() >= 6)
                 .collect();
             assert_eq!(runs, ["012345"], "{text}");
         }

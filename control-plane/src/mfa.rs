@@ -200,21 +200,20 @@ pub async fn challenge(
     device: Option<&str>,
     ctx: &Ctx,
 ) -> Result<Challenge, ApiError> {
-    let client = state.pool.get().await?;
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
     let data = json!({ "amr": amr, "methods": methods, "device_id": device });
-    let token =
-        recovery::issue_in(&client, app.id, user.id, Purpose::MfaLogin, data, ctx.now).await?;
-    audit::record(
-        &client,
-        Event {
-            app: app.id,
-            user: Some(user.id),
-            event: "login.mfa_required",
-            details: json!({ "methods": methods }),
-            ctx,
-        },
+    let token = recovery::issue_in(&tx, app.id, user.id, Purpose::MfaLogin, data, ctx.now).await?;
+    record(
+        &tx,
+        app,
+        user.id,
+        "login.mfa_required",
+        json!({ "methods": methods }),
+        ctx,
     )
     .await?;
+    tx.commit().await?;
     Ok(Challenge {
         mfa_required: true,
         mfa_token: token,
@@ -241,6 +240,12 @@ pub async fn after_first_factor(
     device: Option<&str>,
     ctx: &Ctx,
 ) -> Result<SignIn, ApiError> {
+    if user.disabled(clock::at(ctx.now)) {
+        return Err(ApiError::new(
+            ErrorCode::UserDisabled,
+            "the user is disabled or expired",
+        ));
+    }
     let client = state.pool.get().await?;
     let methods = methods_for(&client, app, user).await?;
     drop(client);
@@ -289,9 +294,10 @@ fn invalid_mfa_token() -> ApiError {
 /// forgiven afterwards (see [`forgive`]).
 async fn count_attempt(state: &AppState, app: &App, user: Uuid) -> Result<(), ApiError> {
     let (app_id, user_id) = (app.id.to_string(), user.to_string());
+    // Fails closed: without the count a six-digit code could be guessed at leisure.
     state
         .limiter
-        .hit(
+        .hit_or_refuse(
             Scope::MfaFailures {
                 app: &app_id,
                 user: &user_id,
@@ -358,8 +364,10 @@ pub async fn complete(
     // Locked: two concurrent tries with one token are counted one after the other.
     let found = step_up(&tx, app, mfa_token, ctx.now, true).await?;
     let ok = match method {
-        Method::Totp => check_totp_in(&tx, state, found.user, code, ctx.now).await?,
-        Method::RecoveryCode => use_recovery_code_in(&tx, state, found.user, code, ctx.now).await?,
+        Method::Totp => check_totp_in(&tx, state, found.user, code, ctx.now, None).await?,
+        Method::RecoveryCode => {
+            use_recovery_code_in(&tx, state, found.user, code, ctx.now, None).await?
+        }
         Method::Sms => {
             check_otp_in(
                 &tx,
@@ -504,18 +512,22 @@ fn open_secret(state: &AppState, id: Uuid, sealed: &[u8]) -> Result<Vec<u8>, Api
 
 /// Checks a TOTP code of the user's confirmed factor and records its step, so the same
 /// code (or an older one) is refused from now on.
+///
+/// With `before`, only a factor confirmed before that time counts (see [`reauthenticate_in`]).
 async fn check_totp_in(
     tx: &impl GenericClient,
     state: &AppState,
     user: Uuid,
     code: &str,
     now: i64,
+    before: Option<OffsetDateTime>,
 ) -> Result<bool, ApiError> {
     let row = tx
         .q_opt(
             "SELECT id, secret_enc FROM mfa_factors
-             WHERE user_id = $1 AND kind = 'totp' AND confirmed_at IS NOT NULL",
-            &[&user],
+             WHERE user_id = $1 AND kind = 'totp' AND confirmed_at IS NOT NULL
+               AND ($2::timestamptz IS NULL OR confirmed_at < $2)",
+            &[&user, &before],
         )
         .await?;
     let Some(row) = row else { return Ok(false) };
@@ -552,12 +564,14 @@ fn normalize_recovery(code: &str) -> String {
         .collect()
 }
 
+/// Uses a recovery code up. With `before`, only a code made before that time counts.
 async fn use_recovery_code_in(
     tx: &impl GenericClient,
     state: &AppState,
     user: Uuid,
     code: &str,
     now: i64,
+    before: Option<OffsetDateTime>,
 ) -> Result<bool, ApiError> {
     let code = normalize_recovery(code);
     if code.len() != 10 {
@@ -566,11 +580,13 @@ async fn use_recovery_code_in(
     let used = tx
         .exec(
             "UPDATE recovery_codes SET used_at = $3
-             WHERE user_id = $1 AND hash = $2 AND used_at IS NULL",
+             WHERE user_id = $1 AND hash = $2 AND used_at IS NULL
+               AND ($4::timestamptz IS NULL OR created_at < $4)",
             &[
                 &user,
                 &state.secrets.code_mac(user.as_bytes(), &code),
                 &clock::at(now),
+                &before,
             ],
         )
         .await?;
@@ -671,6 +687,7 @@ async fn send_code(
             .hit(
                 Scope::Messages {
                     app: &app_id,
+                    kind: "codes",
                     destination: key,
                 },
                 limit,
@@ -860,6 +877,8 @@ pub async fn totp_setup(
     state: &AppState,
     app: &App,
     user: &User,
+    session: Uuid,
+    proof: &Proof,
     ctx: &Ctx,
 ) -> Result<(String, String), ApiError> {
     refuse_when_off(app)?;
@@ -873,34 +892,32 @@ pub async fn totp_setup(
     let totp = totp_of(secret.to_vec(), &app.name, &account)?;
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    let confirmed = tx
-        .q_opt(
-            "SELECT 1 FROM mfa_factors WHERE user_id = $1 AND kind = 'totp' AND confirmed_at IS NOT NULL",
-            &[&user.id],
+    // A stolen access token must not enrol the thief's authenticator.
+    recent_or_proof_in(&tx, state, app, user, session, proof, ctx).await?;
+    // One statement, so two setups at once cannot collide: an unconfirmed secret is
+    // replaced, a confirmed one is left alone (no row back).
+    let written = tx
+        .exec(
+            "INSERT INTO mfa_factors (id, user_id, kind, secret_enc, created_at)
+             VALUES ($1, $2, 'totp', $3, $4)
+             ON CONFLICT (user_id, kind) DO UPDATE
+             SET id = EXCLUDED.id, secret_enc = EXCLUDED.secret_enc,
+                 created_at = EXCLUDED.created_at, last_step = NULL
+             WHERE mfa_factors.confirmed_at IS NULL",
+            &[
+                &id,
+                &user.id,
+                &state.secrets.seal(&secret, id.as_bytes()),
+                &clock::at(ctx.now),
+            ],
         )
         .await?;
-    if confirmed.is_some() {
+    if written == 0 {
         return Err(ApiError::new(
             ErrorCode::MfaAlreadyEnabled,
             "TOTP is already enabled; remove it first",
         ));
     }
-    tx.exec(
-        "DELETE FROM mfa_factors WHERE user_id = $1 AND kind = 'totp'",
-        &[&user.id],
-    )
-    .await?;
-    tx.exec(
-        "INSERT INTO mfa_factors (id, user_id, kind, secret_enc, created_at)
-         VALUES ($1, $2, 'totp', $3, $4)",
-        &[
-            &id,
-            &user.id,
-            &state.secrets.seal(&secret, id.as_bytes()),
-            &clock::at(ctx.now),
-        ],
-    )
-    .await?;
     record(
         &tx,
         app,
@@ -994,9 +1011,19 @@ pub struct Proof {
     pub code: Option<String>,
 }
 
-/// Checks a [`Proof`]; `401 invalid_credentials` when none was given or the password is
-/// wrong, `401 invalid_code` for a wrong code. Counts against the account like any code.
-pub async fn reauthenticate(
+/// How recent a sign-in must be for the session to enrol a factor or make recovery codes
+/// without presenting a [`Proof`] (a "sudo" window, as GitHub's).
+const RECENT_SIGN_IN_SECS: i64 = 15 * 60;
+
+/// Checks a [`Proof`] in the caller's transaction, so a code it uses up is spent only if the
+/// change it guards commits. `401 invalid_credentials` when none was given or the password
+/// is wrong, `401 invalid_code` for a wrong code. Counts against the account like any code.
+///
+/// A second-factor code proves something only if a stolen access token could not have made
+/// it: a TOTP factor confirmed, or recovery codes made, before this session began (an SMS or
+/// email code goes to the user's own phone or mailbox).
+pub async fn reauthenticate_in(
+    tx: &impl GenericClient,
     state: &AppState,
     app: &App,
     user: &User,
@@ -1026,40 +1053,70 @@ pub async fn reauthenticate(
         ));
     };
     count_attempt(state, app, user.id).await?;
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
-    let ok = check_totp_in(&tx, state, user.id, code, ctx.now).await?
-        || check_otp_in(&tx, state, user.id, session.as_bytes(), None, code, ctx.now).await?
-        || use_recovery_code_in(&tx, state, user.id, code, ctx.now).await?;
-    tx.commit().await?;
+    let began = session_start(tx, session).await?;
+    let ok = check_totp_in(tx, state, user.id, code, ctx.now, Some(began)).await?
+        || check_otp_in(tx, state, user.id, session.as_bytes(), None, code, ctx.now).await?
+        || use_recovery_code_in(tx, state, user.id, code, ctx.now, Some(began)).await?;
     if !ok {
         return Err(invalid_code());
     }
-    drop(client);
     forgive(state, app, user.id).await;
     Ok(())
 }
 
-/// Removes a factor (`totp`, `sms` or `email`) after [`reauthenticate`]; with no factor
-/// left, the recovery codes go too.
+async fn session_start(tx: &impl GenericClient, session: Uuid) -> Result<OffsetDateTime, ApiError> {
+    tx.q_opt("SELECT created_at FROM sessions WHERE id = $1", &[&session])
+        .await?
+        .map(|r| r.get(0))
+        .ok_or_else(|| ApiError::unauthenticated(ErrorCode::TokenRevoked))
+}
+
+/// A sign-in within [`RECENT_SIGN_IN_SECS`], or else a [`Proof`].
+async fn recent_or_proof_in(
+    tx: &impl GenericClient,
+    state: &AppState,
+    app: &App,
+    user: &User,
+    session: Uuid,
+    proof: &Proof,
+    ctx: &Ctx,
+) -> Result<(), ApiError> {
+    let began = session_start(tx, session).await?;
+    if (clock::at(ctx.now) - began).whole_seconds() <= RECENT_SIGN_IN_SECS {
+        return Ok(());
+    }
+    reauthenticate_in(tx, state, app, user, session, proof, ctx).await
+}
+
+/// Removes a factor (`totp`, `sms` or `email`) once `proof` checks out; with no factor
+/// left, the recovery codes go too. Nothing is spent when the factor does not exist.
+#[allow(clippy::too_many_arguments)]
 pub async fn remove(
     state: &AppState,
     app: &App,
     user: &User,
+    session: Uuid,
     kind: &str,
+    proof: &Proof,
     ctx: &Ctx,
 ) -> Result<(), ApiError> {
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    let removed = tx
-        .exec(
-            "DELETE FROM mfa_factors WHERE user_id = $1 AND kind = $2 AND confirmed_at IS NOT NULL",
+    let exists = tx
+        .q_opt(
+            "SELECT 1 FROM mfa_factors WHERE user_id = $1 AND kind = $2 AND confirmed_at IS NOT NULL",
             &[&user.id, &kind],
         )
         .await?;
-    if removed == 0 {
+    if exists.is_none() {
         return Err(ApiError::not_found("factor"));
     }
+    reauthenticate_in(&tx, state, app, user, session, proof, ctx).await?;
+    tx.exec(
+        "DELETE FROM mfa_factors WHERE user_id = $1 AND kind = $2",
+        &[&user.id, &kind],
+    )
+    .await?;
     tx.exec(
         "DELETE FROM recovery_codes WHERE user_id = $1
            AND NOT EXISTS (SELECT 1 FROM mfa_factors WHERE user_id = $1 AND confirmed_at IS NOT NULL)",
@@ -1084,10 +1141,13 @@ pub async fn regenerate_recovery_codes(
     state: &AppState,
     app: &App,
     user: &User,
+    session: Uuid,
+    proof: &Proof,
     ctx: &Ctx,
 ) -> Result<Vec<String>, ApiError> {
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
+    recent_or_proof_in(&tx, state, app, user, session, proof, ctx).await?;
     let enrolled = tx
         .q_opt(
             "SELECT 1 FROM mfa_factors WHERE user_id = $1 AND confirmed_at IS NOT NULL LIMIT 1",

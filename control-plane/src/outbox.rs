@@ -32,16 +32,18 @@ use crate::store::Prepared as _;
 
 /// How long a transport may take for one message.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a claimed row is left to its worker before another may take it.
-const LEASE_SECS: f64 = 60.0;
+/// How long a claimed row is left to its worker before another may take it: longer than a
+/// whole batch at the send timeout, so a slow server does not make a second replica send
+/// the same rows again.
+const LEASE_SECS: f64 = 120.0;
 /// The longest wait between two attempts.
 const MAX_BACKOFF_SECS: f64 = 300.0;
 /// After this long undelivered, a message is given up (`failed`).
 const GIVE_UP_SECS: i64 = 86_400;
 /// How often the worker looks for due messages when nothing woke it.
 const POLL: Duration = Duration::from_secs(1);
-/// Messages claimed per round.
-const BATCH: i64 = 20;
+/// Messages claimed per round (`BATCH * SEND_TIMEOUT` < `LEASE_SECS`).
+const BATCH: i64 = 5;
 
 /// What to send. Built by `messages.rs`; the payload stays sealed in the database.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -309,10 +311,12 @@ impl Outbox {
                     Ok(mail) => mail,
                     Err(e) => return Outcome::Failed(format!("mail not built: {e}")),
                 };
-                match mailer.send(mail).await {
-                    Ok(_) => Outcome::Sent,
-                    Err(e) if e.is_permanent() => Outcome::Failed(format!("SMTP: {e}")),
-                    Err(e) => Outcome::Retry(format!("SMTP: {e}")),
+                // lettre's timeout is per exchange; this bounds the whole conversation.
+                match tokio::time::timeout(SEND_TIMEOUT, mailer.send(mail)).await {
+                    Err(_) => Outcome::Retry("SMTP: timed out".to_owned()),
+                    Ok(Ok(_)) => Outcome::Sent,
+                    Ok(Err(e)) if e.is_permanent() => Outcome::Failed(format!("SMTP: {e}")),
+                    Ok(Err(e)) => Outcome::Retry(format!("SMTP: {e}")),
                 }
             }
             Message::Sms { body } => {

@@ -109,17 +109,18 @@ async fn me_patch(
         .as_deref()
         .is_some_and(|e| user.email.as_deref().map(users::canonical) != Some(users::canonical(e)));
     let phone_changes = changes.phone.is_some() && changes.phone != user.phone;
-    // A guest has no credential to present; anyone else proves it is them.
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    // A guest has no credential to present; anyone else proves it is them. In the same
+    // transaction: a code is spent only if the change commits.
     if (email_changes || phone_changes) && !user.guest {
         let proof = Proof {
             current_password: body.current_password,
             code: body.code,
             ..Proof::default()
         };
-        mfa::reauthenticate(&state, &app, &user, principal.sid, &proof, &ctx).await?;
+        mfa::reauthenticate_in(&tx, &state, &app, &user, principal.sid, &proof, &ctx).await?;
     }
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
     let updated = users::update(&tx, user.id, &changes).await?;
     let mut gone = Vec::new();
     if email_changes {
@@ -134,6 +135,15 @@ async fn me_patch(
             &[&user.id, &gone],
         )
         .await?;
+        if email_changes {
+            // Links mailed to the old address open nothing any more.
+            let mailed = [
+                Purpose::PasswordReset.as_str(),
+                Purpose::MagicLink.as_str(),
+                Purpose::EmailVerification.as_str(),
+            ];
+            recovery::retire_in(&tx, user.id, &mailed, ctx.now).await?;
+        }
         audit::record(
             &tx,
             Event {
@@ -241,8 +251,10 @@ async fn password_change(
         &[&user.id, &new_hash],
     )
     .await?;
-    // A reset link mailed before the change must not undo it.
-    recovery::retire_in(&tx, user.id, &[Purpose::PasswordReset.as_str()], ctx.now).await?;
+    // A reset link mailed before the change must not undo it, nor a sign-in half done with
+    // the old password finish.
+    let stale = [Purpose::PasswordReset.as_str(), Purpose::MfaLogin.as_str()];
+    recovery::retire_in(&tx, user.id, &stale, ctx.now).await?;
     audit::record(
         &tx,
         Event {

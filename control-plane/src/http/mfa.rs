@@ -96,17 +96,23 @@ pub(super) struct TotpSecret {
 }
 
 /// Start TOTP enrolment: a new secret (SHA-1, 6 digits, 30 s), confirmed by a first code.
+/// Within 15 minutes of signing in the session alone is enough; later it needs the
+/// `current_password` or a second-factor `code` (a stolen token must not enrol a factor).
 #[utoipa::path(post, path = "/v1/apps/{app}/mfa/totp/setup", tag = "mfa", params(("app" = String, Path)),
+    request_body = Proof,
     responses((status = 200, body = TotpSecret),
+              (status = 401, description = "invalid_credentials: sign in again or give the password", body = Problem),
               (status = 409, description = "mfa_already_enabled", body = Problem)))]
 async fn totp_setup(
     State(state): State<AppState>,
     ctx: Ctx,
     headers: HeaderMap,
     Path(app): Path<String>,
+    JsonBody(proof): JsonBody<Proof>,
 ) -> ApiResult<Json<TotpSecret>> {
-    let (app, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
-    let (secret, otpauth_uri) = mfa::totp_setup(&state, &app, &user, &ctx).await?;
+    let (app, principal, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    let (secret, otpauth_uri) =
+        mfa::totp_setup(&state, &app, &user, principal.sid, &proof, &ctx).await?;
     Ok(Json(TotpSecret {
         secret,
         otpauth_uri,
@@ -164,8 +170,7 @@ async fn remove_factor(
     if !matches!(factor.as_str(), "totp" | "sms" | "email") {
         return Err(ApiError::not_found("factor"));
     }
-    mfa::reauthenticate(&state, &app, &user, principal.sid, &proof, &ctx).await?;
-    mfa::remove(&state, &app, &user, &factor, &ctx).await?;
+    mfa::remove(&state, &app, &user, principal.sid, &factor, &proof, &ctx).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -259,17 +264,23 @@ pub(super) struct RecoveryCodes {
     recovery_codes: Vec<String>,
 }
 
-/// Ten new recovery codes; the previous ones stop working.
+/// Ten new recovery codes; the previous ones stop working. Like TOTP setup, needs a
+/// sign-in within 15 minutes or a `current_password` / `code`.
 #[utoipa::path(post, path = "/v1/apps/{app}/mfa/recovery-codes", tag = "mfa", params(("app" = String, Path)),
-    responses((status = 200, body = RecoveryCodes), (status = 400, body = Problem)))]
+    request_body = Proof,
+    responses((status = 200, body = RecoveryCodes), (status = 400, body = Problem),
+              (status = 401, description = "invalid_credentials or invalid_code", body = Problem)))]
 async fn recovery_codes(
     State(state): State<AppState>,
     ctx: Ctx,
     headers: HeaderMap,
     Path(app): Path<String>,
+    JsonBody(proof): JsonBody<Proof>,
 ) -> ApiResult<Json<RecoveryCodes>> {
-    let (app, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    let (app, principal, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    let codes =
+        mfa::regenerate_recovery_codes(&state, &app, &user, principal.sid, &proof, &ctx).await?;
     Ok(Json(RecoveryCodes {
-        recovery_codes: mfa::regenerate_recovery_codes(&state, &app, &user, &ctx).await?,
+        recovery_codes: codes,
     }))
 }

@@ -72,7 +72,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/openapi.json",
             axum::routing::get(move || async move {
-                ([(axum::http::header::CONTENT_TYPE, "application/json")], api)
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    api,
+                )
             }),
         )
         .fallback(|| async { ApiError::not_found("route") })
@@ -84,7 +87,13 @@ pub fn router(state: AppState) -> Router {
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            // The matched route's template, never the path itself: a path can carry a
+            // token (`/password/reset/{token}`).
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", MatchedPath::as_str);
+            tracing::info_span!("http", method = %req.method(), route = %route, request_id = %id)
         }))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))

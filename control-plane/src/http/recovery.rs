@@ -68,6 +68,7 @@ async fn count_message(state: &AppState, app: &App, address: &str) -> Result<(),
         .hit(
             Scope::Messages {
                 app: &app_id,
+                kind: "links",
                 destination: address,
             },
             app.settings.rate_limits.messages_per_account_per_hour,
@@ -205,7 +206,11 @@ impl LinkPage {
             Err(e) => return problem_page(&e),
         };
         let token = query.token.unwrap_or_default();
-        let action = format!("/v1/apps/{}/{}", app.id, self.posts_to);
+        // From configuration, as the mailed link: PUBLIC_URL may carry a path prefix.
+        let action = format!(
+            "{}/v1/apps/{}/{}",
+            state.config.public_url, app.id, self.posts_to
+        );
         page(
             StatusCode::OK,
             &(self.title)(&app),
@@ -305,7 +310,9 @@ async fn reset_password(
         &[&user.id, &hash],
     )
     .await?;
-    recovery::retire_in(&tx, user.id, &[Purpose::PasswordReset.as_str()], ctx.now).await?;
+    // Other reset links, and sign-ins half done with the old password, end here.
+    let stale = [Purpose::PasswordReset.as_str(), Purpose::MfaLogin.as_str()];
+    recovery::retire_in(&tx, user.id, &stale, ctx.now).await?;
     audit::record(
         &tx,
         Event {
@@ -508,13 +515,17 @@ async fn magic_verify(
                         .join(",")
                 ),
             };
+            // Allowed redirect URIs hold no whitespace or control characters, so this parses.
+            let Ok(location) = format!("{redirect}#{fragment}").parse::<header::HeaderValue>()
+            else {
+                return Json(signed_in).into_response();
+            };
             let mut response = StatusCode::SEE_OTHER.into_response();
-            if let Ok(location) = format!("{redirect}#{fragment}").parse() {
-                response.headers_mut().insert(header::LOCATION, location);
-            }
-            response.headers_mut().insert(
+            let headers = response.headers_mut();
+            headers.insert(header::LOCATION, location);
+            headers.insert(
                 header::CACHE_CONTROL,
-                "no-store".parse().unwrap_or_else(|_| unreachable!()),
+                header::HeaderValue::from_static("no-store"),
             );
             response
         }
@@ -551,7 +562,21 @@ async fn magic_sign_in(
             "the user is disabled or expired",
         ));
     }
-    // The link reached the mailbox: the address is the user's.
+    // The link reached the mailbox: the address is the user's. If it was never proven
+    // before, whoever registered it may not be its owner (an account made in advance to
+    // hijack it later): the mailbox's owner claims it, and the password and sessions set
+    // up before are dropped. Second factors stay: mailbox access alone never removes one
+    // (at worst they lock the claimant out; they let no one else in).
+    let claimed = !user.email_verified;
+    let mut cutoff = None;
+    if claimed {
+        cutoff = Some(sessions::revoke_user_in(&tx, user.id, ctx.now).await?);
+        tx.exec(
+            "UPDATE users SET password_hash = '!' WHERE id = $1",
+            &[&user.id],
+        )
+        .await?;
+    }
     tx.exec(
         "UPDATE users SET email_verified = true WHERE id = $1",
         &[&user.id],
@@ -563,17 +588,22 @@ async fn magic_sign_in(
             app: app.id,
             user: Some(user.id),
             event: "login.magic_link",
-            details: json!({}),
+            details: json!({ "first_proof_of_address": claimed }),
             ctx,
         },
     )
     .await?;
     tx.commit().await?;
     drop(client);
+    if let Some(before) = cutoff {
+        sessions::publish_users(state, &[user.id], before).await;
+    }
+    // Re-checked: the allowlist may have lost the URI since the link was mailed.
     let redirect = found
         .data
         .get("redirect_uri")
         .and_then(Value::as_str)
+        .filter(|uri| app.settings.redirect_allowed(uri))
         .map(str::to_owned);
     let signed_in =
         mfa::after_first_factor(state, &app, &user, vec![Amr::Magic], None, ctx).await?;

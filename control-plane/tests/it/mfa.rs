@@ -279,53 +279,63 @@ async fn recovery_codes_are_single_use_and_regenerable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn removing_totp_needs_a_code_or_the_password() {
+async fn removing_totp_needs_a_code_older_than_the_session_or_the_password() {
     let s = Stack::start().await;
     let (_, app, _) = s.owner_with_app().await;
     let tokens = s.register(&app, "ann@example.com").await;
-    let access = tokens["access_token"].as_str().unwrap();
-    let (secret, _, step) = enrol_totp(&s, &app, access).await;
+    let first = tokens["access_token"].as_str().unwrap();
+    let (secret, codes, step) = enrol_totp(&s, &app, first).await;
     let totp = format!("/v1/apps/{app}/mfa/totp");
-    let r = s.call("DELETE", &totp, Some(access), None).await;
+    let delete = |access: String, body: Option<Value>| {
+        let s = &s;
+        let totp = totp.clone();
+        async move { s.call("DELETE", &totp, Some(&access), body).await }
+    };
+    let r = delete(first.to_owned(), None).await;
     assert_eq!(r.code(), "invalid_credentials");
-    let r = s
-        .call(
-            "DELETE",
-            &totp,
-            Some(access),
-            Some(json!({"current_password": "wrong guess here"})),
-        )
-        .await;
+    let r = delete(
+        first.to_owned(),
+        Some(json!({"current_password": "wrong guess here"})),
+    )
+    .await;
     assert_eq!(r.code(), "invalid_credentials");
-    let r = s
-        .call(
-            "DELETE",
-            &totp,
-            Some(access),
-            Some(json!({"code": oathtool(&secret, step * 30)})),
-        )
-        .await;
+    // Whoever holds this session's token could have made the factor and its codes: they
+    // prove nothing here.
+    let next = oathtool(&secret, (step + 1) * 30);
+    let r = delete(first.to_owned(), Some(json!({"code": next}))).await;
+    assert_eq!(r.code(), "invalid_code");
+    let r = delete(first.to_owned(), Some(json!({"code": codes[0]}))).await;
+    assert_eq!(r.code(), "invalid_code");
+
+    // A later sign-in (password and TOTP) can use them.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let challenge = password_login(&s, &app, "ann@example.com").await;
+    let r = second_step(
+        &s,
+        &app,
+        challenge["mfa_token"].as_str().unwrap(),
+        "totp",
+        &next,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let later = r.json()["access_token"].as_str().unwrap().to_owned();
+    let r = delete(later.clone(), Some(json!({"code": next}))).await;
     assert_eq!(r.code(), "invalid_code", "a replayed code proves nothing");
+    // A factor that does not exist: 404, and the recovery code is not spent on it.
     let r = s
         .call(
             "DELETE",
-            &totp,
-            Some(access),
-            Some(json!({"code": oathtool(&secret, (step + 1) * 30)})),
+            &format!("/v1/apps/{app}/mfa/sms"),
+            Some(&later),
+            Some(json!({"code": codes[0]})),
         )
         .await;
+    assert_eq!(r.status, 404);
+    let r = delete(later.clone(), Some(json!({"code": codes[0]}))).await;
     assert_eq!(r.status, 204, "{}", r.body);
-    assert_eq!(
-        s.call(
-            "DELETE",
-            &totp,
-            Some(access),
-            Some(json!({"current_password": PASSWORD}))
-        )
-        .await
-        .status,
-        404
-    );
+    let r = delete(later.clone(), Some(json!({"current_password": PASSWORD}))).await;
+    assert_eq!(r.status, 404);
     let signed_in = password_login(&s, &app, "ann@example.com").await;
     assert!(
         signed_in["access_token"].is_string(),
@@ -335,6 +345,88 @@ async fn removing_totp_needs_a_code_or_the_password() {
         s.sql_value("SELECT count(*) FROM recovery_codes").await,
         json!(0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_access_token_cannot_take_the_account_over() {
+    let s = Stack::start().await;
+    let (_, app, _) = s.owner_with_app().await;
+    let tokens = s.register(&app, "ann@example.com").await;
+    let stolen = tokens["access_token"].as_str().unwrap();
+    let sid = tokens["session_id"].as_str().unwrap();
+    // The session is old: no "recent sign-in" window left.
+    s.sql(&format!(
+        "UPDATE sessions SET created_at = now() - interval '1 hour' WHERE id = '{sid}'"
+    ))
+    .await;
+    let setup = format!("/v1/apps/{app}/mfa/totp/setup");
+    let r = s.post(&setup, Some(stolen), json!({})).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (401, "invalid_credentials"),
+        "no thief's authenticator"
+    );
+    let r = s
+        .post(
+            &format!("/v1/apps/{app}/mfa/recovery-codes"),
+            Some(stolen),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    // The owner, with the password, still can.
+    let r = s
+        .post(&setup, Some(stolen), json!({"current_password": PASSWORD}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // Codes made with this session's token do not unlock an email change.
+    let secret = r.json()["secret"].as_str().unwrap().to_owned();
+    let r = s
+        .post(
+            &format!("/v1/apps/{app}/mfa/totp/verify"),
+            Some(stolen),
+            json!({"code": oathtool(&secret, unix_now())}),
+        )
+        .await;
+    let codes: Vec<String> = serde_json::from_value(r.json()["recovery_codes"].clone()).unwrap();
+    let r = s
+        .call(
+            "PATCH",
+            &format!("/v1/apps/{app}/me"),
+            Some(stolen),
+            Some(json!({"email": "thief@example.com", "code": codes[0]})),
+        )
+        .await;
+    assert_eq!(r.code(), "invalid_code");
+    let me = s.get(&format!("/v1/apps/{app}/me"), Some(stolen)).await;
+    assert_eq!(me.json()["email"], "ann@example.com");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_user_with_a_factor_is_refused_at_the_password() {
+    let s = Stack::start().await;
+    let (_, app, key) = s.owner_with_app().await;
+    let tokens = s.register(&app, "ann@example.com").await;
+    enrol_totp(&s, &app, tokens["access_token"].as_str().unwrap()).await;
+    let user = tokens["user_id"].as_str().unwrap();
+    let r = s
+        .call(
+            "PATCH",
+            &format!("/v1/apps/{app}/users/{user}"),
+            Some(&key),
+            Some(json!({"active": false})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = s
+        .post(
+            &format!("/v1/apps/{app}/login"),
+            None,
+            json!({"email": "ann@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (403, "user_disabled"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

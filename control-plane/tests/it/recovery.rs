@@ -351,7 +351,7 @@ async fn magic_links_sign_in_once_and_only_by_post() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    s.register(&app, "ann@example.com").await;
+    let registered = s.register(&app, "ann@example.com").await;
     let magic = format!("/v1/apps/{app}/magic-link");
     let r = s
         .post(
@@ -387,6 +387,24 @@ async fn magic_links_sign_in_once_and_only_by_post() {
     );
     let r = s.post(&verify, None, json!({"token": token})).await;
     assert_eq!(r.code(), "token_expired_or_used");
+    // The first proof of the address claims the account: what whoever registered it set up
+    // before (password, sessions) is gone.
+    let r = s
+        .post(
+            &format!("/v1/apps/{app}/login"),
+            None,
+            json!({"email": "ann@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(r.code(), "invalid_credentials");
+    let r = s
+        .post(
+            &format!("/v1/apps/{app}/token/refresh"),
+            None,
+            json!({"refresh_token": registered["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(r.status, 401);
 
     // The page's form: the browser goes back to redirect_uri with the tokens in the fragment.
     let r = s

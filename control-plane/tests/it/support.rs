@@ -356,7 +356,8 @@ pub fn unix_now() -> i64 {
 }
 
 impl Stack {
-    /// One value from PostgreSQL (`SELECT`ing one column of one row), as JSON.
+    /// One value from PostgreSQL (`SELECT`ing one column of one row), as JSON; `Null` for
+    /// SQL NULL or no row.
     pub async fn sql_value(&self, query: &str) -> Value {
         let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)
             .await
@@ -366,7 +367,7 @@ impl Stack {
             .query_one(&format!("SELECT to_jsonb(({query}))"), &[])
             .await
             .unwrap();
-        row.get(0)
+        row.get::<_, Option<Value>>(0).unwrap_or(Value::Null)
     }
 
     /// A form post (`application/x-www-form-urlencoded`), as a browser sends it.
