@@ -633,3 +633,57 @@ async fn a_required_policy_mails_a_code_to_users_without_a_factor() {
         .await;
     assert_eq!((r.status, r.code().as_str()), (403, "forbidden"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sms_provider_outage_delays_codes_and_loses_none() {
+    let mut sink = HttpSink::start().await.unwrap();
+    let url = sink.url("/sms");
+    let s = Stack::start_with(&[("PORTCULLIS_SMS_WEBHOOK_URL", &url)]).await;
+    let (_, app, _) = s.owner_with_app().await;
+    let r = s
+        .post(
+            &format!("/v1/apps/{app}/register"),
+            None,
+            json!({"email": "ann@example.com", "password": PASSWORD, "phone": "+15551234567"}),
+        )
+        .await;
+    let access = r.json()["tokens"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // First the provider fails (503, retried), then it is gone (connection refused).
+    sink.set_status(503);
+    let send = format!("/v1/apps/{app}/mfa/otp/send");
+    assert_eq!(
+        s.post(&send, Some(&access), json!({"channel": "sms"}))
+            .await
+            .status,
+        202
+    );
+    sink.wait_for(1, Duration::from_secs(15)).await;
+    sink.stop();
+    crate::support::eventually(Duration::from_secs(15), || async {
+        s.sql_value("SELECT attempts FROM outbox").await.as_i64() >= Some(2)
+    })
+    .await;
+    assert_eq!(
+        s.sql_value("SELECT state FROM outbox").await,
+        json!("pending")
+    );
+    sink.set_status(200);
+    sink.restart().unwrap();
+    crate::support::eventually(Duration::from_secs(30), || async {
+        s.sql_value("SELECT state FROM outbox").await == json!("sent")
+    })
+    .await;
+    let last = sink.requests().pop().unwrap();
+    let code = code_in(last.json()["body"].as_str().unwrap());
+    let r = s
+        .post(
+            &format!("/v1/apps/{app}/mfa/otp/verify"),
+            Some(&access),
+            json!({"code": code}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
