@@ -130,3 +130,18 @@ pub(super) fn problem_page(e: &ApiError) -> Response {
     let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     page(status, e.code.title(), &e.detail, None)
 }
+
+/// The answer to a [`Submitted`] body: JSON for API clients; for a form, the page `done`
+/// (title, message) or the problem as a page.
+pub(super) fn answer<T: serde::Serialize>(
+    html: bool,
+    result: Result<T, ApiError>,
+    done: (&str, &str),
+) -> Response {
+    match result {
+        Ok(_) if html => page(StatusCode::OK, done.0, done.1, None),
+        Ok(body) => axum::Json(body).into_response(),
+        Err(e) if html => problem_page(&e),
+        Err(e) => e.into_response(),
+    }
+}

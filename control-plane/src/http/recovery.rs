@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 
 use super::JsonBody;
 use super::me::signed_in;
-use super::pages::{Form, Submitted, page, problem_page};
+use super::pages::{Form, Submitted, answer, page, problem_page};
 use super::users::app_for;
 use crate::apps::App;
 use crate::audit::{self, Event};
@@ -251,20 +251,19 @@ async fn reset(
     body: Submitted<Reset>,
 ) -> Response {
     let html = body.html;
-    match reset_password(&state, &ctx, &app, body.body).await {
-        Ok(()) if html => page(
-            StatusCode::OK,
+    let done = reset_password(&state, &ctx, &app, body.body)
+        .await
+        .map(|()| ResetDone {
+            password_reset: true,
+        });
+    answer(
+        html,
+        done,
+        (
             "Password changed",
             "Your password was changed. Sign in again with the new one.",
-            None,
         ),
-        Ok(()) => Json(ResetDone {
-            password_reset: true,
-        })
-        .into_response(),
-        Err(e) if html => problem_page(&e),
-        Err(e) => e.into_response(),
-    }
+    )
 }
 
 async fn reset_password(
@@ -402,20 +401,17 @@ async fn verify_email(
         tx.commit().await?;
         Ok::<_, ApiError>(())
     };
-    match verified.await {
-        Ok(()) if body.html => page(
-            StatusCode::OK,
+    let done = verified.await.map(|()| Verified {
+        email_verified: true,
+    });
+    answer(
+        body.html,
+        done,
+        (
             "Email address confirmed",
             "Thank you: your address is confirmed.",
-            None,
         ),
-        Ok(()) => Json(Verified {
-            email_verified: true,
-        })
-        .into_response(),
-        Err(e) if body.html => problem_page(&e),
-        Err(e) => e.into_response(),
-    }
+    )
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
