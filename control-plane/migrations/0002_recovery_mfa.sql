@@ -1,5 +1,5 @@
 -- Account recovery, email verification, magic links, MFA, the message outbox and the
--- security event log (issue 4).
+-- security event log.
 
 -- Single-use tokens that reach a user outside the browser (password reset, email
 -- verification, magic link) and the mfa_token of a login step-up. Only the SHA-256 of each
@@ -92,6 +92,8 @@ CREATE TABLE audit_events (
     id         uuid PRIMARY KEY,
     app_id     uuid,
     user_id    uuid,
+    -- user, anonymous, admin or operator: the credential the request carried.
+    actor      text NOT NULL,
     event      text NOT NULL,
     ip         text,
     user_agent text,
@@ -101,3 +103,4 @@ CREATE TABLE audit_events (
 );
 CREATE INDEX audit_events_app ON audit_events (app_id, id DESC);
 CREATE INDEX audit_events_user ON audit_events (user_id, id DESC);
+CREATE INDEX audit_events_created ON audit_events (created_at);

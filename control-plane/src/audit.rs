@@ -1,23 +1,55 @@
-//! The security event log: one append-only row per event (recovery, verification, magic
-//! links, MFA), written in the transaction of the change it records, so an event is logged
-//! exactly when it happened. Details never carry a secret: no password, token or code.
+//! The security event log: one append-only row per event (sign-ins and their failures,
+//! registrations, refresh-token reuse, revocations, recovery, verification, MFA changes,
+//! administration, key rotation), written in the transaction of the change it records
+//! where there is one, so an event is logged exactly when it happened. Details never carry
+//! a secret: no password, token or code.
 //!
-//! Reading it back (`GET /audit`, retention) is the administration surface's job.
+//! Read back newest first by `GET /v1/apps/{app}/audit` ([`page`]); rows older than the
+//! application's `audit_retention_days` are pruned by the maintenance loop ([`prune`]).
 
 use deadpool_postgres::GenericClient;
+use serde::Serialize;
 use serde_json::Value;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::sessions::Ctx;
 use crate::store::Prepared as _;
 
+/// Who made the request, by the credential it carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Actor {
+    /// The user the event is about: their token, password, mailed link or code.
+    User,
+    /// No credential (a failed sign-in, a reset asked for an address).
+    Anonymous,
+    /// The application's API key or its owner.
+    Admin,
+    /// `PORTCULLIS_ADMIN_TOKEN`.
+    Operator,
+}
+
+impl Actor {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Anonymous => "anonymous",
+            Self::Admin => "admin",
+            Self::Operator => "operator",
+        }
+    }
+}
+
 /// What happened, to whom, in which application.
 #[derive(Debug)]
 pub struct Event<'a> {
-    pub app: Uuid,
+    /// `None` for events outside any application (key rotation).
+    pub app: Option<Uuid>,
     pub user: Option<Uuid>,
-    /// A dotted name: `password.reset`, `mfa.totp.enabled`, ...
+    pub actor: Actor,
+    /// A dotted name: `password.reset`, `mfa.enabled`, ...
     pub event: &'static str,
     /// Non-secret facts (a channel, a method, a count); `Value::Null` for none.
     pub details: Value,
@@ -32,13 +64,14 @@ pub async fn record(client: &impl GenericClient, e: Event<'_>) -> Result<(), Api
     };
     client
         .exec(
-            "INSERT INTO audit_events (id, app_id, user_id, event, ip, user_agent, request_id,
-                 details, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO audit_events (id, app_id, user_id, actor, event, ip, user_agent,
+                 request_id, details, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             &[
                 &Uuid::now_v7(),
                 &e.app,
                 &e.user,
+                &e.actor.as_str(),
                 &e.event,
                 &e.ctx.ip.to_string(),
                 &e.ctx.user_agent,
@@ -49,4 +82,94 @@ pub async fn record(client: &impl GenericClient, e: Event<'_>) -> Result<(), Api
         )
         .await?;
     Ok(())
+}
+
+/// One row of `GET /audit`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    pub id: Uuid,
+    pub event: String,
+    pub user_id: Option<Uuid>,
+    /// `user`, `anonymous`, `admin` or `operator`.
+    pub actor: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+    #[schema(value_type = Object)]
+    pub details: Value,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// Filters of `GET /audit`; `before` is the cursor (the last id of the previous page).
+#[derive(Debug, Default)]
+pub struct Filter {
+    pub user: Option<Uuid>,
+    pub event: Option<String>,
+    pub since: Option<OffsetDateTime>,
+    pub until: Option<OffsetDateTime>,
+    pub before: Option<Uuid>,
+    pub limit: i64,
+}
+
+/// A page of an application's events, newest first (ids are UUID v7: time-ordered), and
+/// whether more follow.
+pub async fn page(
+    client: &impl GenericClient,
+    app: Uuid,
+    f: &Filter,
+) -> Result<(Vec<EventView>, bool), ApiError> {
+    let rows = client
+        .q(
+            "SELECT id, event, user_id, actor, ip, user_agent, request_id, details, created_at
+             FROM audit_events
+             WHERE app_id = $1 AND ($2::uuid IS NULL OR user_id = $2)
+               AND ($3::text IS NULL OR event = $3)
+               AND ($4::timestamptz IS NULL OR created_at >= $4)
+               AND ($5::timestamptz IS NULL OR created_at < $5)
+               AND ($6::uuid IS NULL OR id < $6)
+             ORDER BY id DESC LIMIT $7",
+            &[
+                &app,
+                &f.user,
+                &f.event,
+                &f.since,
+                &f.until,
+                &f.before,
+                &(f.limit + 1),
+            ],
+        )
+        .await?;
+    let more = rows.len() as i64 > f.limit;
+    let events = rows
+        .iter()
+        .take(f.limit as usize)
+        .map(|r| EventView {
+            id: r.get(0),
+            event: r.get(1),
+            user_id: r.get(2),
+            actor: r.get(3),
+            ip: r.get(4),
+            user_agent: r.get(5),
+            request_id: r.get(6),
+            details: r.get(7),
+            created_at: r.get(8),
+        })
+        .collect();
+    Ok((events, more))
+}
+
+/// Deletes events older than their application's `audit_retention_days`, and those of
+/// deleted applications (or of none) after the default.
+pub async fn prune(client: &impl GenericClient) -> Result<u64, ApiError> {
+    let default = crate::settings::DEFAULT_AUDIT_RETENTION_DAYS;
+    Ok(client
+        .exec(
+            "DELETE FROM audit_events e
+             WHERE e.created_at < now() - make_interval(days => COALESCE(
+                 (SELECT (a.settings->>'audit_retention_days')::int FROM apps a WHERE a.id = e.app_id),
+                 $1))",
+            &[&default],
+        )
+        .await?)
 }

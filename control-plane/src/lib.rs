@@ -144,16 +144,23 @@ pub async fn run(
 /// The background schedule: reconcile Redis from PostgreSQL at start and every interval,
 /// rotate keys when due, drop retired keys whose tokens have expired, and prune ended
 /// sessions, delivered messages and expired one-time tokens.
-async fn prune(state: &AppState) -> Result<(), error::ApiError> {
+async fn prune(state: &AppState, with_audit: bool) -> Result<(), error::ApiError> {
     let client = state.pool.get().await?;
     sessions::prune(&client, clock::unix_now()).await?;
     outbox::prune(&client).await?;
+    if with_audit {
+        audit::prune(&client).await?;
+    }
     Ok(())
 }
+
+/// How often events past their retention are deleted (a larger sweep than the rest).
+const AUDIT_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 async fn maintain(state: AppState) {
     let mut tick = tokio::time::interval(state.config.reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_audit_prune: Option<std::time::Instant> = None;
     loop {
         tick.tick().await;
         if let Err(e) = state
@@ -163,8 +170,11 @@ async fn maintain(state: AppState) {
         {
             tracing::warn!(error = %e, "key schedule check failed");
         }
-        if let Err(e) = prune(&state).await {
-            tracing::warn!(error = %e, "pruning failed; retrying next interval");
+        let with_audit = last_audit_prune.is_none_or(|at| at.elapsed() >= AUDIT_PRUNE_EVERY);
+        match prune(&state, with_audit).await {
+            Ok(()) if with_audit => last_audit_prune = Some(std::time::Instant::now()),
+            Ok(()) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning failed; retrying next interval"),
         }
         match state
             .publisher

@@ -23,7 +23,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::apps::App;
-use crate::audit::{self, Event};
+use crate::audit::{self, Actor, Event};
 use crate::clock;
 use crate::crypto::{digest, random_digits, recovery_code};
 use crate::error::ApiError;
@@ -460,8 +460,9 @@ async fn record(
     audit::record(
         tx,
         Event {
-            app: app.id,
+            app: Some(app.id),
             user: Some(user),
+            actor: Actor::User,
             event,
             details,
             ctx,

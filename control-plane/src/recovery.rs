@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::apps::App;
-use crate::audit::{self, Event};
+use crate::audit::{self, Actor, Event};
 use crate::clock;
 use crate::crypto::{digest, random_token};
 use crate::error::ApiError;
@@ -235,8 +235,14 @@ pub async fn mail_in(
     audit::record(
         tx,
         Event {
-            app: app.id,
+            app: Some(app.id),
             user: Some(user.id),
+            // Asked for by address, with no credential; a verification by the signed-in
+            // user (or at their registration).
+            actor: match mailing {
+                Mailing::PasswordReset | Mailing::MagicLink { .. } => Actor::Anonymous,
+                Mailing::SetPassword | Mailing::EmailVerification => Actor::User,
+            },
             event,
             details: Value::Null,
             ctx,
@@ -273,8 +279,9 @@ pub async fn verify_email_in(
     audit::record(
         tx,
         Event {
-            app,
+            app: Some(app),
             user: Some(found.user),
+            actor: Actor::User,
             event: "email.verified",
             details: Value::Null,
             ctx,

@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::apps::App;
+use crate::audit::{self, Actor, Event};
 use crate::clock;
 use crate::crypto::{digest, random_token};
 use crate::error::ApiError;
@@ -270,6 +271,18 @@ pub async fn start(
             &[&digest(&refresh), &sid],
         )
         .await?;
+        let event = |event| Event {
+            app: Some(app.id),
+            user: Some(user.id),
+            actor: Actor::User,
+            event,
+            details: serde_json::json!({ "session_id": sid, "amr": amr_names(&amr) }),
+            ctx,
+        };
+        if matches!(subject, Subject::New(..)) {
+            audit::record(&tx, event("user.registered")).await?;
+        }
+        audit::record(&tx, event("session.created")).await?;
         tx.commit().await?;
         break (user, replaced);
     };
@@ -471,6 +484,18 @@ pub async fn refresh(
         session: sid,
     };
     let revoked = revoke_in(&tx, &which, ctx.now).await?;
+    audit::record(
+        &tx,
+        Event {
+            app: Some(app.id),
+            user: Some(user_id),
+            actor: Actor::Anonymous,
+            event: "refresh_token.reused",
+            details: serde_json::json!({ "session_id": sid }),
+            ctx,
+        },
+    )
+    .await?;
     tx.commit().await?;
     drop(client);
     metrics::counter!("portcullis_refresh_total", "outcome" => "reused").increment(1);
@@ -501,10 +526,39 @@ pub async fn session_of_refresh(
     Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
-/// Revokes sessions and publishes them: the common end of logout and session deletion.
-pub async fn revoke(state: &AppState, which: &Which, now: i64) -> Result<Vec<Revoked>, ApiError> {
-    let client = state.pool.get().await?;
-    let revoked = revoke_in(&client, which, now).await?;
+/// Revokes sessions and publishes them: the common end of logout and session deletion,
+/// recorded as `session.revoked` with `reason`.
+pub async fn revoke(
+    state: &AppState,
+    app: Uuid,
+    which: &Which,
+    reason: &'static str,
+    ctx: &Ctx,
+) -> Result<Vec<Revoked>, ApiError> {
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let revoked = revoke_in(&tx, which, ctx.now).await?;
+    if !revoked.is_empty() {
+        let user = match which {
+            Which::One { user, .. }
+            | Which::Device { user, .. }
+            | Which::AllOfUser { user, .. } => *user,
+        };
+        let sessions: Vec<Uuid> = revoked.iter().map(|r| r.session).collect();
+        audit::record(
+            &tx,
+            Event {
+                app: Some(app),
+                user: Some(user),
+                actor: Actor::User,
+                event: "session.revoked",
+                details: serde_json::json!({ "reason": reason, "sessions": sessions }),
+                ctx,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
     drop(client);
     publish_sessions(state, &revoked).await;
     Ok(revoked)

@@ -28,7 +28,11 @@ pub struct AppSettings {
     /// Where a magic link (and, later, a social login) may send the browser back to:
     /// exact matches only.
     pub allowed_redirect_uris: Vec<String>,
+    /// How long security events are kept (1..=3650 days).
+    pub audit_retention_days: i32,
 }
+
+pub const DEFAULT_AUDIT_RETENTION_DAYS: i32 = 90;
 
 /// Who must pass a second factor at sign-in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
@@ -86,6 +90,7 @@ impl Default for AppSettings {
             mfa: MfaSettings::default(),
             mail_from_name: String::new(),
             allowed_redirect_uris: Vec::new(),
+            audit_retention_days: DEFAULT_AUDIT_RETENTION_DAYS,
         }
     }
 }
@@ -166,6 +171,10 @@ impl AppSettings {
             self.rate_limits.messages_per_account_per_hour >= 1
                 && self.rate_limits.mfa_failures_per_hour >= 1,
             "rate_limits.messages_per_account_per_hour and mfa_failures_per_hour must be at least 1",
+        )?;
+        check(
+            (1..=3650).contains(&self.audit_retention_days),
+            "audit_retention_days must be 1..=3650",
         )?;
         check(
             self.mail_from_name.chars().count() <= 100

@@ -12,7 +12,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use serde_json::{Value, json};
+
 use super::{JsonBody, auth, created};
+use crate::audit::{self, Actor, Event};
 use crate::crypto::random_token;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::passwords;
@@ -144,8 +147,15 @@ async fn create(
         email_verified: body.email_verified,
         ..NewUser::default()
     };
-    let client = state.pool.get().await?;
-    let user = users::insert(&client, app.id, &new).await?;
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let user = users::insert(&tx, app.id, &new).await?;
+    audit::record(
+        &tx,
+        admin_event(app.id, user.id, "user.created", Value::Null, &ctx),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(created(user.view()))
 }
 
@@ -201,6 +211,19 @@ async fn patch(
 ) -> ApiResult<Json<UserView>> {
     let app = auth::app_admin(&state, &headers, &app, ctx.now).await?;
     let user = find_user(&state, app.id, &id).await?;
+    // Which fields were named, never their values (the log needs only the fact).
+    let named: Vec<&str> = [
+        ("active", body.active.is_some()),
+        ("expires_at", body.expires_at.is_some()),
+        ("roles", body.roles.is_some()),
+        ("email", body.email.is_some()),
+        ("username", body.username.is_some()),
+        ("phone", body.phone.is_some()),
+        ("email_verified", body.email_verified.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(field, named)| named.then_some(field))
+    .collect();
     let changes = Changes {
         active: body.active,
         expires_at: body
@@ -224,6 +247,12 @@ async fn patch(
         true => Some(sessions::revoke_user_in(&tx, user.id, ctx.now).await?),
         false => None,
     };
+    let details = json!({ "fields": named, "revoked": newly_disabled });
+    audit::record(
+        &tx,
+        admin_event(app.id, user.id, "user.updated", details, &ctx),
+    )
+    .await?;
     tx.commit().await?;
     drop(client);
     if let Some(before) = cutoff {
@@ -244,6 +273,24 @@ async fn delete(
 ) -> ApiResult<Response> {
     let app = auth::app_admin(&state, &headers, &app, ctx.now).await?;
     let user = find_user(&state, app.id, &id).await?;
-    super::me::delete_user(&state, &user, ctx.now).await?;
+    super::me::delete_user(&state, &user, Actor::Admin, &ctx).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// An event of the application's administration (API key or owner) about `user`.
+fn admin_event<'a>(
+    app: Uuid,
+    user: Uuid,
+    event: &'static str,
+    details: Value,
+    ctx: &'a Ctx,
+) -> Event<'a> {
+    Event {
+        app: Some(app),
+        user: Some(user),
+        actor: Actor::Admin,
+        event,
+        details,
+        ctx,
+    }
 }

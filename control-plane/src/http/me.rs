@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::{JsonBody, auth};
 use crate::apps::App;
-use crate::audit::{self, Event};
+use crate::audit::{self, Actor, Event};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::limits::Scope;
 use crate::mfa::{self, Proof};
@@ -147,8 +147,9 @@ async fn me_patch(
         audit::record(
             &tx,
             Event {
-                app: app.id,
+                app: Some(app.id),
                 user: Some(user.id),
+                actor: Actor::User,
                 event: "user.contact_changed",
                 details: json!({ "email": email_changes, "phone": phone_changes }),
                 ctx: &ctx,
@@ -170,17 +171,31 @@ async fn me_delete(
     Path(app): Path<String>,
 ) -> ApiResult<Response> {
     let (_, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
-    delete_user(&state, &user, ctx.now).await?;
+    delete_user(&state, &user, Actor::User, &ctx).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Revokes every token of `user`, then deletes it (sessions cascade).
-pub(super) async fn delete_user(state: &AppState, user: &User, now: i64) -> Result<(), ApiError> {
+pub(super) async fn delete_user(
+    state: &AppState,
+    user: &User,
+    actor: Actor,
+    ctx: &Ctx,
+) -> Result<(), ApiError> {
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    let before = sessions::revoke_user_in(&tx, user.id, now).await?;
+    let before = sessions::revoke_user_in(&tx, user.id, ctx.now).await?;
     tx.exec("DELETE FROM users WHERE id = $1", &[&user.id])
         .await?;
+    let deleted = Event {
+        app: Some(user.app_id),
+        user: Some(user.id),
+        actor,
+        event: "user.deleted",
+        details: serde_json::Value::Null,
+        ctx,
+    };
+    audit::record(&tx, deleted).await?;
     tx.commit().await?;
     drop(client);
     sessions::publish_users(state, &[user.id], before).await;
@@ -258,8 +273,9 @@ async fn password_change(
     audit::record(
         &tx,
         Event {
-            app: app.id,
+            app: Some(app.id),
             user: Some(user.id),
+            actor: Actor::User,
             event: "password.changed",
             details: json!({ "kill_sessions": body.kill_sessions }),
             ctx: &ctx,
@@ -322,14 +338,16 @@ async fn sessions_delete_all(
     headers: HeaderMap,
     Path(app): Path<String>,
 ) -> ApiResult<Json<SessionsRevoked>> {
-    let (_, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    let (app, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
     let revoked = sessions::revoke(
         &state,
+        app.id,
         &Which::AllOfUser {
             user: user.id,
             except: None,
         },
-        ctx.now,
+        "signed_out_everywhere",
+        &ctx,
     )
     .await?;
     Ok(Json(SessionsRevoked {
@@ -347,17 +365,19 @@ async fn session_delete(
     headers: HeaderMap,
     Path((app, sid)): Path<(String, String)>,
 ) -> ApiResult<Json<SessionsRevoked>> {
-    let (_, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    let (app, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
     let session = sid
         .parse::<Uuid>()
         .map_err(|_| ApiError::not_found("session"))?;
     let revoked = sessions::revoke(
         &state,
+        app.id,
         &Which::One {
             user: user.id,
             session,
         },
-        ctx.now,
+        "session_deleted",
+        &ctx,
     )
     .await?;
     if revoked.is_empty() {

@@ -29,6 +29,7 @@ use crate::state::AppState;
 
 mod admin;
 mod apps;
+mod audit;
 mod auth;
 mod me;
 mod mfa;
@@ -62,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .merge(recovery::routes())
         .merge(mfa::routes())
         .merge(admin::routes())
+        .merge(audit::routes())
         .merge(ops::routes())
         .split_for_parts();
     let api = serde_json::to_string(&api).unwrap_or_default();

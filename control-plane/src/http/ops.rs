@@ -13,8 +13,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth;
+use crate::audit::{self, Actor, Event};
 use crate::error::{ApiResult, Problem};
 use crate::keys::KeyInfo;
+use crate::sessions::Ctx;
 use crate::state::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -128,9 +130,24 @@ pub(super) struct Rotated {
 /// next key is published.
 #[utoipa::path(post, path = "/v1/admin/keys/rotate", tag = "admin",
     responses((status = 200, body = Rotated), (status = 401, body = Problem)))]
-async fn rotate(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Rotated>> {
+async fn rotate(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+) -> ApiResult<Json<Rotated>> {
     auth::operator(&state, &headers)?;
     let kid = state.keys.rotate().await?;
+    let client = state.pool.get().await?;
+    let rotated = Event {
+        app: None,
+        user: None,
+        actor: Actor::Operator,
+        event: "keys.rotated",
+        details: serde_json::json!({ "kid": kid }),
+        ctx: &ctx,
+    };
+    audit::record(&client, rotated).await?;
+    drop(client);
     let keys = state.keys.refresh().await?;
     match state.publisher.jwks(&keys.jwks_json).await {
         Ok(()) => state.keys.mark_published(&keys).await?,

@@ -22,7 +22,7 @@ use super::me::signed_in;
 use super::pages::{Form, Submitted, answer, page, problem_page};
 use super::users::app_for;
 use crate::apps::App;
-use crate::audit::{self, Event};
+use crate::audit::{self, Actor, Event};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::limits::Scope;
 use crate::mfa::{self, SignIn};
@@ -315,8 +315,9 @@ async fn reset_password(
     audit::record(
         &tx,
         Event {
-            app: app.id,
+            app: Some(app.id),
             user: Some(user.id),
+            actor: Actor::User,
             event: "password.reset",
             details: Value::Null,
             ctx,
@@ -581,8 +582,9 @@ async fn magic_sign_in(
     audit::record(
         &tx,
         Event {
-            app: app.id,
+            app: Some(app.id),
             user: Some(user.id),
+            actor: Actor::User,
             event: "login.magic_link",
             details: json!({ "first_proof_of_address": claimed }),
             ctx,

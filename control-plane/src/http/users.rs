@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::{JsonBody, auth, created};
 use crate::apps::App;
+use crate::audit::{self, Actor, Event};
 use crate::crypto::random_token;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::limits::Scope;
@@ -239,8 +240,20 @@ async fn login(
         .filter(|u| !u.guest)
         .map(|u| u.password_hash.as_str());
     let verified = state.hasher.verify(hash, &password).await?;
+    let named = user.as_ref().map(|u| u.id);
     let (Some(user), true) = (user, verified) else {
         metrics::counter!("portcullis_logins_total", "outcome" => "failed").increment(1);
+        // The account it named, if any; never the identifier or the password tried.
+        let client = state.pool.get().await?;
+        let failed = Event {
+            app: Some(app.id),
+            user: named,
+            actor: Actor::Anonymous,
+            event: "login.failed",
+            details: serde_json::Value::Null,
+            ctx: &ctx,
+        };
+        audit::record(&client, failed).await?;
         return Err(ApiError::invalid_credentials());
     };
     state.limiter.forgive(failures).await;
@@ -363,7 +376,14 @@ async fn logout(
             (p.sid, p.sub)
         }
     };
-    sessions::revoke(&state, &Which::One { user, session }, ctx.now).await?;
+    sessions::revoke(
+        &state,
+        app.id,
+        &Which::One { user, session },
+        "logout",
+        &ctx,
+    )
+    .await?;
     Ok(Json(LoggedOut {
         logged_out: true,
         session_id: session,

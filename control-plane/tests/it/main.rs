@@ -2,6 +2,7 @@
 //! with the real verifier for the end-to-end checks. One integration binary (STYLE.md).
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod audit;
 mod maintenance;
 mod mfa;
 mod owners_apps;

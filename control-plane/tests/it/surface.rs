@@ -198,6 +198,7 @@ async fn openapi_health_and_metrics() {
         ("/v1/apps/{app}/mfa/otp/send", "post"),
         ("/v1/apps/{app}/mfa/otp/verify", "post"),
         ("/v1/apps/{app}/mfa/recovery-codes", "post"),
+        ("/v1/apps/{app}/audit", "get"),
         ("/v1/apps/{app}/users", "get"),
         ("/v1/apps/{app}/users", "post"),
         ("/v1/apps/{app}/users/{id}", "get"),
