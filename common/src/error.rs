@@ -46,12 +46,13 @@ pub enum ErrorCode {
     /// The `mfa_token` of a login step-up is unknown, expired, used or past its attempts.
     InvalidMfaToken,
     MfaAlreadyEnabled,
+    RoleExists,
 }
 
 impl ErrorCode {
     /// Every code in declaration order (so `code as usize` indexes it), for tests and
     /// for pre-registering metrics.
-    pub const ALL: [ErrorCode; 31] = [
+    pub const ALL: [ErrorCode; 32] = [
         Self::InvalidRequest,
         Self::PayloadTooLarge,
         Self::NotFound,
@@ -83,6 +84,7 @@ impl ErrorCode {
         Self::InvalidCode,
         Self::InvalidMfaToken,
         Self::MfaAlreadyEnabled,
+        Self::RoleExists,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -118,6 +120,7 @@ impl ErrorCode {
             Self::InvalidCode => "invalid_code",
             Self::InvalidMfaToken => "invalid_mfa_token",
             Self::MfaAlreadyEnabled => "mfa_already_enabled",
+            Self::RoleExists => "role_exists",
         }
     }
 
@@ -141,7 +144,11 @@ impl ErrorCode {
             | Self::InvalidMfaToken => 401,
             Self::Forbidden | Self::UserDisabled => 403,
             Self::NotFound | Self::AppNotFound => 404,
-            Self::OwnerExists | Self::AppExists | Self::UserExists | Self::MfaAlreadyEnabled => 409,
+            Self::OwnerExists
+            | Self::AppExists
+            | Self::UserExists
+            | Self::MfaAlreadyEnabled
+            | Self::RoleExists => 409,
             Self::TokenExpiredOrUsed => 410,
             Self::PayloadTooLarge => 413,
             Self::WeakPassword => 422,
@@ -185,6 +192,7 @@ impl ErrorCode {
             Self::InvalidCode => "The code is wrong, expired or already used",
             Self::InvalidMfaToken => "The MFA token is invalid, expired or already used",
             Self::MfaAlreadyEnabled => "This factor is already enabled",
+            Self::RoleExists => "A role with this name already exists",
         }
     }
 }

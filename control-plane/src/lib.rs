@@ -25,6 +25,7 @@ pub mod outbox;
 pub mod passwords;
 pub mod publish;
 pub mod recovery;
+pub mod roles;
 pub mod sessions;
 pub mod settings;
 pub mod state;

@@ -328,6 +328,7 @@ async fn issue(
             sub: user.id,
             sid,
             roles: user.roles.clone(),
+            scope: user.scope.clone(),
             amr,
             guest: user.guest,
             ttl,
@@ -417,7 +418,8 @@ pub async fn refresh(
         .await?;
     if let Some(row) = won {
         let user = User::from_row(&row);
-        let (sid, amr): (Uuid, Vec<String>) = (row.get(14), row.get(15));
+        let n = users::USER_COLUMN_COUNT;
+        let (sid, amr): (Uuid, Vec<String>) = (row.get(n), row.get(n + 1));
         drop(client);
         metrics::counter!("portcullis_refresh_total", "outcome" => "rotated").increment(1);
         return issue(state, app, &user, sid, successor, amr_parse(&amr), ctx.now).await;

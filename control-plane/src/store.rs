@@ -13,6 +13,7 @@ use tokio_postgres::NoTls;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_recovery_mfa.sql")),
+    (3, include_str!("../migrations/0003_roles.sql")),
 ];
 
 /// Advisory lock key for migrations ("portcull" in ASCII).

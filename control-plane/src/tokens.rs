@@ -52,6 +52,8 @@ pub struct Grant<'a> {
     pub sub: Uuid,
     pub sid: Uuid,
     pub roles: Vec<String>,
+    /// Space-separated permissions (the union of the roles' permissions).
+    pub scope: String,
     pub amr: Vec<Amr>,
     pub guest: bool,
     pub ttl: i64,
@@ -75,7 +77,7 @@ pub async fn mint(
         jti: Uuid::now_v7().to_string(),
         sid: grant.sid.to_string(),
         roles: grant.roles,
-        scope: String::new(),
+        scope: grant.scope,
         amr: grant.amr,
         guest: grant.guest,
     };

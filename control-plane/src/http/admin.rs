@@ -195,10 +195,14 @@ pub(super) struct UserPatch {
     username: Option<String>,
     phone: Option<String>,
     email_verified: Option<bool>,
+    /// With `roles`: revoke the user's current tokens, so a removed role stops working now
+    /// rather than at the next refresh.
+    #[serde(default)]
+    revoke_tokens: bool,
 }
 
 /// Update a user. Disabling it (or setting an expiry in the past) revokes its tokens;
-/// role changes reach tokens at their next refresh.
+/// role changes reach tokens at their next refresh, or at once with `revoke_tokens`.
 #[utoipa::path(patch, path = "/v1/apps/{app}/users/{id}", tag = "admin",
     params(("app" = String, Path), ("id" = String, Path)), request_body = UserPatch,
     responses((status = 200, body = UserView), (status = 404, body = Problem), (status = 409, body = Problem)))]
@@ -243,11 +247,12 @@ async fn patch(
     let updated = users::update(&tx, user.id, &changes).await?;
     let now = crate::clock::at(ctx.now);
     let newly_disabled = updated.disabled(now) && !user.disabled(now);
-    let cutoff = match newly_disabled {
+    let revoke = newly_disabled || (body.revoke_tokens && body.roles.is_some());
+    let cutoff = match revoke {
         true => Some(sessions::revoke_user_in(&tx, user.id, ctx.now).await?),
         false => None,
     };
-    let details = json!({ "fields": named, "revoked": newly_disabled });
+    let details = json!({ "fields": named, "revoked": revoke });
     audit::record(
         &tx,
         admin_event(app.id, user.id, "user.updated", details, &ctx),

@@ -37,6 +37,7 @@ mod ops;
 mod owners;
 mod pages;
 mod recovery;
+mod roles;
 mod users;
 
 /// Largest accepted request body (API.md §1).
@@ -64,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .merge(mfa::routes())
         .merge(admin::routes())
         .merge(audit::routes())
+        .merge(roles::routes())
         .merge(ops::routes())
         .split_for_parts();
     let api = serde_json::to_string(&api).unwrap_or_default();

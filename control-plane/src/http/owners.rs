@@ -200,6 +200,7 @@ async fn login(
             sub: row.get(0),
             sid: Uuid::now_v7(),
             roles: Vec::new(),
+            scope: String::new(),
             amr: vec![Amr::Pwd],
             guest: false,
             ttl: OWNER_TOKEN_TTL,

@@ -8,6 +8,7 @@ mod mfa;
 mod owners_apps;
 mod recovery;
 mod refresh;
+mod roles;
 mod support;
 mod surface;
 mod users;

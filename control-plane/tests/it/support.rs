@@ -112,7 +112,12 @@ impl Stack {
 
     /// A real verifier reading this stack's Redis.
     pub async fn verifier(&self) -> Verifier {
-        let env: HashMap<String, String> = [
+        self.verifier_with(&[]).await
+    }
+
+    /// A real verifier reading this stack's Redis, with `extra` settings.
+    pub async fn verifier_with(&self, extra: &[(&str, &str)]) -> Verifier {
+        let mut env: HashMap<String, String> = [
             ("PORTCULLIS_REDIS_URL", self.redis.url()),
             ("PORTCULLIS_VERIFIER_ISSUER", self.issuer.clone()),
             ("PORTCULLIS_VERIFIER_GRPC_LISTEN", "off".to_owned()),
@@ -121,6 +126,9 @@ impl Stack {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        for (k, v) in extra {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
         let config = portcullis_verifier::config::Config::from_env(&env).unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = http.local_addr().unwrap();
@@ -246,6 +254,20 @@ impl Drop for Verifier {
 }
 
 impl Verifier {
+    /// The ext_authz answer (Envoy HTTP mode) for `method path` with `token`.
+    pub async fn check(&self, method: &str, path: &str, token: &str) -> u16 {
+        let bearer = format!("Bearer {token}");
+        request(
+            self.addr,
+            method,
+            &format!("/ext_authz{path}"),
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await
+        .status
+    }
+
     pub async fn status(&self, token: &str) -> u16 {
         let bearer = format!("Bearer {token}");
         request(

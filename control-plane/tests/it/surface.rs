@@ -199,6 +199,10 @@ async fn openapi_health_and_metrics() {
         ("/v1/apps/{app}/mfa/otp/verify", "post"),
         ("/v1/apps/{app}/mfa/recovery-codes", "post"),
         ("/v1/apps/{app}/audit", "get"),
+        ("/v1/apps/{app}/roles", "get"),
+        ("/v1/apps/{app}/roles", "post"),
+        ("/v1/apps/{app}/roles/{name}", "put"),
+        ("/v1/apps/{app}/roles/{name}", "delete"),
         ("/v1/apps/{app}/users", "get"),
         ("/v1/apps/{app}/users", "post"),
         ("/v1/apps/{app}/users/{id}", "get"),
@@ -289,7 +293,7 @@ fn migrate_subcommand_applies_the_schema_once() {
         ])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1,2");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1,2,3");
     let out = Command::new(bin)
         .arg("frobnicate")
         .env_clear()
