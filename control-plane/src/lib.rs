@@ -11,6 +11,7 @@
 
 pub mod apps;
 pub mod audit;
+pub mod captcha;
 pub mod clock;
 pub mod config;
 pub mod crypto;
@@ -91,8 +92,10 @@ pub async fn run(
     metrics::install();
     let pool = migrate(&config).await?;
     let publisher = Publisher::new(&config.redis_url)?;
-    let outbox = outbox::Outbox::new(&config).map_err(StartError::Messages)?;
-    let state = AppState::new(config, pool, publisher, outbox);
+    let client = outbox::http_client().map_err(StartError::Messages)?;
+    let outbox = outbox::Outbox::new(&config, client.clone()).map_err(StartError::Messages)?;
+    let captcha = captcha::Captcha::new(client, publisher.connection());
+    let state = AppState::new(config, pool, publisher, outbox, captcha);
     // A key that does not open means the wrong encryption key: refuse to start.
     match state.keys.refresh().await {
         Ok(_) => {}

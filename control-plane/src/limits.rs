@@ -68,6 +68,8 @@ pub enum Scope<'a> {
     /// Wrong second-factor codes on one account, per hour: with a 6-digit code, what stops
     /// brute force.
     MfaFailures { app: &'a str, user: &'a str },
+    /// Failed sign-ins from one client address, per hour (when a CAPTCHA is due).
+    LoginFailuresIp { app: &'a str, ip: IpAddr },
 }
 
 impl Scope<'_> {
@@ -88,13 +90,17 @@ impl Scope<'_> {
             Self::MfaFailures { app, user } => {
                 format!("portcullis:rl:{app}:mfa-failures:{}", hashed(user))
             }
+            Self::LoginFailuresIp { app, ip } => format!("portcullis:rl:{app}:ip-failures:{ip}"),
         }
     }
 
     fn window(&self) -> i64 {
         match self {
             Self::Ip { .. } => 60,
-            Self::AccountFailures { .. } | Self::Messages { .. } | Self::MfaFailures { .. } => 3600,
+            Self::AccountFailures { .. }
+            | Self::Messages { .. }
+            | Self::MfaFailures { .. }
+            | Self::LoginFailuresIp { .. } => 3600,
         }
     }
 }
@@ -149,6 +155,15 @@ impl Limiter {
             Some(_) => Ok(()),
             None => Err(ApiError::unavailable("rate limiter", &"Redis unreachable")),
         }
+    }
+
+    /// The current count of `scope`, without adding to it; `None` when Redis cannot say.
+    pub async fn count(&self, scope: Scope<'_>) -> Option<u64> {
+        let mut conn = self.conn.clone();
+        redis::AsyncCommands::get::<_, Option<u64>>(&mut conn, scope.key())
+            .await
+            .map(Option::unwrap_or_default)
+            .ok()
     }
 
     /// Takes back one [`hit`](Self::hit) of `scope` (the attempt succeeded).

@@ -117,7 +117,21 @@ struct Inner {
 struct Sms {
     url: String,
     token: Option<String>,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: HttpClient,
+}
+
+/// The control plane's client for outgoing HTTP(S) (SMS provider, CAPTCHA providers):
+/// rustls with the system's roots, HTTP/1.1, connections pooled.
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+pub fn http_client() -> Result<HttpClient, String> {
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|e| format!("no TLS root certificates: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
 impl std::fmt::Debug for Outbox {
@@ -141,7 +155,7 @@ enum Outcome {
 }
 
 impl Outbox {
-    pub fn new(config: &Config) -> Result<Self, String> {
+    pub fn new(config: &Config, client: HttpClient) -> Result<Self, String> {
         let mailer = config
             .smtp_url
             .as_deref()
@@ -151,22 +165,11 @@ impl Outbox {
                     .map_err(|e| format!("PORTCULLIS_SMTP_URL: {e}"))
             })
             .transpose()?;
-        let sms = match &config.sms_webhook_url {
-            Some(url) => {
-                let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_native_roots()
-                    .map_err(|e| format!("PORTCULLIS_SMS_WEBHOOK_URL: no TLS roots: {e}"))?
-                    .https_or_http()
-                    .enable_http1()
-                    .build();
-                Some(Sms {
-                    url: url.clone(),
-                    token: config.sms_webhook_token.clone(),
-                    client: Client::builder(TokioExecutor::new()).build(connector),
-                })
-            }
-            None => None,
-        };
+        let sms = config.sms_webhook_url.as_ref().map(|url| Sms {
+            url: url.clone(),
+            token: config.sms_webhook_token.clone(),
+            client,
+        });
         Ok(Self {
             inner: Arc::new(Inner {
                 wake: Notify::new(),

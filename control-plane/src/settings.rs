@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::captcha::{CaptchaSettings, SECRET_MASK};
 use crate::error::ApiError;
 
 /// Everything an application can tune in this release. Fields of later features are
@@ -30,6 +31,9 @@ pub struct AppSettings {
     pub allowed_redirect_uris: Vec<String>,
     /// How long security events are kept (1..=3650 days).
     pub audit_retention_days: i32,
+    /// A CAPTCHA provider for registration and suspicious logins; none by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub captcha: Option<CaptchaSettings>,
 }
 
 pub const DEFAULT_AUDIT_RETENTION_DAYS: i32 = 90;
@@ -91,6 +95,7 @@ impl Default for AppSettings {
             mail_from_name: String::new(),
             allowed_redirect_uris: Vec::new(),
             audit_retention_days: DEFAULT_AUDIT_RETENTION_DAYS,
+            captcha: None,
         }
     }
 }
@@ -128,7 +133,17 @@ impl AppSettings {
             return Err(ApiError::bad_request("settings must be a JSON object"));
         }
         let mut current = serde_json::to_value(self).map_err(|e| ApiError::internal(&e))?;
-        merge(&mut current, patch);
+        // A secret sent back as `GET` shows it (masked) keeps the stored one.
+        let mut patch = patch.clone();
+        let masked = patch.pointer("/captcha/secret").and_then(Value::as_str) == Some(SECRET_MASK);
+        if let Some(captcha) = patch
+            .get_mut("captcha")
+            .and_then(Value::as_object_mut)
+            .filter(|_| masked)
+        {
+            captcha.remove("secret");
+        }
+        merge(&mut current, &patch);
         let next: Self = serde_json::from_value(current)
             .map_err(|e| ApiError::bad_request(format!("settings: {e}")))?;
         next.validate()?;
@@ -172,6 +187,9 @@ impl AppSettings {
                 && self.rate_limits.mfa_failures_per_hour >= 1,
             "rate_limits.messages_per_account_per_hour and mfa_failures_per_hour must be at least 1",
         )?;
+        if let Some(captcha) = &self.captcha {
+            captcha.validate()?;
+        }
         check(
             (1..=3650).contains(&self.audit_retention_days),
             "audit_retention_days must be 1..=3650",
@@ -189,6 +207,15 @@ impl AppSettings {
                     .all(|u| redirect_uri_ok(u)),
             "allowed_redirect_uris must be at most 100 absolute http(s) URIs without a fragment",
         )
+    }
+
+    /// The settings as `GET /settings` shows them: secrets masked.
+    pub fn public(&self) -> Self {
+        let mut shown = self.clone();
+        if let Some(captcha) = &mut shown.captcha {
+            captcha.secret = SECRET_MASK.to_owned();
+        }
+        shown
     }
 
     /// Whether `uri` is one of the application's allowed redirect URIs (exact match).

@@ -7,6 +7,7 @@ use deadpool_postgres::Pool;
 use portcullis_verifier::core::{Settings, Verifier};
 
 use crate::apps::AppCache;
+use crate::captcha::Captcha;
 use crate::config::Config;
 use crate::crypto::{PasswordHasherPool, Secrets};
 use crate::keys::KeyRing;
@@ -29,6 +30,7 @@ pub struct AppState {
     pub hasher: PasswordHasherPool,
     pub secrets: Secrets,
     pub outbox: Outbox,
+    pub captcha: Captcha,
     /// The sidecar's verify core, for user tokens presented to the control plane itself.
     pub verifier: Arc<Verifier>,
     /// The same for owner tokens, which carry their own `typ`.
@@ -36,7 +38,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, pool: Pool, publisher: Publisher, outbox: Outbox) -> Self {
+    pub fn new(
+        config: Config,
+        pool: Pool,
+        publisher: Publisher,
+        outbox: Outbox,
+        captcha: Captcha,
+    ) -> Self {
         let secrets = Secrets::new(&config.key_encryption_key);
         let verifier = |typ: &str| {
             Arc::new(Verifier::new(
@@ -66,6 +74,7 @@ impl AppState {
             publisher,
             secrets,
             outbox,
+            captcha,
             verifier,
             owner_verifier,
         }

@@ -73,6 +73,7 @@ pub struct HttpSink {
 struct State {
     requests: Mutex<Vec<Recorded>>,
     status: AtomicU16,
+    body: Mutex<Bytes>,
 }
 
 /// The serving thread and the way to end it.
@@ -100,6 +101,7 @@ impl HttpSink {
             state: Arc::new(State {
                 requests: Mutex::new(Vec::new()),
                 status: AtomicU16::new(200),
+                body: Mutex::new(Bytes::from_static(b"{}")),
             }),
             server: None,
         };
@@ -123,7 +125,17 @@ impl HttpSink {
         self.state.lock_requests().clone()
     }
 
-    /// Answers every following request with `status` (the body stays `{}`). Requests
+    /// Answers every following request with the JSON `body` (default `{}`), e.g. a
+    /// provider's verdict.
+    pub fn set_body(&self, body: &Value) {
+        *self
+            .state
+            .body
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Bytes::from(body.to_string());
+    }
+
+    /// Answers every following request with `status` (the body stays as set). Requests
     /// are recorded whatever the status.
     ///
     /// # Panics
@@ -291,7 +303,12 @@ async fn record(
 
     let status = StatusCode::from_u16(state.status.load(Ordering::SeqCst))
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+    let body = state
+        .body
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response
         .headers_mut()

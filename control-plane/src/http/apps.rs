@@ -259,7 +259,8 @@ async fn settings_get(
     Ok(Json(
         auth::app_admin(&state, &headers, &app, ctx.now)
             .await?
-            .settings,
+            .settings
+            .public(),
     ))
 }
 
@@ -286,5 +287,5 @@ async fn settings_put(
     .await?;
     tx.commit().await?;
     state.apps.forget(app.id);
-    Ok(Json(settings))
+    Ok(Json(settings.public()))
 }

@@ -83,6 +83,9 @@ pub(super) struct Registration {
     device_id: Option<String>,
     #[serde(default)]
     options: RegisterOptions,
+    /// The CAPTCHA provider's response token, when the application requires one (or the
+    /// `x-captcha-token` header).
+    captcha_token: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -103,9 +106,12 @@ async fn register(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(app): Path<String>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<Registration>,
 ) -> ApiResult<Response> {
     let app = app_for(&state, &app, "register", &ctx).await?;
+    let token = captcha_token(body.captcha_token.as_deref(), &headers);
+    state.captcha.check(&app, token, ctx.ip).await?;
     let profile = Changes::profile(
         Some(&body.email),
         body.username.as_deref(),
@@ -165,6 +171,14 @@ pub(super) struct Login {
     username: Option<String>,
     password: Option<String>,
     device_id: Option<String>,
+    /// Needed once the address or the account has had failed sign-ins, when the
+    /// application has a CAPTCHA provider (or the `x-captcha-token` header).
+    captcha_token: Option<String>,
+}
+
+/// The CAPTCHA response token: the body's `captcha_token`, else `x-captcha-token`.
+fn captcha_token<'a>(body: Option<&'a str>, headers: &'a HeaderMap) -> Option<&'a str> {
+    body.or_else(|| headers.get("x-captcha-token")?.to_str().ok())
 }
 
 /// `Authorization: Basic base64(login:password)`.
@@ -228,6 +242,18 @@ async fn login(
         app: &app_id,
         account: &account,
     };
+    let ip_failures = Scope::LoginFailuresIp {
+        app: &app_id,
+        ip: ctx.ip,
+    };
+    if let Some(captcha) = &app.settings.captcha {
+        // Unknown counts (Redis down) ask for the CAPTCHA rather than skip it.
+        let due = |n: Option<u64>| n.is_none_or(|n| n >= u64::from(captcha.login_after_failures));
+        if due(state.limiter.count(failures).await) || due(state.limiter.count(ip_failures).await) {
+            let token = captcha_token(body.captcha_token.as_deref(), &headers);
+            state.captcha.check(&app, token, ctx.ip).await?;
+        }
+    }
     state
         .limiter
         .hit(
@@ -243,6 +269,9 @@ async fn login(
     let named = user.as_ref().map(|u| u.id);
     let (Some(user), true) = (user, verified) else {
         metrics::counter!("portcullis_logins_total", "outcome" => "failed").increment(1);
+        if app.settings.captcha.is_some() {
+            state.limiter.hit(ip_failures, u32::MAX).await?;
+        }
         // The account it named, if any; never the identifier or the password tried.
         let client = state.pool.get().await?;
         let failed = Event {

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod audit;
+mod captcha;
 mod maintenance;
 mod mfa;
 mod owners_apps;

@@ -58,7 +58,10 @@ async fn a_role_grants_and_denies_at_the_verifier() {
     let tokens = s.register(&app, "ann@example.com").await;
     let user = tokens["user_id"].as_str().unwrap();
     let access = tokens["access_token"].as_str().unwrap();
-    assert!(claims_of(access)["scope"].is_null(), "no permissions, no scope");
+    assert!(
+        claims_of(access)["scope"].is_null(),
+        "no permissions, no scope"
+    );
     assert_eq!(verifier.check("POST", "/orders", access).await, 403);
     assert_eq!(verifier.check("GET", "/orders", access).await, 200);
 
