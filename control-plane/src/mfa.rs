@@ -180,7 +180,7 @@ pub async fn methods_for(
 }
 
 /// The answer to a first factor when a second is needed (API.md §3 `/login`).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Challenge {
     pub mfa_required: bool,
     pub mfa_token: String,
@@ -223,7 +223,7 @@ pub async fn challenge(
 }
 
 /// The answer to a first factor (a password, a magic link): tokens, or a step-up.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum SignIn {
     Tokens(crate::tokens::Tokens),

@@ -34,6 +34,54 @@ pub struct AppSettings {
     /// A CAPTCHA provider for registration and suspicious logins; none by default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub captcha: Option<CaptchaSettings>,
+    /// Cookie sessions (`options.set_cookie`): names, domain, and the origins whose
+    /// cookie-authenticated requests may change state.
+    pub cookies: CookieSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct CookieSettings {
+    pub access_name: String,
+    pub refresh_name: String,
+    /// `Domain` of both cookies (e.g. `example.com` to share them with subdomains); none:
+    /// host-only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Origins (`https://app.example.com`) allowed to send state-changing requests
+    /// authenticated by these cookies; `PORTCULLIS_PUBLIC_URL`'s origin always is.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for CookieSettings {
+    fn default() -> Self {
+        Self {
+            access_name: "portcullis_access".to_owned(),
+            refresh_name: "portcullis_refresh".to_owned(),
+            domain: None,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// A cookie name (an RFC 6265 token) of 1..=64 characters.
+fn cookie_name_ok(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// `scheme://host[:port]`, nothing after.
+fn origin_ok(origin: &str) -> bool {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    rest.is_some_and(|r| {
+        !r.is_empty()
+            && r.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+    })
 }
 
 pub const DEFAULT_AUDIT_RETENTION_DAYS: i32 = 90;
@@ -96,6 +144,7 @@ impl Default for AppSettings {
             allowed_redirect_uris: Vec::new(),
             audit_retention_days: DEFAULT_AUDIT_RETENTION_DAYS,
             captcha: None,
+            cookies: CookieSettings::default(),
         }
     }
 }
@@ -190,6 +239,25 @@ impl AppSettings {
         if let Some(captcha) = &self.captcha {
             captcha.validate()?;
         }
+        let c = &self.cookies;
+        check(
+            cookie_name_ok(&c.access_name)
+                && cookie_name_ok(&c.refresh_name)
+                && c.access_name != c.refresh_name,
+            "cookies.access_name and refresh_name must be two different cookie names",
+        )?;
+        check(
+            c.domain.as_deref().is_none_or(|d| {
+                (1..=253).contains(&d.len())
+                    && d.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+            }),
+            "cookies.domain must be a host name",
+        )?;
+        check(
+            c.allowed_origins.len() <= 100 && c.allowed_origins.iter().all(|o| origin_ok(o)),
+            "cookies.allowed_origins must be at most 100 origins like https://app.example.com",
+        )?;
         check(
             (1..=3650).contains(&self.audit_retention_days),
             "audit_retention_days must be 1..=3650",

@@ -22,7 +22,7 @@ pub const OWNER_AUDIENCE: &str = "portcullis:owners";
 pub const OWNER_TOKEN_TYP: &str = "owner+jwt";
 
 /// `tokens` in API.md §3.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Tokens {
     pub access_token: String,
     pub refresh_token: String,

@@ -16,14 +16,21 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     tokens::bearer(headers).ok_or_else(|| ApiError::unauthenticated(ErrorCode::MissingToken))
 }
 
-/// A user's access token for `app`.
+/// A user's access token for `app`: `Authorization: Bearer`, or else the application's
+/// access cookie (state-changing cookie requests passed the CSRF guard on the way in).
 pub(super) async fn user(
     state: &AppState,
     headers: &HeaderMap,
     app: &App,
     now: i64,
 ) -> Result<Principal, ApiError> {
-    tokens::authenticate(state, bearer(headers)?, &app.id.to_string(), now).await
+    let token = match bearer(headers) {
+        Ok(token) => token,
+        Err(missing) => {
+            super::cookies::cookie(headers, &app.settings.cookies.access_name).ok_or(missing)?
+        }
+    };
+    tokens::authenticate(state, token, &app.id.to_string(), now).await
 }
 
 /// An owner's access token; returns the owner id.

@@ -37,6 +37,8 @@ pub(super) struct SecondStep {
     mfa_token: String,
     method: Method,
     code: String,
+    #[serde(default)]
+    options: super::users::SignInOptions,
 }
 
 /// Complete a sign-in that answered `mfa_required`: the `mfa_token` with a code of one of
@@ -51,7 +53,7 @@ async fn login_mfa(
     ctx: Ctx,
     Path(app): Path<String>,
     JsonBody(body): JsonBody<SecondStep>,
-) -> ApiResult<Json<Tokens>> {
+) -> ApiResult<Response> {
     let app = app_for(&state, &app, "login-mfa", &ctx).await?;
     let passed =
         mfa::complete(&state, &app, &body.mfa_token, body.method, &body.code, &ctx).await?;
@@ -70,7 +72,14 @@ async fn login_mfa(
     )
     .await?;
     metrics::counter!("portcullis_logins_total", "outcome" => "ok").increment(1);
-    Ok(Json(tokens))
+    let response = Json(tokens.clone()).into_response();
+    Ok(super::users::maybe_cookies(
+        response,
+        body.options.set_cookie,
+        &state,
+        &app,
+        &tokens,
+    ))
 }
 
 /// The signed-in user's second factors.

@@ -31,6 +31,7 @@ mod admin;
 mod apps;
 mod audit;
 mod auth;
+mod cookies;
 mod me;
 mod mfa;
 mod ops;
@@ -83,6 +84,11 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .fallback(|| async { ApiError::not_found("route") })
+        // Inside the metrics, so a refused cross-site request is counted like any answer.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cookies::csrf_guard,
+        ))
         .layer(axum::middleware::from_fn(record_metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use portcullis_common::ErrorCode;
@@ -17,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{JsonBody, auth, created};
+use super::{JsonBody, auth, cookies, created};
 use crate::apps::App;
 use crate::audit::{self, Actor, Event};
 use crate::crypto::random_token;
@@ -132,9 +132,6 @@ async fn register(
         }
         None => random_token(32),
     };
-    // Cookie sessions are not in this release: the option is accepted and ignored, as
-    // unknown fields are.
-    let _ = body.options.set_cookie;
     let mut mailings = Vec::new();
     if body.options.verify_email {
         mailings.push(Mailing::EmailVerification);
@@ -159,10 +156,17 @@ async fn register(
         vec![Amr::Pwd],
     )
     .await?;
-    Ok(created(Registered {
+    let response = created(Registered {
         user: user.view(),
-        tokens,
-    }))
+        tokens: tokens.clone(),
+    });
+    Ok(maybe_cookies(
+        response,
+        body.options.set_cookie,
+        &state,
+        &app,
+        &tokens,
+    ))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -174,11 +178,35 @@ pub(super) struct Login {
     /// Needed once the address or the account has had failed sign-ins, when the
     /// application has a CAPTCHA provider (or the `x-captcha-token` header).
     captcha_token: Option<String>,
+    #[serde(default)]
+    options: SignInOptions,
 }
 
 /// The CAPTCHA response token: the body's `captcha_token`, else `x-captcha-token`.
 fn captcha_token<'a>(body: Option<&'a str>, headers: &'a HeaderMap) -> Option<&'a str> {
     body.or_else(|| headers.get("x-captcha-token")?.to_str().ok())
+}
+
+/// `response`, with the tokens as cookies when `set_cookie`.
+pub(super) fn maybe_cookies(
+    response: Response,
+    set_cookie: bool,
+    state: &AppState,
+    app: &App,
+    tokens: &Tokens,
+) -> Response {
+    if set_cookie {
+        cookies::with_cookies(response, &state.config.public_url, app, tokens)
+    } else {
+        response
+    }
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub(super) struct SignInOptions {
+    /// Also set the tokens as `HttpOnly; Secure; SameSite=Lax` cookies.
+    #[serde(default)]
+    pub(super) set_cookie: bool,
 }
 
 /// `Authorization: Basic base64(login:password)`.
@@ -211,8 +239,9 @@ async fn login(
     Path(app): Path<String>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<Login>,
-) -> ApiResult<Json<SignIn>> {
+) -> ApiResult<Response> {
     let app = app_for(&state, &app, "login", &ctx).await?;
+    let set_cookie = body.options.set_cookie;
     let (login, password) = match (basic(&headers), body.password) {
         (Some(pair), _) => pair,
         (None, Some(password)) => {
@@ -294,7 +323,19 @@ async fn login(
         SignIn::Mfa(_) => "mfa_required",
     };
     metrics::counter!("portcullis_logins_total", "outcome" => outcome).increment(1);
-    Ok(Json(signed_in))
+    Ok(match &signed_in {
+        SignIn::Tokens(tokens) => {
+            let tokens = tokens.clone();
+            maybe_cookies(
+                Json(signed_in).into_response(),
+                set_cookie,
+                &state,
+                &app,
+                &tokens,
+            )
+        }
+        SignIn::Mfa(_) => Json(signed_in).into_response(),
+    })
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -345,6 +386,8 @@ async fn guest(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub(super) struct RefreshRequest {
     refresh_token: Option<String>,
+    #[serde(default)]
+    options: SignInOptions,
 }
 
 /// Exchange a refresh token for a new pair; the presented token is used up.
@@ -358,15 +401,21 @@ async fn refresh(
     Path(app): Path<String>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<RefreshRequest>,
-) -> ApiResult<Json<Tokens>> {
+) -> ApiResult<Response> {
     let app = app_for(&state, &app, "refresh", &ctx).await?;
+    let from_cookie = cookies::cookie(&headers, &app.settings.cookies.refresh_name);
     let presented = body
         .refresh_token
-        .or_else(|| tokens::bearer(&headers).map(str::to_owned))
+        .as_deref()
+        .or_else(|| tokens::bearer(&headers))
+        .or(from_cookie)
         .ok_or_else(|| ApiError::bad_request("refresh_token is required"))?;
-    Ok(Json(
-        sessions::refresh(&state, &app, &presented, &ctx).await?,
-    ))
+    // A refresh by cookie answers with cookies: the client never held the tokens.
+    let set_cookie = body.options.set_cookie
+        || (body.refresh_token.is_none() && tokens::bearer(&headers).is_none());
+    let tokens = sessions::refresh(&state, &app, presented, &ctx).await?;
+    let response = Json(tokens.clone()).into_response();
+    Ok(maybe_cookies(response, set_cookie, &state, &app, &tokens))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -385,12 +434,17 @@ async fn logout(
     Path(app): Path<String>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<RefreshRequest>,
-) -> ApiResult<Json<LoggedOut>> {
+) -> ApiResult<Response> {
     let app = state.apps.live(&state.pool, &app, ctx.now).await?;
     let client = state.pool.get().await?;
-    let (session, user) = match body.refresh_token {
+    // The body's refresh token, a bearer access token, or the cookies (refresh first).
+    let refresh_cookie = tokens::bearer(&headers)
+        .is_none()
+        .then(|| cookies::cookie(&headers, &app.settings.cookies.refresh_name))
+        .flatten();
+    let (session, user) = match body.refresh_token.as_deref().or(refresh_cookie) {
         Some(refresh) => {
-            let found = sessions::session_of_refresh(&client, app.id, &refresh).await?;
+            let found = sessions::session_of_refresh(&client, app.id, refresh).await?;
             drop(client);
             found.ok_or_else(|| {
                 ApiError::new(
@@ -413,10 +467,12 @@ async fn logout(
         &ctx,
     )
     .await?;
-    Ok(Json(LoggedOut {
+    let response = Json(LoggedOut {
         logged_out: true,
         session_id: session,
-    }))
+    })
+    .into_response();
+    Ok(cookies::cleared(response, &state.config.public_url, &app))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -4,6 +4,7 @@
 
 mod audit;
 mod captcha;
+mod cookies;
 mod maintenance;
 mod mfa;
 mod owners_apps;
