@@ -64,17 +64,20 @@ CREATE TABLE otp_codes (
 CREATE INDEX otp_codes_bound ON otp_codes (bound_to, channel);
 CREATE INDEX otp_codes_expiry ON otp_codes (expires_at);
 
--- Messages to deliver (mail and SMS), committed in the transaction that caused them and
--- delivered by a worker with retries, so an outage delays messages and loses none. The
--- payload carries a secret (a link or a code): it is sealed, and erased once delivered.
+-- Messages to deliver (mail, SMS, webhook calls), committed in the transaction that
+-- caused them and delivered by a worker with retries, so an outage delays messages and
+-- loses none. A mail or SMS payload carries a secret (a link or a code): it is sealed, and
+-- erased once delivered. A webhook call's `body` is an event (no secret) and stays, so a
+-- failed (dead-letter) delivery can be replayed; its `recipient` is the webhook's id.
 CREATE TABLE outbox (
     id              uuid PRIMARY KEY,
     app_id          uuid REFERENCES apps (id) ON DELETE CASCADE,
-    channel         text NOT NULL CHECK (channel IN ('email', 'sms')),
-    -- The template's name (password_reset, otp, ...): what was sent, never its secret.
+    channel         text NOT NULL CHECK (channel IN ('email', 'sms', 'webhook')),
+    -- The template's or event's name (password_reset, user.registered, ...).
     kind            text NOT NULL,
     recipient       text NOT NULL,
     payload         bytea,
+    body            jsonb,
     state           text NOT NULL DEFAULT 'pending'
                     CHECK (state IN ('pending', 'sent', 'logged', 'failed')),
     attempts        integer NOT NULL DEFAULT 0,
@@ -85,6 +88,7 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX outbox_done ON outbox (done_at) WHERE state <> 'pending';
+CREATE INDEX outbox_recipient ON outbox (recipient, id DESC) WHERE channel = 'webhook';
 
 -- Security events, append-only. No foreign keys: the record of what happened outlives the
 -- application or user it was about. Never a secret in `details`.

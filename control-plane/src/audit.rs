@@ -62,11 +62,24 @@ pub async fn record(client: &impl GenericClient, e: Event<'_>) -> Result<(), Api
     } else {
         e.details
     };
+    // One statement: the event, and a delivery for every webhook of the application that
+    // subscribed to it (see `webhooks.rs`), committed together.
     client
         .exec(
-            "INSERT INTO audit_events (id, app_id, user_id, actor, event, ip, user_agent,
-                 request_id, details, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "WITH e AS (
+                 INSERT INTO audit_events (id, app_id, user_id, actor, event, ip, user_agent,
+                     request_id, details, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 RETURNING *)
+             INSERT INTO outbox (id, app_id, channel, kind, recipient, body)
+             SELECT gen_random_uuid(), e.app_id, 'webhook', e.event, w.id::text,
+                 jsonb_build_object(
+                     'type', e.event,
+                     'timestamp', to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                     'data', jsonb_build_object('id', e.id, 'app_id', e.app_id, 'user_id', e.user_id,
+                         'actor', e.actor, 'request_id', e.request_id, 'details', e.details))
+             FROM e JOIN webhooks w ON w.app_id = e.app_id
+             WHERE w.events @> ARRAY[e.event] OR w.events @> ARRAY['*']",
             &[
                 &Uuid::now_v7(),
                 &e.app,

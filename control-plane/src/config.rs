@@ -41,6 +41,8 @@ pub struct Config {
     pub sms_webhook_url: Option<String>,
     /// Sent as `Authorization: Bearer` to the SMS endpoint when set.
     pub sms_webhook_token: Option<String>,
+    /// Lets webhook targets resolve to loopback or private addresses (tests, on-premises).
+    pub webhook_allow_private: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -183,6 +185,16 @@ impl Config {
         if !crate::users::check_email(&mail_from).is_ok_and(|m| m == mail_from) {
             return Err(err("PORTCULLIS_MAIL_FROM", "must be an email address"));
         }
+        let webhook_allow_private = match optional("PORTCULLIS_WEBHOOK_ALLOW_PRIVATE").as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => {
+                return Err(err(
+                    "PORTCULLIS_WEBHOOK_ALLOW_PRIVATE",
+                    "must be true or false",
+                ));
+            }
+        };
         let sms_webhook_url = optional("PORTCULLIS_SMS_WEBHOOK_URL")
             .map(|u| http_url("PORTCULLIS_SMS_WEBHOOK_URL", u))
             .transpose()?;
@@ -205,6 +217,7 @@ impl Config {
             mail_from,
             sms_webhook_url,
             sms_webhook_token: optional("PORTCULLIS_SMS_WEBHOOK_TOKEN"),
+            webhook_allow_private,
         })
     }
 }
@@ -254,6 +267,7 @@ mod tests {
             ("PORTCULLIS_SMTP_URL", "mailto:x@y"),
             ("PORTCULLIS_MAIL_FROM", "not an address"),
             ("PORTCULLIS_SMS_WEBHOOK_URL", "ftp://sms"),
+            ("PORTCULLIS_WEBHOOK_ALLOW_PRIVATE", "yes"),
         ];
         for (var, value) in cases {
             let mut env = base();

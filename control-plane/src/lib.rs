@@ -33,6 +33,7 @@ pub mod state;
 pub mod store;
 pub mod tokens;
 pub mod users;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -112,6 +112,8 @@ struct Inner {
     mailer: Option<AsyncSmtpTransport<Tokio1Executor>>,
     from: String,
     sms: Option<Sms>,
+    webhooks: crate::webhooks::WebhookClient,
+    webhook_allow_private: bool,
 }
 
 struct Sms {
@@ -176,6 +178,8 @@ impl Outbox {
                 mailer,
                 from: config.mail_from.clone(),
                 sms,
+                webhooks: crate::webhooks::client(config.webhook_allow_private)?,
+                webhook_allow_private: config.webhook_allow_private,
             }),
         })
     }
@@ -212,7 +216,7 @@ impl Outbox {
                               WHERE state = 'pending' AND next_attempt_at <= now()
                               ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
                  RETURNING id, channel, kind, recipient, payload, attempts,
-                     EXTRACT(EPOCH FROM now() - created_at)::bigint",
+                     EXTRACT(EPOCH FROM now() - created_at)::bigint, body",
                 &[&LEASE_SECS, &BATCH],
             )
             .await?;
@@ -224,12 +228,18 @@ impl Outbox {
             let payload: Option<Vec<u8>> = row.get(4);
             let attempts: i32 = row.get(5);
             let age: i64 = row.get(6);
-            let message = payload
-                .and_then(|sealed| secrets.open(&sealed, id.as_bytes()))
-                .and_then(|plain| serde_json::from_slice::<Message>(&plain).ok());
-            let outcome = match message {
-                Some(message) => self.deliver(recipient, &message).await,
-                None => Outcome::Failed("the payload does not open".to_owned()),
+            let outcome = if channel == "webhook" {
+                let body: Option<serde_json::Value> = row.get(7);
+                self.call_webhook(&client, secrets, id, recipient, body)
+                    .await
+            } else {
+                let message = payload
+                    .and_then(|sealed| secrets.open(&sealed, id.as_bytes()))
+                    .and_then(|plain| serde_json::from_slice::<Message>(&plain).ok());
+                match message {
+                    Some(message) => self.deliver(recipient, &message).await,
+                    None => Outcome::Failed("the payload does not open".to_owned()),
+                }
             };
             let outcome = match outcome {
                 Outcome::Retry(why) if age >= GIVE_UP_SECS => {
@@ -256,7 +266,13 @@ impl Outbox {
                         .await?;
                 }
                 Outcome::Retry(why) => {
-                    let backoff = 2f64.powi(attempts.clamp(1, 20) - 1).min(MAX_BACKOFF_SECS);
+                    // Webhook endpoints get longer pauses (up to an hour) over their day.
+                    let cap = if channel == "webhook" {
+                        3600.0
+                    } else {
+                        MAX_BACKOFF_SECS
+                    };
+                    let backoff = 2f64.powi(attempts.clamp(1, 20) - 1).min(cap);
                     tracing::warn!(%id, channel, kind, attempts, retry_in_secs = backoff, error = %why,
                         "message not delivered; will retry");
                     client
@@ -280,6 +296,41 @@ impl Outbox {
             }
         }
         Ok(claimed.len())
+    }
+
+    /// One webhook call: the event `body` to the webhook `recipient` names, signed, with
+    /// the delivery's id as `webhook-id` (the same on every retry).
+    async fn call_webhook(
+        &self,
+        client: &impl GenericClient,
+        secrets: &Secrets,
+        id: Uuid,
+        recipient: &str,
+        body: Option<serde_json::Value>,
+    ) -> Outcome {
+        let (Ok(webhook), Some(body)) = (recipient.parse::<Uuid>(), body) else {
+            return Outcome::Failed("a webhook delivery without its webhook or body".to_owned());
+        };
+        let (url, secret) = match crate::webhooks::target(client, secrets, webhook).await {
+            Ok(Some(target)) => target,
+            Ok(None) => return Outcome::Failed("the webhook was deleted".to_owned()),
+            Err(e) => return Outcome::Retry(e.to_string()),
+        };
+        let body = body.to_string();
+        let sent = crate::webhooks::post(
+            &self.inner.webhooks,
+            &url,
+            &secret,
+            &format!("msg_{}", id.simple()),
+            crate::clock::unix_now(),
+            body.as_bytes(),
+            self.inner.webhook_allow_private,
+        )
+        .await;
+        match sent {
+            Ok(()) => Outcome::Sent,
+            Err(why) => Outcome::Retry(why),
+        }
     }
 
     async fn deliver(&self, recipient: &str, message: &Message) -> Outcome {

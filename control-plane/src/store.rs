@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_recovery_mfa.sql")),
     (3, include_str!("../migrations/0003_roles.sql")),
+    (4, include_str!("../migrations/0004_webhooks.sql")),
 ];
 
 /// Advisory lock key for migrations ("portcull" in ASCII).

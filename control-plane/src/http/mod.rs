@@ -40,6 +40,7 @@ mod pages;
 mod recovery;
 mod roles;
 mod users;
+mod webhooks;
 
 /// Largest accepted request body (API.md §1).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -67,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::routes())
         .merge(audit::routes())
         .merge(roles::routes())
+        .merge(webhooks::routes())
         .merge(ops::routes())
         .split_for_parts();
     let api = serde_json::to_string(&api).unwrap_or_default();

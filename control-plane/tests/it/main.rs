@@ -14,4 +14,5 @@ mod roles;
 mod support;
 mod surface;
 mod users;
+mod webhooks;
 mod with_verifier;

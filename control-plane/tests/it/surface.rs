@@ -203,6 +203,15 @@ async fn openapi_health_and_metrics() {
         ("/v1/apps/{app}/roles", "post"),
         ("/v1/apps/{app}/roles/{name}", "put"),
         ("/v1/apps/{app}/roles/{name}", "delete"),
+        ("/v1/apps/{app}/webhooks", "get"),
+        ("/v1/apps/{app}/webhooks", "post"),
+        ("/v1/apps/{app}/webhooks/{id}", "put"),
+        ("/v1/apps/{app}/webhooks/{id}", "delete"),
+        ("/v1/apps/{app}/webhooks/{id}/deliveries", "get"),
+        (
+            "/v1/apps/{app}/webhooks/{id}/deliveries/{delivery}/replay",
+            "post",
+        ),
         ("/v1/apps/{app}/users", "get"),
         ("/v1/apps/{app}/users", "post"),
         ("/v1/apps/{app}/users/{id}", "get"),
@@ -293,7 +302,7 @@ fn migrate_subcommand_applies_the_schema_once() {
         ])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1,2,3");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1,2,3,4");
     let out = Command::new(bin)
         .arg("frobnicate")
         .env_clear()
