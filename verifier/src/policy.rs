@@ -1,6 +1,6 @@
 //! Route policy: which authenticated callers may reach which paths.
 //!
-//! A TOML file of rules, first match wins:
+//! A TOML (or, for a `.yaml`/`.yml` file, YAML) file of rules, first match wins:
 //!
 //! ```toml
 //! [[rule]]
@@ -12,6 +12,15 @@
 //! [[rule]]
 //! prefix = "/public"
 //! public = true                # no token needed
+//! ```
+//!
+//! ```yaml
+//! rule:
+//!   - prefix: /admin
+//!     methods: [POST, DELETE]
+//!     any_role: [admin]
+//!   - prefix: /public
+//!     public: true
 //! ```
 //!
 //! A path that matches no rule needs only a valid token. Checking a rule walks the
@@ -27,7 +36,7 @@ use crate::core::Claims;
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
-    #[serde(default, rename = "rule")]
+    #[serde(default, rename = "rule", alias = "rules")]
     rules: Vec<Rule>,
 }
 
@@ -62,13 +71,22 @@ pub enum PolicyError {
     Io(#[from] std::io::Error),
     #[error("invalid policy file: {0}")]
     Toml(#[from] toml::de::Error),
+    #[error("invalid policy file: {0}")]
+    Yaml(#[from] serde_norway::Error),
     #[error("invalid policy rule: {0}")]
     Rule(String),
 }
 
 impl Policy {
     pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
-        let policy: Policy = toml::from_str(text)?;
+        Self::checked(toml::from_str(text)?)
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Self, PolicyError> {
+        Self::checked(serde_norway::from_str(text)?)
+    }
+
+    fn checked(policy: Policy) -> Result<Self, PolicyError> {
         for rule in &policy.rules {
             if !rule.prefix.starts_with('/') {
                 return Err(PolicyError::Rule(format!(
@@ -86,8 +104,13 @@ impl Policy {
         Ok(policy)
     }
 
+    /// YAML for a `.yaml` or `.yml` file, TOML otherwise.
     pub fn from_file(path: &std::path::Path) -> Result<Self, PolicyError> {
-        Self::from_toml(&std::fs::read_to_string(path)?)
+        let text = std::fs::read_to_string(path)?;
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => Self::from_yaml(&text),
+            _ => Self::from_toml(&text),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -179,6 +202,30 @@ mod tests {
         prefix = "/users/"
         all_scopes = ["users:read", "users:write"]
     "#;
+
+    #[test]
+    fn yaml_reads_as_toml_does() {
+        let yaml = Policy::from_yaml(
+            "rule:\n  - prefix: /health\n    public: true\n  - prefix: /admin\n    methods: [POST]\n    any_role: [admin]\n  - prefix: /users/\n    all_scopes: [users:read, users:write]\n",
+        )
+        .unwrap();
+        let toml = Policy::from_toml(POLICY).unwrap();
+        assert_eq!(format!("{yaml:?}"), format!("{toml:?}"));
+        assert!(
+            Policy::from_yaml("rule:\n  - prefix: admin\n").is_err(),
+            "prefix without /"
+        );
+        assert!(Policy::from_yaml("rule:\n  - prefix: /a\n    surprise: 1\n").is_err());
+        let dir = std::env::temp_dir().join(format!("portcullis-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("p.yaml");
+        std::fs::write(&file, "rules:\n  - prefix: /x\n    public: true\n").unwrap();
+        assert_eq!(
+            Policy::from_file(&file).unwrap().gate("/x", "GET"),
+            Gate::Public
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn rules_match_first_and_on_segments() {
