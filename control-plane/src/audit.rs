@@ -18,6 +18,45 @@ use crate::error::ApiError;
 use crate::sessions::Ctx;
 use crate::store::Prepared as _;
 
+/// Every event name the log records (what webhooks subscribe to).
+pub const EVENTS: &[&str] = &[
+    "app.api_key_rotated",
+    "app.deleted",
+    "app.settings_updated",
+    "app.updated",
+    "email.verification_sent",
+    "email.verified",
+    "keys.rotated",
+    "login.failed",
+    "login.magic_link",
+    "login.mfa_failed",
+    "login.mfa_passed",
+    "login.mfa_required",
+    "login.succeeded",
+    "magic_link.sent",
+    "mfa.code_sent",
+    "mfa.disabled",
+    "mfa.enabled",
+    "mfa.recovery_codes_regenerated",
+    "mfa.totp_confirm_failed",
+    "mfa.totp_setup_started",
+    "password.changed",
+    "password.reset",
+    "password.reset_requested",
+    "refresh_token.reused",
+    "role.created",
+    "role.deleted",
+    "role.updated",
+    "session.revoked",
+    "user.contact_changed",
+    "user.created",
+    "user.deleted",
+    "user.updated",
+    "webhook.created",
+    "webhook.deleted",
+    "webhook.updated",
+];
+
 /// Who made the request, by the credential it carried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Actor {
@@ -57,6 +96,11 @@ pub struct Event<'a> {
 }
 
 pub async fn record(client: &impl GenericClient, e: Event<'_>) -> Result<(), ApiError> {
+    debug_assert!(
+        EVENTS.contains(&e.event),
+        "{} is not in audit::EVENTS",
+        e.event
+    );
     let details = if e.details.is_null() {
         Value::Object(serde_json::Map::new())
     } else {

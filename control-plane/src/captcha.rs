@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 
 use crate::apps::App;
 use crate::error::ApiError;
-use crate::outbox::HttpClient;
+use crate::webhooks::WebhookClient;
 
 /// How long the provider may take.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -101,10 +101,13 @@ struct Verdict {
     success: bool,
 }
 
-/// The checker: an HTTP client for the providers and Redis to remember used tokens.
+/// The checker: an HTTP client for the providers and Redis to remember used tokens. The
+/// client is the webhooks' guarded one: `verify_url` is the owner's to set, so it must not
+/// reach loopback, private or metadata addresses either.
 #[derive(Clone)]
 pub struct Captcha {
-    client: HttpClient,
+    client: WebhookClient,
+    allow_private: bool,
     redis: ConnectionManager,
 }
 
@@ -120,8 +123,12 @@ fn count(provider: Provider, outcome: &'static str) {
 }
 
 impl Captcha {
-    pub fn new(client: HttpClient, redis: ConnectionManager) -> Self {
-        Self { client, redis }
+    pub fn new(client: WebhookClient, allow_private: bool, redis: ConnectionManager) -> Self {
+        Self {
+            client,
+            allow_private,
+            redis,
+        }
     }
 
     /// Verifies `token` with the application's provider; `Ok` when there is no provider.
@@ -179,7 +186,15 @@ impl Captcha {
             ("remoteip", &ip.to_string()),
         ])
         .map_err(|e| ApiError::internal(&e))?;
-        let request = http::Request::post(url)
+        let uri: http::Uri = url.parse().map_err(|e| ApiError::internal(&e))?;
+        if crate::webhooks::literal_refused(&uri, self.allow_private) {
+            count(provider, "unavailable");
+            return Err(ApiError::unavailable(
+                "the CAPTCHA provider",
+                &"verify_url names a loopback, private or metadata address",
+            ));
+        }
+        let request = http::Request::post(uri)
             .header(
                 http::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",

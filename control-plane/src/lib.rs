@@ -95,7 +95,12 @@ pub async fn run(
     let publisher = Publisher::new(&config.redis_url)?;
     let client = outbox::http_client().map_err(StartError::Messages)?;
     let outbox = outbox::Outbox::new(&config, client.clone()).map_err(StartError::Messages)?;
-    let captcha = captcha::Captcha::new(client, publisher.connection());
+    let guarded = webhooks::client(config.webhook_allow_private).map_err(StartError::Messages)?;
+    let captcha = captcha::Captcha::new(
+        guarded,
+        config.webhook_allow_private,
+        publisher.connection(),
+    );
     let state = AppState::new(config, pool, publisher, outbox, captcha);
     // A key that does not open means the wrong encryption key: refuse to start.
     match state.keys.refresh().await {

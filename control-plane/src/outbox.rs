@@ -42,7 +42,7 @@ const MAX_BACKOFF_SECS: f64 = 300.0;
 const GIVE_UP_SECS: i64 = 86_400;
 /// How often the worker looks for due messages when nothing woke it.
 const POLL: Duration = Duration::from_secs(1);
-/// Messages claimed per round (`BATCH * SEND_TIMEOUT` < `LEASE_SECS`).
+/// Messages claimed per round, sent together (well within `LEASE_SECS`).
 const BATCH: i64 = 5;
 
 /// What to send. Built by `messages.rs`; the payload stays sealed in the database.
@@ -109,6 +109,7 @@ pub struct Outbox {
 
 struct Inner {
     wake: Notify,
+    wake_webhooks: Notify,
     mailer: Option<AsyncSmtpTransport<Tokio1Executor>>,
     from: String,
     sms: Option<Sms>,
@@ -145,6 +146,13 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
+/// The two queues the worker serves apart.
+#[derive(Clone, Copy, Debug)]
+enum Lane {
+    Messages,
+    Webhooks,
+}
+
 /// How one delivery attempt ended.
 enum Outcome {
     Sent,
@@ -175,6 +183,7 @@ impl Outbox {
         Ok(Self {
             inner: Arc::new(Inner {
                 wake: Notify::new(),
+                wake_webhooks: Notify::new(),
                 mailer,
                 from: config.mail_from.clone(),
                 sms,
@@ -189,38 +198,78 @@ impl Outbox {
         self.inner.wake.notify_one();
     }
 
-    /// The worker: delivers due messages until the task is dropped.
+    /// The same for webhook calls (a replayed dead letter).
+    pub fn wake_webhooks(&self) {
+        self.inner.wake_webhooks.notify_one();
+    }
+
+    /// The worker: delivers due messages until the task is dropped. Mail and SMS, and
+    /// webhook calls, are two lanes, so a slow or silent webhook endpoint (any tenant's)
+    /// never holds up a sign-in code or a reset link.
     pub async fn run(self, pool: Pool, secrets: Secrets) {
+        tokio::join!(
+            self.lane(&pool, &secrets, Lane::Messages),
+            self.lane(&pool, &secrets, Lane::Webhooks)
+        );
+    }
+
+    async fn lane(&self, pool: &Pool, secrets: &Secrets, lane: Lane) {
+        let wake = match lane {
+            Lane::Messages => &self.inner.wake,
+            Lane::Webhooks => &self.inner.wake_webhooks,
+        };
         loop {
-            match self.round(&pool, &secrets).await {
+            match self.round(pool, secrets, lane).await {
                 // A full batch: there may be more due at once.
                 Ok(n) if n as i64 == BATCH => continue,
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "outbox round failed; retrying"),
             }
             tokio::select! {
-                () = self.inner.wake.notified() => {}
+                () = wake.notified() => {}
                 () = tokio::time::sleep(POLL) => {}
             }
         }
     }
 
     /// Claims due messages (rows leased to this worker), delivers them, records the outcome.
-    async fn round(&self, pool: &Pool, secrets: &Secrets) -> Result<usize, ApiError> {
+    async fn round(&self, pool: &Pool, secrets: &Secrets, lane: Lane) -> Result<usize, ApiError> {
         let client = pool.get().await?;
+        let channels: &[&str] = match lane {
+            Lane::Messages => &["email", "sms"],
+            Lane::Webhooks => &["webhook"],
+        };
         let claimed = client
             .q(
                 "UPDATE outbox SET attempts = attempts + 1,
                      next_attempt_at = now() + make_interval(secs => $1)
                  WHERE id IN (SELECT id FROM outbox
                               WHERE state = 'pending' AND next_attempt_at <= now()
+                                AND channel = ANY($3)
                               ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
                  RETURNING id, channel, kind, recipient, payload, attempts,
                      EXTRACT(EPOCH FROM now() - created_at)::bigint, body",
-                &[&LEASE_SECS, &BATCH],
+                &[&LEASE_SECS, &BATCH, &channels],
             )
             .await?;
-        for row in &claimed {
+        // The batch at once (one connection pipelines the updates): a slow recipient costs
+        // the batch one timeout, not one each.
+        let handled = futures_util::future::join_all(
+            claimed.iter().map(|row| self.handle(&client, secrets, row)),
+        )
+        .await;
+        handled.into_iter().collect::<Result<Vec<()>, ApiError>>()?;
+        Ok(claimed.len())
+    }
+
+    /// Delivers one claimed row and records the outcome.
+    async fn handle(
+        &self,
+        client: &impl GenericClient,
+        secrets: &Secrets,
+        row: &tokio_postgres::Row,
+    ) -> Result<(), ApiError> {
+        {
             let id: Uuid = row.get(0);
             let channel: &str = row.get(1);
             let kind: &str = row.get(2);
@@ -230,7 +279,7 @@ impl Outbox {
             let age: i64 = row.get(6);
             let outcome = if channel == "webhook" {
                 let body: Option<serde_json::Value> = row.get(7);
-                self.call_webhook(&client, secrets, id, recipient, body)
+                self.call_webhook(client, secrets, id, recipient, body)
                     .await
             } else {
                 let message = payload
@@ -295,7 +344,7 @@ impl Outbox {
                 }
             }
         }
-        Ok(claimed.len())
+        Ok(())
     }
 
     /// One webhook call: the event `body` to the webhook `recipient` names, signed, with

@@ -55,6 +55,13 @@ pub fn check_permissions(permissions: &[String]) -> Result<Vec<String>, ApiError
     }
     out.sort();
     out.dedup();
+    // A token carries the permissions: keep a role's share of it small (the verifier
+    // refuses tokens over 8 KiB, browsers cookies over 4 KiB).
+    if out.iter().map(|p| p.len() + 1).sum::<usize>() > 2048 {
+        return Err(ApiError::bad_request(
+            "a role's permissions may take at most 2048 characters in all",
+        ));
+    }
     Ok(out)
 }
 

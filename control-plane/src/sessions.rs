@@ -280,9 +280,9 @@ pub async fn start(
             ctx,
         };
         if matches!(subject, Subject::New(..)) {
-            audit::record(&tx, event("user.registered")).await?;
+            audit::record(&tx, event("user.created")).await?;
         }
-        audit::record(&tx, event("session.created")).await?;
+        audit::record(&tx, event("login.succeeded")).await?;
         tx.commit().await?;
         break (user, replaced);
     };

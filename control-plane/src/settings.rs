@@ -185,6 +185,7 @@ impl AppSettings {
         // A secret sent back as `GET` shows it (masked) keeps the stored one.
         let mut patch = patch.clone();
         let masked = patch.pointer("/captcha/secret").and_then(Value::as_str) == Some(SECRET_MASK);
+        let secret_given = patch.pointer("/captcha/secret").is_some() && !masked;
         if let Some(captcha) = patch
             .get_mut("captcha")
             .and_then(Value::as_object_mut)
@@ -196,6 +197,17 @@ impl AppSettings {
         let next: Self = serde_json::from_value(current)
             .map_err(|e| ApiError::bad_request(format!("settings: {e}")))?;
         next.validate()?;
+        // The stored secret goes only where it went before: a new provider or verify_url
+        // needs it sent again (else whoever can change settings could have it posted to
+        // them).
+        if let (Some(before), Some(after)) = (&self.captcha, &next.captcha) {
+            let moved = before.provider != after.provider || before.verify_url != after.verify_url;
+            if moved && !secret_given {
+                return Err(ApiError::bad_request(
+                    "changing captcha.provider or captcha.verify_url needs captcha.secret again",
+                ));
+            }
+        }
         Ok(next)
     }
 

@@ -25,6 +25,9 @@ pub const OWNER_TOKEN_TYP: &str = "owner+jwt";
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Tokens {
     pub access_token: String,
+    /// Absent only from a refresh made with the refresh cookie: that token stays in its
+    /// `HttpOnly` cookie, out of reach of the page's scripts.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub refresh_token: String,
     /// Always `Bearer`.
     pub token_type: &'static str,

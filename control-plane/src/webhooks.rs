@@ -1,5 +1,5 @@
 //! Webhooks (API.md §3 `/webhooks`): an application's endpoints receive its security
-//! events (the audit log's names, `user.registered`, `session.revoked`, ...), signed as
+//! events (the audit log's names, `user.created`, `session.revoked`, ...), signed as
 //! Standard Webhooks specifies (`webhook-id`, `webhook-timestamp`, `webhook-signature` =
 //! `v1,` base64 HMAC-SHA256 of `id.timestamp.body` under the `whsec_` secret).
 //!
@@ -47,7 +47,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn forbidden(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => {
-            let [first, second, ..] = a.octets();
+            let [first, second, third, _] = a.octets();
             a.is_loopback()
                 || a.is_private()
                 || a.is_link_local()
@@ -56,17 +56,32 @@ pub fn forbidden(ip: IpAddr) -> bool {
                 || a.is_multicast()
                 || a.is_documentation()
                 || first == 0
+                || first >= 240
                 || (first == 100 && (second & 0xc0) == 64)
+                || (first == 198 && (second & 0xfe) == 18)
+                || (first == 192 && second == 0 && third == 0)
         }
         IpAddr::V6(a) => {
-            let first = a.segments()[0];
+            let s = a.segments();
+            let embedded = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                forbidden(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)))
+            };
             a.is_loopback()
                 || a.is_unspecified()
                 || a.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || a.to_ipv4_mapped()
-                    .is_some_and(|v4| forbidden(IpAddr::V4(v4)))
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || a.to_ipv4_mapped().is_some_and(|v4| forbidden(IpAddr::V4(v4)))
+                // IPv4-compatible ::a.b.c.d (deprecated, still routed by some stacks).
+                || (s[..6] == [0; 6] && embedded(s[6], s[7]))
+                // NAT64: the well-known 64:ff9b::/96 by its embedded address, the local-use
+                // 64:ff9b:1::/48 whole.
+                || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && embedded(s[6], s[7]))
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+                // 6to4: the IPv4 address in bits 16..48.
+                || (s[0] == 0x2002 && embedded(s[1], s[2]))
         }
     }
 }
@@ -181,18 +196,21 @@ fn from_row(row: &Row) -> Webhook {
     }
 }
 
-/// Event names: 1..=64 characters of lower-case letters, digits, `.` and `_`, or `*`.
+/// Event names the audit log records (`audit::EVENTS`), or `*`: a name that never occurs
+/// would be a subscription that silently never fires.
 pub fn check_events(events: &[String]) -> Result<Vec<String>, ApiError> {
-    let ok = |e: &String| {
-        e == "*"
-            || ((1..=64).contains(&e.len())
-                && e.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_'
-                }))
-    };
-    if events.is_empty() || events.len() > 100 || !events.iter().all(ok) {
+    if let Some(unknown) = events
+        .iter()
+        .find(|e| *e != "*" && !crate::audit::EVENTS.contains(&e.as_str()))
+    {
+        return Err(ApiError::bad_request(format!(
+            "unknown event {unknown:?}; events are {} or \"*\"",
+            crate::audit::EVENTS.join(", ")
+        )));
+    }
+    if events.is_empty() {
         return Err(ApiError::bad_request(
-            "events must be 1..=100 event names (like user.registered) or \"*\"",
+            "events must name at least one event, or \"*\"",
         ));
     }
     let mut out = events.to_vec();
@@ -391,6 +409,18 @@ pub async fn target(
     }))
 }
 
+/// Whether `uri` names a forbidden address literally: hyper connects to an IP literal
+/// without asking the resolver, so [`GuardedResolver`] never sees it. Every request through
+/// a [`WebhookClient`] checks this first.
+pub fn literal_refused(uri: &http::Uri, allow_private: bool) -> bool {
+    let host = uri
+        .host()
+        .unwrap_or("")
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    !allow_private && host.parse::<IpAddr>().is_ok_and(forbidden)
+}
+
 /// Posts `body` to `url`, signed; `Ok` on a 2xx. A redirect is a failure, never followed.
 pub async fn post(
     client: &WebhookClient,
@@ -401,16 +431,10 @@ pub async fn post(
     body: &[u8],
     allow_private: bool,
 ) -> Result<(), String> {
-    // An IP literal skips the resolver: checked here instead.
     let uri: http::Uri = url
         .parse()
         .map_err(|_| "the URL does not parse".to_owned())?;
-    let host = uri
-        .host()
-        .unwrap_or("")
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    if !allow_private && host.parse::<IpAddr>().is_ok_and(forbidden) {
+    if literal_refused(&uri, allow_private) {
         return Err("the URL names an address a webhook may not reach".to_owned());
     }
     let signature = sign(secret, id, timestamp, body).ok_or("the secret is unusable")?;
@@ -450,10 +474,22 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "224.0.0.1",
+            "198.18.0.1",
+            "240.0.0.1",
+            "192.0.0.8",
+            "::10.0.0.1",
+            "64:ff9b::a00:1",
+            "64:ff9b:1::1",
+            "2002:a9fe:a9fe::1",
         ] {
             assert!(forbidden(bad.parse().unwrap()), "{bad}");
         }
-        for good in ["93.184.216.34", "2606:2800:220:1::1", "100.128.0.1"] {
+        for good in [
+            "93.184.216.34",
+            "2606:2800:220:1::1",
+            "100.128.0.1",
+            "64:ff9b::5db8:d822",
+        ] {
             assert!(!forbidden(good.parse().unwrap()), "{good}");
         }
     }
@@ -478,10 +514,18 @@ mod tests {
         assert!(secret(Some("whsec_short")).is_err());
         assert!(secret(None).unwrap().starts_with("whsec_"));
         assert_eq!(
-            check_events(&["b.x".into(), "a".into(), "a".into()]).unwrap(),
-            ["a", "b.x"]
+            check_events(&[
+                "user.deleted".into(),
+                "login.failed".into(),
+                "login.failed".into()
+            ])
+            .unwrap(),
+            ["login.failed", "user.deleted"]
         );
         assert!(check_events(&[]).is_err());
-        assert!(check_events(&["Bad Name".into()]).is_err());
+        assert!(
+            check_events(&["login.succeded".into()]).is_err(),
+            "a typo would never fire"
+        );
     }
 }

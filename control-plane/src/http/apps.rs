@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::{JsonBody, auth, created};
 use crate::apps::{self, APP_COLUMNS, App, AppView};
+use crate::audit::{self, Actor, Event};
 use crate::crypto::{digest, random_token};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::sessions::{self, AppsOf, Ctx};
@@ -197,6 +198,7 @@ async fn patch(
         .q_one(&sql, &[&app.id, &name, &settings_json, &expires_at])
         .await
         .map_err(app_exists)?;
+    audit::record(&tx, app_event(app.id, "app.updated", &ctx)).await?;
     tx.commit().await?;
     state.apps.forget(app.id);
     Ok(Json(App::from_row(&row).view(None)))
@@ -218,6 +220,8 @@ async fn delete(
     let (users, before) = sessions::revoke_app_users_in(&tx, AppsOf::App(app.id), ctx.now).await?;
     tx.exec("DELETE FROM apps WHERE id = $1", &[&app.id])
         .await?;
+    // Kept after the application (the log has no foreign keys).
+    audit::record(&tx, app_event(app.id, "app.deleted", &ctx)).await?;
     tx.commit().await?;
     drop(client);
     state.apps.forget(app.id);
@@ -237,14 +241,28 @@ async fn rotate_key(
     let owner = auth::owner(&state, &headers, ctx.now).await?;
     let app = auth::owned_app(&state, owner, &app).await?;
     let key = new_api_key();
-    let client = state.pool.get().await?;
-    client
-        .exec(
-            "UPDATE apps SET api_key_hash = $2 WHERE id = $1",
-            &[&app.id, &digest(&key)],
-        )
-        .await?;
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.exec(
+        "UPDATE apps SET api_key_hash = $2 WHERE id = $1",
+        &[&app.id, &digest(&key)],
+    )
+    .await?;
+    audit::record(&tx, app_event(app.id, "app.api_key_rotated", &ctx)).await?;
+    tx.commit().await?;
     Ok(created(ApiKey { api_key: key }))
+}
+
+/// An event of the application's own administration (by its owner or API key).
+fn app_event<'a>(app: Uuid, event: &'static str, ctx: &'a Ctx) -> Event<'a> {
+    Event {
+        app: Some(app),
+        user: None,
+        actor: Actor::Admin,
+        event,
+        details: serde_json::Value::Null,
+        ctx,
+    }
 }
 
 /// The application's settings, defaults filled in.
@@ -285,6 +303,14 @@ async fn settings_put(
         &[&app.id, &json],
     )
     .await?;
+    // Which settings were named, never their values (a CAPTCHA secret is one).
+    let named: Vec<&String> = patch
+        .as_object()
+        .map(|o| o.keys().collect())
+        .unwrap_or_default();
+    let mut changed = app_event(app.id, "app.settings_updated", &ctx);
+    changed.details = serde_json::json!({ "fields": named });
+    audit::record(&tx, changed).await?;
     tx.commit().await?;
     state.apps.forget(app.id);
     Ok(Json(settings.public()))

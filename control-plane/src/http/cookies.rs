@@ -119,11 +119,12 @@ pub(super) async fn csrf_guard(
         Method::GET | Method::HEAD | Method::OPTIONS
     );
     let headers = request.headers();
-    if safe || headers.contains_key(header::AUTHORIZATION) || !headers.contains_key(header::COOKIE)
-    {
+    // Only a bearer token is no ambient credential: with any other `Authorization` the
+    // routes still fall back to the cookie.
+    if safe || crate::tokens::bearer(headers).is_some() || !headers.contains_key(header::COOKIE) {
         return next.run(request).await;
     }
-    let Some(app) = request
+    let Some(segment) = request
         .uri()
         .path()
         .strip_prefix("/v1/apps/")
@@ -131,24 +132,24 @@ pub(super) async fn csrf_guard(
     else {
         return next.run(request).await;
     };
-    let Ok(app) = state
-        .apps
-        .live(&state.pool, app, crate::clock::unix_now())
-        .await
-    else {
-        // Unknown or expired: the route answers that itself.
-        return next.run(request).await;
-    };
-    let c = &app.settings.cookies;
-    let carries =
-        cookie(headers, &c.access_name).is_some() || cookie(headers, &c.refresh_name).is_some();
-    if !carries {
-        return next.run(request).await;
-    }
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let allowed = origin.is_some_and(|o| {
-        o == origin_of(&state.config.public_url) || c.allowed_origins.iter().any(|a| a == o)
-    });
+    let own = |o: &str| o == origin_of(&state.config.public_url);
+    let allowed = match state
+        .apps
+        .live(&state.pool, segment, crate::clock::unix_now())
+        .await
+    {
+        Ok(app) => {
+            let c = &app.settings.cookies;
+            let carries = cookie(headers, &c.access_name).is_some()
+                || cookie(headers, &c.refresh_name).is_some();
+            !carries || origin.is_some_and(|o| own(o) || c.allowed_origins.iter().any(|a| a == o))
+        }
+        // A segment that names no application as written (percent-encoded, say) may still
+        // name one once the route decodes it: with cookies, only the control plane's own
+        // origin passes.
+        Err(_) => origin.is_some_and(own),
+    };
     if !allowed {
         metrics::counter!("portcullis_csrf_refused_total").increment(1);
         return ApiError::new(

@@ -410,12 +410,22 @@ async fn refresh(
         .or_else(|| tokens::bearer(&headers))
         .or(from_cookie)
         .ok_or_else(|| ApiError::bad_request("refresh_token is required"))?;
-    // A refresh by cookie answers with cookies: the client never held the tokens.
-    let set_cookie = body.options.set_cookie
-        || (body.refresh_token.is_none() && tokens::bearer(&headers).is_none());
+    // A refresh by cookie answers with cookies, and its body leaves the refresh token out:
+    // it never leaves its HttpOnly cookie.
+    let by_cookie = body.refresh_token.is_none() && tokens::bearer(&headers).is_none();
     let tokens = sessions::refresh(&state, &app, presented, &ctx).await?;
-    let response = Json(tokens.clone()).into_response();
-    Ok(maybe_cookies(response, set_cookie, &state, &app, &tokens))
+    let mut shown = tokens.clone();
+    if by_cookie {
+        shown.refresh_token.clear();
+    }
+    let response = Json(shown).into_response();
+    Ok(maybe_cookies(
+        response,
+        body.options.set_cookie || by_cookie,
+        &state,
+        &app,
+        &tokens,
+    ))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -51,7 +51,7 @@ async fn list(
 #[derive(Debug, Deserialize, ToSchema)]
 pub(super) struct WebhookBody {
     url: String,
-    /// Event names as in the audit log (`user.registered`, `session.revoked`, ...), or `*`.
+    /// Event names as in the audit log (`user.created`, `session.revoked`, ...), or `*`.
     events: Vec<String>,
     /// `whsec_…`; generated when absent (on creation).
     secret: Option<String>,
@@ -216,6 +216,6 @@ async fn replay(
     let client = state.pool.get().await?;
     webhooks::replay(&client, app.id, id, delivery).await?;
     drop(client);
-    state.outbox.wake();
+    state.outbox.wake_webhooks();
     Ok(StatusCode::ACCEPTED.into_response())
 }

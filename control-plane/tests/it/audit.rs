@@ -102,8 +102,7 @@ async fn every_security_event_is_recorded_without_a_secret() {
     assert_eq!(page.status, 200, "{}", page.body);
     let events = names(&page.json());
     for expected in [
-        "user.registered",
-        "session.created",
+        "login.succeeded",
         "login.failed",
         "refresh_token.reused",
         "password.changed",
@@ -176,20 +175,20 @@ async fn filters_pages_access_and_retention() {
     let audit = format!("/v1/apps/{app}/audit");
     let r = s
         .get(
-            &format!("{audit}?user_id={ann}&event=session.created&limit=2"),
+            &format!("{audit}?user_id={ann}&event=login.succeeded&limit=2"),
             Some(&key),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(names(&r.json()), ["session.created", "session.created"]);
+    assert_eq!(names(&r.json()), ["login.succeeded", "login.succeeded"]);
     let cursor = r.json()["next_cursor"].as_str().unwrap().to_owned();
     let older = s
         .get(
-            &format!("{audit}?user_id={ann}&event=session.created&limit=2&cursor={cursor}"),
+            &format!("{audit}?user_id={ann}&event=login.succeeded&limit=2&cursor={cursor}"),
             Some(&owner),
         )
         .await;
-    assert_eq!(names(&older.json()), ["session.created", "session.created"]);
+    assert_eq!(names(&older.json()), ["login.succeeded", "login.succeeded"]);
     assert!(
         older.json()["next_cursor"].is_null(),
         "four sessions in all"
@@ -221,7 +220,7 @@ async fn filters_pages_access_and_retention() {
             Some(&key),
         )
         .await;
-    // Two registrations (user.registered + session.created each) and three sign-ins.
+    // Two registrations (user.created + login.succeeded each) and three sign-ins.
     assert_eq!(r.json()["events"].as_array().unwrap().len(), 7);
 
     for bad in [
@@ -274,7 +273,7 @@ async fn filters_pages_access_and_retention() {
         )
         .await;
     assert_eq!(r.code(), "invalid_request");
-    s.sql("UPDATE audit_events SET created_at = now() - interval '2 days' WHERE event = 'user.registered'")
+    s.sql("UPDATE audit_events SET created_at = now() - interval '2 days' WHERE event = 'user.created'")
         .await;
     let pool = portcullis_control_plane::store::pool(&s.db_url, 1).unwrap();
     let client = pool.get().await.unwrap();
@@ -283,7 +282,7 @@ async fn filters_pages_access_and_retention() {
         .unwrap();
     assert_eq!(pruned, 2);
     let left = s
-        .sql_value("SELECT count(*) FROM audit_events WHERE event = 'user.registered'")
+        .sql_value("SELECT count(*) FROM audit_events WHERE event = 'user.created'")
         .await;
     assert_eq!(left, json!(0));
 }

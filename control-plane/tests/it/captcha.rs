@@ -10,7 +10,8 @@ use crate::support::{HttpSink, PASSWORD, Stack};
 async fn registration_and_suspicious_logins_need_a_verified_captcha() {
     let mut provider = HttpSink::start().await.unwrap();
     provider.set_body(&json!({"success": true}));
-    let s = Stack::start().await;
+    // The provider is on loopback, which CAPTCHA verify URLs may reach only when allowed.
+    let s = Stack::start_with(&[("PORTCULLIS_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
     let (owner, app, key) = s.owner_with_app().await;
     let settings = format!("/v1/apps/{app}/settings");
     for bad in [
@@ -41,6 +42,10 @@ async fn registration_and_suspicious_logins_need_a_verified_captcha() {
             .status,
         200
     );
+    // The stored secret is not sent anywhere new.
+    let elsewhere = json!({"captcha": {"verify_url": "https://evil.example/siteverify"}});
+    let r = s.call("PUT", &settings, Some(&key), Some(elsewhere)).await;
+    assert_eq!(r.code(), "invalid_request", "{}", r.body);
 
     let register = format!("/v1/apps/{app}/register");
     let r = s
@@ -171,4 +176,39 @@ async fn registration_and_suspicious_logins_need_a_verified_captcha() {
             .join("\n")
     );
     assert!(!metrics.contains("captcha-secret-1") && !metrics.contains("tok-"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verify_url_cannot_reach_private_addresses() {
+    let provider = HttpSink::start().await.unwrap();
+    provider.set_body(&json!({"success": true}));
+    let s = Stack::start().await;
+    let (owner, app, _) = s.owner_with_app().await;
+    for url in [
+        provider.url("/siteverify"),
+        "http://localhost:9/siteverify".to_owned(),
+    ] {
+        let captcha = json!({"captcha": {"provider": "hcaptcha", "secret": "captcha-secret-2", "verify_url": url}});
+        let r = s
+            .call(
+                "PUT",
+                &format!("/v1/apps/{app}/settings"),
+                Some(&owner),
+                Some(captcha),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let r = s
+            .post(
+                &format!("/v1/apps/{app}/register"),
+                None,
+                json!({"email": "ann@example.com", "password": PASSWORD, "captcha_token": format!("tok-{url}")}),
+            )
+            .await;
+        assert_eq!((r.status, r.code().as_str()), (503, "unavailable"), "{url}");
+    }
+    assert!(
+        provider.requests().is_empty(),
+        "nothing reached the loopback endpoint"
+    );
 }

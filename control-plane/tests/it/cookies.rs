@@ -103,6 +103,32 @@ async fn cookie_sessions_work_end_to_end_and_refuse_cross_site_use() {
             "{origin:?}"
         );
     }
+    // Neither a percent-encoded application id nor a non-bearer Authorization slips past.
+    let encoded = format!("/v1/apps/%{:02X}{}/me", app.as_bytes()[0], &app[1..]);
+    let r = with_cookie(
+        &s,
+        "PATCH",
+        &encoded,
+        &access_cookie,
+        Some("https://shop.example"),
+        patch.clone(),
+    )
+    .await;
+    assert_eq!(r.code(), "forbidden", "{encoded}");
+    let headers = [
+        ("cookie", access_cookie.as_str()),
+        ("authorization", "Basic eDp5"),
+        ("origin", "https://evil.example"),
+    ];
+    let r = request(
+        s.addr,
+        "PATCH",
+        &me,
+        &headers,
+        patch.clone().map(|b| b.to_string()),
+    )
+    .await;
+    assert_eq!(r.code(), "forbidden");
     let unchanged = with_cookie(&s, "GET", &me, &access_cookie, None, None).await;
     assert_eq!(
         unchanged.json()["username"],
@@ -155,6 +181,11 @@ async fn cookie_sessions_work_end_to_end_and_refuse_cross_site_use() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.json().get("refresh_token").is_none(),
+        "it stays in its HttpOnly cookie"
+    );
+    assert!(r.json()["access_token"].is_string());
     let renewed = set_cookies(&r);
     assert_eq!(renewed.len(), 2);
     assert_ne!(&renewed[1].1, refresh);

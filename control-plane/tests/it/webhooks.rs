@@ -40,6 +40,7 @@ async fn signed_deliveries_retries_dead_letters_and_replay() {
     for bad in [
         json!({"url": receiver.url("/hook"), "events": []}),
         json!({"url": receiver.url("/hook"), "events": ["Not An Event"]}),
+        json!({"url": receiver.url("/hook"), "events": ["login.succeded"]}),
         json!({"url": "ftp://x/", "events": ["*"]}),
         json!({"url": receiver.url("/hook"), "events": ["*"], "secret": "whsec_c2hvcnQ="}),
     ] {
@@ -53,7 +54,7 @@ async fn signed_deliveries_retries_dead_letters_and_replay() {
         .post(
             &hooks,
             Some(&key),
-            json!({"url": receiver.url("/hook"), "events": ["user.registered", "session.revoked"]}),
+            json!({"url": receiver.url("/hook"), "events": ["user.created", "session.revoked"]}),
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
@@ -88,7 +89,7 @@ async fn signed_deliveries_retries_dead_letters_and_replay() {
         "the check can fail"
     );
     let body = call.json();
-    assert_eq!(body["type"], "user.registered");
+    assert_eq!(body["type"], "user.created");
     assert_eq!(body["data"]["user_id"], tokens["user_id"]);
     assert!(
         !call
@@ -97,7 +98,7 @@ async fn signed_deliveries_retries_dead_letters_and_replay() {
             .any(|w| w == PASSWORD.as_bytes())
     );
 
-    // Only subscribed events: a login (session.created) sends nothing, a logout does.
+    // Only subscribed events: a login (login.succeeded) sends nothing, a logout does.
     let login = s.login(&app, "ann@example.com").await;
     let logout = format!("/v1/apps/{app}/logout");
     s.post(
