@@ -95,6 +95,26 @@ pub struct Event<'a> {
     pub ctx: &'a Ctx,
 }
 
+impl<'a> Event<'a> {
+    /// An event of the application's administration (its API key or its owner).
+    pub fn by_admin(
+        app: Uuid,
+        user: Option<Uuid>,
+        event: &'static str,
+        details: Value,
+        ctx: &'a Ctx,
+    ) -> Self {
+        Self {
+            app: Some(app),
+            user,
+            actor: Actor::Admin,
+            event,
+            details,
+            ctx,
+        }
+    }
+}
+
 pub async fn record(client: &impl GenericClient, e: Event<'_>) -> Result<(), ApiError> {
     debug_assert!(
         EVENTS.contains(&e.event),

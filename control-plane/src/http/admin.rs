@@ -152,7 +152,7 @@ async fn create(
     let user = users::insert(&tx, app.id, &new).await?;
     audit::record(
         &tx,
-        admin_event(app.id, user.id, "user.created", Value::Null, &ctx),
+        Event::by_admin(app.id, Some(user.id), "user.created", Value::Null, &ctx),
     )
     .await?;
     tx.commit().await?;
@@ -255,7 +255,7 @@ async fn patch(
     let details = json!({ "fields": named, "revoked": revoke });
     audit::record(
         &tx,
-        admin_event(app.id, user.id, "user.updated", details, &ctx),
+        Event::by_admin(app.id, Some(user.id), "user.updated", details, &ctx),
     )
     .await?;
     tx.commit().await?;
@@ -280,22 +280,4 @@ async fn delete(
     let user = find_user(&state, app.id, &id).await?;
     super::me::delete_user(&state, &user, Actor::Admin, &ctx).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// An event of the application's administration (API key or owner) about `user`.
-fn admin_event<'a>(
-    app: Uuid,
-    user: Uuid,
-    event: &'static str,
-    details: Value,
-    ctx: &'a Ctx,
-) -> Event<'a> {
-    Event {
-        app: Some(app),
-        user: Some(user),
-        actor: Actor::Admin,
-        event,
-        details,
-        ctx,
-    }
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{JsonBody, auth, created};
 use crate::apps::{self, APP_COLUMNS, App, AppView};
-use crate::audit::{self, Actor, Event};
+use crate::audit::{self, Event};
 use crate::crypto::{digest, random_token};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::sessions::{self, AppsOf, Ctx};
@@ -198,7 +198,11 @@ async fn patch(
         .q_one(&sql, &[&app.id, &name, &settings_json, &expires_at])
         .await
         .map_err(app_exists)?;
-    audit::record(&tx, app_event(app.id, "app.updated", &ctx)).await?;
+    audit::record(
+        &tx,
+        Event::by_admin(app.id, None, "app.updated", serde_json::Value::Null, &ctx),
+    )
+    .await?;
     tx.commit().await?;
     state.apps.forget(app.id);
     Ok(Json(App::from_row(&row).view(None)))
@@ -221,7 +225,11 @@ async fn delete(
     tx.exec("DELETE FROM apps WHERE id = $1", &[&app.id])
         .await?;
     // Kept after the application (the log has no foreign keys).
-    audit::record(&tx, app_event(app.id, "app.deleted", &ctx)).await?;
+    audit::record(
+        &tx,
+        Event::by_admin(app.id, None, "app.deleted", serde_json::Value::Null, &ctx),
+    )
+    .await?;
     tx.commit().await?;
     drop(client);
     state.apps.forget(app.id);
@@ -248,21 +256,19 @@ async fn rotate_key(
         &[&app.id, &digest(&key)],
     )
     .await?;
-    audit::record(&tx, app_event(app.id, "app.api_key_rotated", &ctx)).await?;
+    audit::record(
+        &tx,
+        Event::by_admin(
+            app.id,
+            None,
+            "app.api_key_rotated",
+            serde_json::Value::Null,
+            &ctx,
+        ),
+    )
+    .await?;
     tx.commit().await?;
     Ok(created(ApiKey { api_key: key }))
-}
-
-/// An event of the application's own administration (by its owner or API key).
-fn app_event<'a>(app: Uuid, event: &'static str, ctx: &'a Ctx) -> Event<'a> {
-    Event {
-        app: Some(app),
-        user: None,
-        actor: Actor::Admin,
-        event,
-        details: serde_json::Value::Null,
-        ctx,
-    }
 }
 
 /// The application's settings, defaults filled in.
@@ -308,8 +314,8 @@ async fn settings_put(
         .as_object()
         .map(|o| o.keys().collect())
         .unwrap_or_default();
-    let mut changed = app_event(app.id, "app.settings_updated", &ctx);
-    changed.details = serde_json::json!({ "fields": named });
+    let details = serde_json::json!({ "fields": named });
+    let changed = Event::by_admin(app.id, None, "app.settings_updated", details, &ctx);
     audit::record(&tx, changed).await?;
     tx.commit().await?;
     state.apps.forget(app.id);

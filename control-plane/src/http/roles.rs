@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{JsonBody, auth, created};
-use crate::audit::{self, Actor, Event};
+use crate::audit::{self, Event};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::roles::{self, Role};
 use crate::sessions::{self, Ctx};
@@ -54,22 +54,6 @@ pub(super) struct NewRole {
     permissions: Vec<String>,
 }
 
-fn role_event<'a>(
-    app: Uuid,
-    event: &'static str,
-    details: serde_json::Value,
-    ctx: &'a Ctx,
-) -> Event<'a> {
-    Event {
-        app: Some(app),
-        user: None,
-        actor: Actor::Admin,
-        event,
-        details,
-        ctx,
-    }
-}
-
 /// A new role.
 #[utoipa::path(post, path = "/v1/apps/{app}/roles", tag = "admin", params(("app" = String, Path)),
     request_body = NewRole,
@@ -88,7 +72,11 @@ async fn create(
     let tx = client.transaction().await?;
     let role = roles::create(&tx, app.id, &name, &permissions).await?;
     let details = json!({ "role": name, "permissions": permissions });
-    audit::record(&tx, role_event(app.id, "role.created", details, &ctx)).await?;
+    audit::record(
+        &tx,
+        Event::by_admin(app.id, None, "role.created", details, &ctx),
+    )
+    .await?;
     tx.commit().await?;
     Ok(created(role))
 }
@@ -138,7 +126,11 @@ async fn put(
     let cutoffs = revoke_all_in(&tx, &holders, ctx.now).await?;
     let details =
         json!({ "role": name, "permissions": permissions, "revoked_users": holders.len() });
-    audit::record(&tx, role_event(app.id, "role.updated", details, &ctx)).await?;
+    audit::record(
+        &tx,
+        Event::by_admin(app.id, None, "role.updated", details, &ctx),
+    )
+    .await?;
     tx.commit().await?;
     drop(client);
     publish(&state, cutoffs).await;
@@ -189,7 +181,11 @@ async fn delete(
     };
     let details =
         json!({ "role": name, "holders": holders.len(), "revoked": revoke.revoke_tokens });
-    audit::record(&tx, role_event(app.id, "role.deleted", details, &ctx)).await?;
+    audit::record(
+        &tx,
+        Event::by_admin(app.id, None, "role.deleted", details, &ctx),
+    )
+    .await?;
     tx.commit().await?;
     drop(client);
     publish(&state, cutoffs).await;

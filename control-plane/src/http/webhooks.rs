@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{JsonBody, auth, created};
-use crate::audit::{self, Actor, Event};
+use crate::audit::{self, Event};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::sessions::Ctx;
 use crate::state::AppState;
@@ -57,17 +57,6 @@ pub(super) struct WebhookBody {
     secret: Option<String>,
 }
 
-fn event<'a>(app: Uuid, name: &'static str, webhook: Uuid, ctx: &'a Ctx) -> Event<'a> {
-    Event {
-        app: Some(app),
-        user: None,
-        actor: Actor::Admin,
-        event: name,
-        details: json!({ "webhook_id": webhook }),
-        ctx,
-    }
-}
-
 /// A new webhook; its secret is shown only in this answer.
 #[utoipa::path(post, path = "/v1/apps/{app}/webhooks", tag = "admin", params(("app" = String, Path)),
     request_body = WebhookBody,
@@ -87,7 +76,17 @@ async fn create(
     let tx = client.transaction().await?;
     let mut webhook =
         webhooks::create(&tx, &state.secrets, app.id, &body.url, &events, &secret).await?;
-    audit::record(&tx, event(app.id, "webhook.created", webhook.id, &ctx)).await?;
+    audit::record(
+        &tx,
+        Event::by_admin(
+            app.id,
+            None,
+            "webhook.created",
+            json!({ "webhook_id": webhook.id }),
+            &ctx,
+        ),
+    )
+    .await?;
     tx.commit().await?;
     webhook.secret = Some(secret);
     Ok(created(webhook))
@@ -129,7 +128,17 @@ async fn put(
         secret.as_deref(),
     )
     .await?;
-    audit::record(&tx, event(app.id, "webhook.updated", id, &ctx)).await?;
+    audit::record(
+        &tx,
+        Event::by_admin(
+            app.id,
+            None,
+            "webhook.updated",
+            json!({ "webhook_id": id }),
+            &ctx,
+        ),
+    )
+    .await?;
     tx.commit().await?;
     Ok(Json(webhook))
 }
@@ -149,7 +158,17 @@ async fn delete(
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
     webhooks::delete(&tx, app.id, id).await?;
-    audit::record(&tx, event(app.id, "webhook.deleted", id, &ctx)).await?;
+    audit::record(
+        &tx,
+        Event::by_admin(
+            app.id,
+            None,
+            "webhook.deleted",
+            json!({ "webhook_id": id }),
+            &ctx,
+        ),
+    )
+    .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
