@@ -172,6 +172,23 @@ pub async fn retire_in(
     Ok(())
 }
 
+/// Sets the user's password hash (`'!'`: none) and ends what the old password started:
+/// reset links mailed before, and sign-ins waiting at their second step.
+pub async fn set_password_in(
+    tx: &impl GenericClient,
+    user: Uuid,
+    hash: &str,
+    now: i64,
+) -> Result<(), ApiError> {
+    tx.exec(
+        "UPDATE users SET password_hash = $2 WHERE id = $1",
+        &[&user, &hash],
+    )
+    .await?;
+    let stale = [Purpose::PasswordReset.as_str(), Purpose::MfaLogin.as_str()];
+    retire_in(tx, user, &stale, now).await
+}
+
 /// A mail that carries a link with a fresh token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mailing {

@@ -261,15 +261,7 @@ async fn password_change(
     let new_hash = state.hasher.hash(&body.new_password).await?;
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    tx.exec(
-        "UPDATE users SET password_hash = $2 WHERE id = $1",
-        &[&user.id, &new_hash],
-    )
-    .await?;
-    // A reset link mailed before the change must not undo it, nor a sign-in half done with
-    // the old password finish.
-    let stale = [Purpose::PasswordReset.as_str(), Purpose::MfaLogin.as_str()];
-    recovery::retire_in(&tx, user.id, &stale, ctx.now).await?;
+    recovery::set_password_in(&tx, user.id, &new_hash, ctx.now).await?;
     audit::record(
         &tx,
         Event {

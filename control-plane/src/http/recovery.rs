@@ -304,14 +304,7 @@ async fn reset_password(
         .await?
         .ok_or_else(expired_or_used)?;
     let before = sessions::revoke_user_in(&tx, user.id, ctx.now).await?;
-    tx.exec(
-        "UPDATE users SET password_hash = $2 WHERE id = $1",
-        &[&user.id, &hash],
-    )
-    .await?;
-    // Other reset links, and sign-ins half done with the old password, end here.
-    let stale = [Purpose::PasswordReset.as_str(), Purpose::MfaLogin.as_str()];
-    recovery::retire_in(&tx, user.id, &stale, ctx.now).await?;
+    recovery::set_password_in(&tx, user.id, &hash, ctx.now).await?;
     audit::record(
         &tx,
         Event {
@@ -568,11 +561,7 @@ async fn magic_sign_in(
     let mut cutoff = None;
     if claimed {
         cutoff = Some(sessions::revoke_user_in(&tx, user.id, ctx.now).await?);
-        tx.exec(
-            "UPDATE users SET password_hash = '!' WHERE id = $1",
-            &[&user.id],
-        )
-        .await?;
+        recovery::set_password_in(&tx, user.id, "!", ctx.now).await?;
     }
     tx.exec(
         "UPDATE users SET email_verified = true WHERE id = $1",
