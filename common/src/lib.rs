@@ -1,14 +1,20 @@
 //! Types both Portcullis binaries agree on: the access-token profile, Ed25519 JWK/JWKS with
 //! RFC 7638 key ids, the Redis layout of API.md §5 and the contract's error codes.
 //!
-//! No I/O lives here: no HTTP framework, no database driver, no Redis client. The verifier's
+//! Without the `net` feature no I/O lives here. With it, two modules both binaries share:
+//! `redis_conn` (reaching Redis as a server, Cluster or Sentinel master) and `tls` (TLS
+//! listeners with reloading certificates). No HTTP framework or database driver. The verifier's
 //! hot path does not use these owned types either; it parses tokens by borrowing (see
 //! `portcullis-verifier::core`). These types serve the writers, tests and cold paths.
 
 pub mod env;
 pub mod error;
 pub mod jwk;
+#[cfg(feature = "net")]
+pub mod redis_conn;
 pub mod redis_layout;
+#[cfg(feature = "net")]
+pub mod tls;
 pub mod token;
 
 pub use error::ErrorCode;

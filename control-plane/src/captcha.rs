@@ -13,8 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use portcullis_common::ErrorCode;
+use portcullis_common::redis_conn::RedisConn;
 use redis::AsyncCommands as _;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
@@ -108,7 +108,7 @@ struct Verdict {
 pub struct Captcha {
     client: WebhookClient,
     allow_private: bool,
-    redis: ConnectionManager,
+    redis: RedisConn,
 }
 
 impl std::fmt::Debug for Captcha {
@@ -123,7 +123,7 @@ fn count(provider: Provider, outcome: &'static str) {
 }
 
 impl Captcha {
-    pub fn new(client: WebhookClient, allow_private: bool, redis: ConnectionManager) -> Self {
+    pub fn new(client: WebhookClient, allow_private: bool, redis: RedisConn) -> Self {
         Self {
             client,
             allow_private,

@@ -9,13 +9,17 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ipnet::IpNet;
 pub use portcullis_common::env::{ConfigError, Env, ProcessEnv};
+use portcullis_common::redis_conn::{REDIS_URL, RedisConfig};
+use portcullis_common::tls::{self, TlsFiles};
 
 /// Typed configuration. `Debug` never prints a secret.
 #[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// HTTPS on `listen` (`PORTCULLIS_TLS_CERT_FILE`, `PORTCULLIS_TLS_KEY_FILE`).
+    pub tls: Option<TlsFiles>,
     pub database_url: String,
-    pub redis_url: String,
+    pub redis: RedisConfig,
     /// `iss` of every token and the base of the discovery document (no trailing slash).
     pub issuer: String,
     /// Base of links sent by mail; defaults to the issuer.
@@ -49,6 +53,8 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
+            .field("tls", &self.tls.is_some())
+            .field("redis", &self.redis)
             .field("issuer", &self.issuer)
             .field("public_url", &self.public_url)
             .field("trusted_proxies", &self.trusted_proxies)
@@ -105,20 +111,25 @@ impl Config {
         let listen = listen
             .parse()
             .map_err(|_| err("PORTCULLIS_LISTEN", format!("{listen:?} is not host:port")))?;
+        let tls = tls::files_from_env(
+            env,
+            "PORTCULLIS_TLS_CERT_FILE",
+            "PORTCULLIS_TLS_KEY_FILE",
+            None,
+        )?;
         let database_url = required(env, "PORTCULLIS_DATABASE_URL")?;
         if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
             return Err(err("PORTCULLIS_DATABASE_URL", "must be a postgres:// URL"));
         }
-        let redis_url = required(env, "PORTCULLIS_REDIS_URL")?;
-        if redis_url.starts_with("rediss://") || redis_url.contains(',') {
-            return Err(err(
-                "PORTCULLIS_REDIS_URL",
-                "TLS and Cluster URLs are not supported yet; use one redis:// URL",
-            ));
-        }
-        if !redis_url.starts_with("redis://") {
-            return Err(err("PORTCULLIS_REDIS_URL", "must be a redis:// URL"));
-        }
+        // The URL may carry a password: the reason names the parameter, never the URL.
+        crate::db_tls::DbTarget::parse(&database_url)
+            .map_err(|reason| err("PORTCULLIS_DATABASE_URL", reason))?;
+        let redis = RedisConfig::from_env(env)?.ok_or_else(|| {
+            err(
+                REDIS_URL,
+                "is required (or PORTCULLIS_REDIS_SENTINELS with PORTCULLIS_REDIS_SENTINEL_MASTER)",
+            )
+        })?;
         let issuer = http_url("PORTCULLIS_ISSUER", required(env, "PORTCULLIS_ISSUER")?)?;
         let public_url = match env.get("PORTCULLIS_PUBLIC_URL") {
             Some(v) if !v.trim().is_empty() => http_url("PORTCULLIS_PUBLIC_URL", v)?,
@@ -200,8 +211,9 @@ impl Config {
             .transpose()?;
         Ok(Self {
             listen,
+            tls,
             database_url,
-            redis_url,
+            redis,
             issuer,
             public_url,
             admin_token,
@@ -257,7 +269,11 @@ mod tests {
     fn each_bad_setting_names_its_variable() {
         let cases = [
             ("PORTCULLIS_DATABASE_URL", "mysql://x"),
-            ("PORTCULLIS_REDIS_URL", "redis://a:1,redis://b:2"),
+            ("PORTCULLIS_REDIS_URL", "redis://a:1,http://b:2"),
+            (
+                "PORTCULLIS_DATABASE_URL",
+                "postgres://u@h/db?sslmode=verify-none",
+            ),
             ("PORTCULLIS_ISSUER", "localhost"),
             ("PORTCULLIS_ADMIN_TOKEN", "short"),
             ("PORTCULLIS_KEY_ENCRYPTION_KEY", "c2hvcnQ="),
@@ -281,6 +297,18 @@ mod tests {
             Config::from_env(&env).unwrap_err().var,
             "PORTCULLIS_MAIL_FROM",
             "a mail server needs a sender"
+        );
+        let mut env = base();
+        env.insert("PORTCULLIS_TLS_CERT_FILE", "/nonexistent/cert.pem");
+        assert_eq!(
+            Config::from_env(&env).unwrap_err().var,
+            "PORTCULLIS_TLS_KEY_FILE"
+        );
+        env.insert("PORTCULLIS_TLS_KEY_FILE", "/nonexistent/key.pem");
+        assert_eq!(
+            Config::from_env(&env).unwrap_err().var,
+            "PORTCULLIS_TLS_CERT_FILE",
+            "an unreadable certificate"
         );
         let mut env = base();
         env.remove("PORTCULLIS_ADMIN_TOKEN");

@@ -15,6 +15,7 @@ pub mod captcha;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod db_tls;
 pub mod error;
 pub mod http;
 pub mod keys;
@@ -39,7 +40,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
+use portcullis_common::tls::{self, ClientAuth, ReloadingConfig};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -60,6 +61,8 @@ pub enum StartError {
     Messages(String),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error("PORTCULLIS_TLS_CERT_FILE: {0}")]
+    Tls(String),
 }
 
 /// Connects to PostgreSQL (retrying while it starts) and applies the migrations.
@@ -91,8 +94,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     metrics::install();
+    portcullis_common::tls::install_provider();
+    let tls = match &config.tls {
+        Some(files) => Some(
+            ReloadingConfig::load(files.clone(), ClientAuth::None)
+                .map_err(|e| StartError::Tls(e.to_string()))?,
+        ),
+        None => None,
+    };
     let pool = migrate(&config).await?;
-    let publisher = Publisher::new(&config.redis_url)?;
+    let publisher = Publisher::new(&config.redis)?;
     let client = outbox::http_client().map_err(StartError::Messages)?;
     let outbox = outbox::Outbox::new(&config, client.clone()).map_err(StartError::Messages)?;
     let guarded = webhooks::client(config.webhook_allow_private).map_err(StartError::Messages)?;
@@ -123,19 +134,15 @@ pub async fn run(
     let app = http::router(state.clone());
     let drain = state.config.drain_timeout;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // Answers are small and latency matters more than packet count: without NODELAY a
-    // response split across two writes can wait out the client's delayed ACK (~40 ms).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    let reload = tls.clone().map(|t| tokio::spawn(t.watch()));
+    // Sets NODELAY: answers are small and latency matters more than packet count (without
+    // it a response split across two writes can wait out the client's delayed ACK, ~40 ms).
+    let listener = ServeListener(tls::Listener::new(listener, tls));
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
     let mut stopped = stop_rx.clone();
     let result = tokio::select! {
         r = server => r,
@@ -147,6 +154,9 @@ pub async fn run(
     };
     maintenance.abort();
     delivery.abort();
+    if let Some(reload) = reload {
+        reload.abort();
+    }
     result?;
     Ok(())
 }
@@ -201,5 +211,41 @@ async fn maintain(state: AppState) {
                 tracing::warn!(error = %e, "reconcile failed; retrying next interval");
             }
         }
+    }
+}
+
+/// The shared plain-or-TLS listener, for axum (which takes its own `Listener` trait).
+struct ServeListener(tls::Listener);
+
+/// The TCP peer of a connection, as handlers see it (`ConnectInfo<Peer>`).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ServeListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, ServeListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl axum::serve::Listener for ServeListener {
+    type Io = tls::Conn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok(conn) => return conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
     }
 }

@@ -8,8 +8,8 @@
 
 use std::net::IpAddr;
 
+use portcullis_common::redis_conn::RedisConn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
@@ -33,7 +33,7 @@ return n
 
 #[derive(Clone)]
 pub struct Limiter {
-    conn: ConnectionManager,
+    conn: RedisConn,
     hit: Script,
     forgive: Script,
 }
@@ -112,7 +112,7 @@ fn hashed(identifier: &str) -> String {
 }
 
 impl Limiter {
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: RedisConn) -> Self {
         Self {
             conn,
             hit: Script::new(HIT),

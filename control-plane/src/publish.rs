@@ -6,14 +6,13 @@
 //! and on a timer, so a flushed, restarted or briefly unreachable Redis heals by itself.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use portcullis_common::redis_conn::{RedisConfig, RedisConn};
 use portcullis_common::redis_layout::{
     EVENTS_CHANNEL, Event, JWKS, REVOKED_SESSIONS, REVOKED_USERS, VERSION,
 };
 use redis::AsyncCommands as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::error::ApiError;
 use crate::keys::KeyRing;
@@ -46,7 +45,7 @@ return 0
 /// A cheap, cloneable handle on one multiplexed, self-reconnecting Redis connection.
 #[derive(Clone)]
 pub struct Publisher {
-    conn: ConnectionManager,
+    conn: RedisConn,
     raise: redis::Script,
     drop_if: redis::Script,
     set_if: redis::Script,
@@ -76,15 +75,9 @@ impl Repaired {
 impl Publisher {
     /// Connects lazily: the control plane starts (and answers 503 where Redis is needed)
     /// while Redis is down, and the connection comes back by itself.
-    pub fn new(url: &str) -> redis::RedisResult<Self> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
+    pub fn new(redis: &RedisConfig) -> redis::RedisResult<Self> {
         Ok(Self {
-            conn: ConnectionManager::new_lazy_with_config(client, config)?,
+            conn: redis.connection(),
             raise: redis::Script::new(RAISE_CUTOFF),
             drop_if: redis::Script::new(DROP_IF_UNCHANGED),
             set_if: redis::Script::new(SET_IF_UNCHANGED),
@@ -92,7 +85,7 @@ impl Publisher {
     }
 
     /// The connection, for the rate limiter (which shares it).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 

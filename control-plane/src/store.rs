@@ -3,11 +3,11 @@
 //! Migrations run at start (and by `portcullis-control-plane migrate`) under an advisory
 //! lock, so replicas starting together apply each one exactly once.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+
+use crate::db_tls::DbTarget;
 
 /// Embedded migrations, applied in order; a migration never changes once shipped.
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -26,21 +26,25 @@ pub enum StoreError {
     Db(#[from] tokio_postgres::Error),
     #[error("database pool: {0}")]
     Build(#[from] deadpool_postgres::BuildError),
+    #[error("database URL: {0}")]
+    Url(String),
     #[error("database: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
 }
 
 /// A pool whose connections time out instead of hanging when the server is gone, so routes
-/// answer 503 quickly and recover once it returns.
+/// answer 503 quickly and recover once it returns. TLS follows the URL's `sslmode`.
 pub fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
-    let mut pg = tokio_postgres::Config::from_str(url)?;
+    let target = DbTarget::parse(url).map_err(StoreError::Url)?;
+    let tls = target.connector().map_err(StoreError::Url)?;
+    let mut pg = target.config;
     pg.connect_timeout(Duration::from_secs(3));
     if pg.get_application_name().is_none() {
         pg.application_name("portcullis-control-plane");
     }
     let manager = Manager::from_config(
         pg,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -58,16 +62,20 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
 pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, StoreError> {
     let mut client = pool.get().await?;
     client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    // Under the lock: two replicas creating the table at once would collide in the catalog.
+    let result = match client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                  version integer PRIMARY KEY,
                  applied_at timestamptz NOT NULL DEFAULT now())",
         )
-        .await?;
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
-    let result = apply(&mut client).await;
+        .await
+    {
+        Ok(()) => apply(&mut client).await,
+        Err(e) => Err(e.into()),
+    };
     let unlock = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await;

@@ -7,9 +7,17 @@
 //!
 //! - [`RedisServer`]: an empty, non-persistent `redis-server`; can be stopped and
 //!   restarted on the same port (with fresh, empty data) to test reconnect paths.
+//!   [`RedisServer::start_tls`] makes one that speaks only TLS.
+//! - [`RedisCluster`]: a Redis Cluster of N masters (no replicas), nodes that can be
+//!   stopped and restarted one at a time.
+//! - [`RedisSentinelGroup`]: a master, a replica and three Sentinels watching them; the
+//!   master can be killed and the failover awaited.
 //! - [`PostgresServer`]: a fresh cluster made by `initdb` (trust auth, user `postgres`),
 //!   with [`PostgresServer::create_database`] for per-test databases; a restart keeps
-//!   the data.
+//!   the data. [`PostgresServer::start_tls`] makes one that refuses connections
+//!   without TLS.
+//! - [`tls::TestCa`]: a throwaway certificate authority for the TLS servers and their
+//!   clients.
 //! - [`mail::SmtpServer`]: a real SMTP server process (Debian's `python3-aiosmtpd`)
 //!   writing to a maildir the tests read; can be stopped and restarted (an SMTP outage).
 //! - [`sink::HttpSink`]: an HTTP endpoint in the test process that records what it is
@@ -32,8 +40,14 @@
 
 pub mod http;
 pub mod mail;
+mod redis_cluster;
+mod redis_sentinel;
 pub mod sink;
+pub mod tls;
 pub mod tokens;
+
+pub use redis_cluster::RedisCluster;
+pub use redis_sentinel::RedisSentinelGroup;
 
 use std::collections::BTreeSet;
 use std::env;
@@ -52,10 +66,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use crate::tls::TestCa;
+
 /// How many times a server start is attempted, each time on a new port.
 const START_ATTEMPTS: usize = 3;
 /// How long a `redis-server` may take to answer `PING`.
 const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connect, read and write timeout of one command sent by the harness to a Redis.
+const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Names of the CA, certificate and key files of a TLS server, in its directory.
+const TLS_CA_FILE: &str = "ca.crt";
+const TLS_SERVER_STEM: &str = "server";
 /// How long a `postgres` may take to accept connections.
 const POSTGRES_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `stop()` waits for a clean PostgreSQL shutdown before killing it.
@@ -349,7 +370,25 @@ pub struct RedisServer {
     binary: PathBuf,
     port: u16,
     dir: TempDir,
+    mode: RedisMode,
     child: Option<Child>,
+}
+
+/// What a [`RedisServer`] process is; decides its arguments and its readiness probe.
+#[derive(Debug)]
+pub(crate) enum RedisMode {
+    /// A standalone server on plain TCP.
+    Plain,
+    /// TLS only (`--port 0`, `--tls-port` = the port), with the CA, certificate and key
+    /// in its directory; readiness is asked through `redis-cli --tls` at `cli`.
+    Tls { cli: PathBuf },
+    /// A cluster node. The bus port is chosen too: the default, port + 10000, can be
+    /// past 65535 or taken for ports in the ephemeral range.
+    Cluster { bus_port: u16 },
+    /// A replica of the server on 127.0.0.1:`master_port`.
+    Replica { master_port: u16 },
+    /// A Sentinel, with `sentinel.conf` (which it rewrites) in its directory.
+    Sentinel,
 }
 
 impl RedisServer {
@@ -361,23 +400,78 @@ impl RedisServer {
     /// Fails when `redis-server` is not installed (naming the package to install), or
     /// when it does not come up; the error then quotes the end of the server log.
     pub fn start() -> Result<Self> {
+        Self::start_as("redis", RedisMode::Plain, |_| Ok(()))
+    }
+
+    /// Like [`start`](Self::start), but the server speaks only TLS: no plain port
+    /// (`--port 0`), `--tls-port` on the port, a certificate from `ca` for `localhost`,
+    /// `127.0.0.1` and `::1`, no client certificates asked for
+    /// (`--tls-auth-clients no`). [`url`](Self::url) is then
+    /// [`tls_url`](Self::tls_url), and [`ca_file`](Self::ca_file) the CA to trust.
+    /// Readiness is checked with `redis-cli --tls` against that CA, so a start also
+    /// proves the certificate chains to it.
+    ///
+    /// [`connection`](Self::connection) does not work on it (this crate builds the
+    /// `redis` client without TLS); use the client under test, or `redis-cli --tls`.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start); also when `redis-cli` (package `redis-tools`) is
+    /// missing or the certificate files cannot be written.
+    pub fn start_tls(ca: &TestCa) -> Result<Self> {
+        let cli = require_binary("redis-cli", "redis-tools")?;
+        let issued = ca.issue_server(&["localhost", "127.0.0.1", "::1"])?;
+        Self::start_as("redis-tls", RedisMode::Tls { cli }, |dir| {
+            ca.write_ca(&dir.join(TLS_CA_FILE))?;
+            issued.write(dir, TLS_SERVER_STEM).map(drop)
+        })
+    }
+
+    /// Starts a server of `mode` in a new directory `kind`, after `prepare` has written
+    /// what it needs there; 3 attempts, each on new ports.
+    pub(crate) fn start_as(
+        kind: &str,
+        mode: RedisMode,
+        prepare: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Self> {
         let binary = require_binary("redis-server", "redis-server")?;
         let mut server = Self {
             binary,
             port: 0,
-            dir: TempDir::new("redis")?,
+            dir: TempDir::new(kind)?,
+            mode,
             child: None,
         };
-        retry("redis-server did not start", |_| {
+        prepare(&server.dir.path)?;
+        retry(&format!("redis-server ({kind}) did not start"), |_| {
             server.port = free_port();
+            if let RedisMode::Cluster { bus_port } = &mut server.mode {
+                *bus_port = free_port();
+            }
             server.spawn()
         })?;
         Ok(server)
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT`, or for a TLS server [`tls_url`](Self::tls_url).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.mode {
+            RedisMode::Tls { .. } => self.tls_url(),
+            _ => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// `rediss://localhost:PORT`: the host name the certificate of a
+    /// [`start_tls`](Self::start_tls) server is issued for (it also names `127.0.0.1`).
+    /// Meaningless for a plain server.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://localhost:{}", self.port)
+    }
+
+    /// The CA certificate (PEM) that a [`start_tls`](Self::start_tls) server's
+    /// certificate chains to; the file does not exist for a plain server.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path.join(TLS_CA_FILE)
     }
 
     /// The TCP port on 127.0.0.1; it stays the same across [`stop`](Self::stop) and
@@ -437,22 +531,77 @@ impl RedisServer {
             .with_context(|| format!("connecting to redis-server at {url}"))
     }
 
+    /// The directory of the server's files and log.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir.path
+    }
+
     /// Spawns the server on `self.port` and waits until it answers.
     fn spawn(&mut self) -> Result<()> {
         self.stop();
         let log = self.log_path();
         let (stdout, stderr) = open_log(&log, &format!("redis-server on port {}", self.port))?;
-        let child = Command::new(&self.binary)
-            .arg("--port")
-            .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
+        let port = self.port.to_string();
+        let mut command = Command::new(&self.binary);
+        if let RedisMode::Sentinel = self.mode {
+            // The configuration file must come first; Sentinel rewrites it with what it
+            // learns (replicas, other Sentinels, a failover's new master).
+            command
+                .arg(self.dir.path.join(SENTINEL_CONFIG))
+                .arg("--sentinel");
+        }
+        match &self.mode {
+            RedisMode::Tls { .. } => {
+                let dir = &self.dir.path;
+                command
+                    .args(["--port", "0", "--tls-port", &port])
+                    .arg("--tls-cert-file")
+                    .arg(dir.join(format!("{TLS_SERVER_STEM}.crt")))
+                    .arg("--tls-key-file")
+                    .arg(dir.join(format!("{TLS_SERVER_STEM}.key")))
+                    .arg("--tls-ca-cert-file")
+                    .arg(dir.join(TLS_CA_FILE))
+                    .args(["--tls-auth-clients", "no"])
+                    // The URL names localhost: also listen on ::1 where it exists ("-"
+                    // makes that address optional).
+                    .args(["--bind", "127.0.0.1 -::1"]);
+            }
+            _ => {
+                command.args(["--port", &port, "--bind", "127.0.0.1"]);
+            }
+        }
+        if !matches!(self.mode, RedisMode::Sentinel) {
+            // A replica's first sync would otherwise wait 5 s for more replicas
+            // (Redis 7's diskless sync delay), on a failover's new master too.
+            command
+                .args(["--save", ""])
+                .args(["--appendonly", "no"])
+                .args(["--repl-diskless-sync-delay", "0"]);
+        }
+        match &self.mode {
+            RedisMode::Cluster { bus_port } => {
+                command
+                    .args(["--cluster-enabled", "yes"])
+                    .args(["--cluster-config-file", CLUSTER_CONFIG])
+                    .args(["--cluster-node-timeout", "2000"])
+                    .args(["--cluster-port", &bus_port.to_string()]);
+            }
+            RedisMode::Replica { master_port } => {
+                command.args(["--replicaof", "127.0.0.1", &master_port.to_string()]);
+            }
+            _ => {}
+        }
+        // Replication, cluster and Sentinel events are what a failing test needs to see.
+        let loglevel = match self.mode {
+            RedisMode::Plain | RedisMode::Tls { .. } => "warning",
+            _ => "notice",
+        };
+        let child = command
             .arg("--dir")
             .arg(&self.dir.path)
             .args(["--protected-mode", "no"])
             .args(["--daemonize", "no"])
-            .args(["--loglevel", "warning"])
+            .args(["--loglevel", loglevel])
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -460,6 +609,7 @@ impl RedisServer {
             .with_context(|| format!("spawning {}", self.binary.display()))?;
         let pid = child.id();
         let child = self.child.insert(child);
+        let ca_file = self.dir.path.join(TLS_CA_FILE);
 
         let deadline = Instant::now() + REDIS_READY_TIMEOUT;
         loop {
@@ -471,7 +621,11 @@ impl RedisServer {
                     log_tail(&log)
                 );
             }
-            match redis_ping(self.port) {
+            let answer = match &self.mode {
+                RedisMode::Tls { cli } => redis_tls_ping(cli, self.port, &ca_file),
+                _ => redis_ping(self.port),
+            };
+            match answer {
                 // Answered by *this* server (not by someone else who took the port).
                 Some(RedisPong {
                     pid: Some(answering),
@@ -497,6 +651,76 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Sentinel's configuration file, in its directory.
+pub(crate) const SENTINEL_CONFIG: &str = "sentinel.conf";
+/// A cluster node's configuration file, in its directory (kept across restarts).
+const CLUSTER_CONFIG: &str = "nodes.conf";
+
+/// Runs `cmd` on the plain-TCP Redis (or Sentinel) at 127.0.0.1:`port` over a new
+/// connection, each step bounded by [`REDIS_COMMAND_TIMEOUT`].
+pub(crate) fn redis_query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Result<T> {
+    let url = format!("redis://127.0.0.1:{port}");
+    let client = redis::Client::open(url.as_str()).with_context(|| format!("parsing {url}"))?;
+    let mut conn = client
+        .get_connection_with_timeout(REDIS_COMMAND_TIMEOUT)
+        .with_context(|| format!("connecting to {url}"))?;
+    conn.set_read_timeout(Some(REDIS_COMMAND_TIMEOUT))?;
+    conn.set_write_timeout(Some(REDIS_COMMAND_TIMEOUT))?;
+    cmd.query(&mut conn)
+        .with_context(|| format!("{url}: {}", command_name(cmd)))
+}
+
+/// The first words of `cmd`, for error messages.
+fn command_name(cmd: &redis::Cmd) -> String {
+    cmd.args_iter()
+        .take(2)
+        .map(|arg| match arg {
+            redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            _ => "?".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `INFO server` through `redis-cli --tls` trusting `ca`; `Some` when it answered.
+fn redis_tls_ping(cli: &Path, port: u16, ca: &Path) -> Option<RedisPong> {
+    let mut child = Command::new(cli)
+        .arg("--tls")
+        .arg("--cacert")
+        .arg(ca)
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &port.to_string(),
+            "-e",
+            "INFO",
+            "server",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    // redis-cli has no connect timeout of its own; a server that accepts and never
+    // finishes the handshake must not hang the probe.
+    let Some(status) = wait_timeout(&mut child, Duration::from_secs(2)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return None;
+    };
+    let mut out = String::new();
+    child.stdout.take()?.read_to_string(&mut out).ok()?;
+    if !status.success() {
+        return None;
+    }
+    out.lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .map(|pid| RedisPong {
+            pid: pid.trim().parse().ok(),
+        })
 }
 
 /// A `+PONG` answer, with the `process_id` the server reported (if it did).
@@ -572,6 +796,8 @@ pub struct PostgresServer {
     dir: TempDir,
     /// Uid and gid to run `initdb`/`postgres` as, when this process is root.
     run_as: Option<(u32, u32)>,
+    /// `ssl=on` with the files in the directory, and only `hostssl` connections.
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -590,6 +816,33 @@ impl PostgresServer {
     /// `initdb` fails, or when the server does not come up; the error then quotes the
     /// end of the server log.
     pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Like [`start`](Self::start), but with `ssl=on`, a certificate from `ca` for
+    /// `localhost` and `127.0.0.1`, and a `pg_hba.conf` that rejects every TCP
+    /// connection without TLS (`hostnossl ... reject`), so a client that connects
+    /// at all has proved it speaks TLS. [`url`](Self::url) and the URLs of
+    /// [`create_database`](Self::create_database) carry `?sslmode=require` (understood
+    /// by libpq and tokio-postgres); [`ca_file`](Self::ca_file) is the CA to trust for
+    /// `verify-full`.
+    ///
+    /// When this process is root, the key file is owned by `postgres` with mode 0600:
+    /// PostgreSQL refuses a key that others can read.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start); also when the certificate files cannot be written.
+    pub fn start_tls(ca: &TestCa) -> Result<Self> {
+        Self::start_with(Some(ca))
+    }
+
+    fn start_with(ca: Option<&TestCa>) -> Result<Self> {
+        let kind = if ca.is_some() {
+            "postgres-tls"
+        } else {
+            "postgres"
+        };
         let initdb = require_binary("initdb", "postgresql")?;
         // Use the `postgres` next to `initdb` (same installation) when there is one.
         let postgres = fs::canonicalize(&initdb)
@@ -610,11 +863,15 @@ impl PostgresServer {
         let mut server = Self {
             postgres,
             port: 0,
-            dir: TempDir::new("postgres")?,
+            dir: TempDir::new(kind)?,
             run_as,
+            tls: ca.is_some(),
             child: None,
         };
         server.init_cluster(&initdb)?;
+        if let Some(ca) = ca {
+            server.set_up_tls(ca)?;
+        }
 
         retry("postgres did not start", |_| {
             server.port = free_port();
@@ -623,9 +880,16 @@ impl PostgresServer {
         Ok(server)
     }
 
-    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`, with `?sslmode=require` for a
+    /// [`start_tls`](Self::start_tls) server.
     pub fn url(&self) -> String {
         self.database_url("postgres")
+    }
+
+    /// The CA certificate (PEM) that a [`start_tls`](Self::start_tls) server's
+    /// certificate chains to; the file does not exist for a plain server.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path.join(TLS_CA_FILE)
     }
 
     /// The TCP port on 127.0.0.1; it stays the same across [`stop`](Self::stop) and
@@ -641,7 +905,8 @@ impl PostgresServer {
 
     /// Creates a new, empty database named `name` (any name PostgreSQL accepts, at
     /// most 63 bytes) with `psql`, and returns its URL
-    /// (`postgres://postgres@127.0.0.1:PORT/<name>`).
+    /// (`postgres://postgres@127.0.0.1:PORT/<name>`, plus `?sslmode=require` for a
+    /// [`start_tls`](Self::start_tls) server, which `psql` then connects with).
     ///
     /// # Errors
     ///
@@ -702,11 +967,43 @@ impl PostgresServer {
     }
 
     fn database_url(&self, database: &str) -> String {
+        let query = if self.tls { "?sslmode=require" } else { "" };
         format!(
-            "postgres://postgres@127.0.0.1:{}/{}",
+            "postgres://postgres@127.0.0.1:{}/{}{query}",
             self.port,
             percent_encode(database)
         )
+    }
+
+    /// Writes the CA, certificate and key next to the data directory and lets only TLS
+    /// connections in over TCP.
+    fn set_up_tls(&self, ca: &TestCa) -> Result<()> {
+        let dir = &self.dir.path;
+        ca.write_ca(&dir.join(TLS_CA_FILE))?;
+        let (cert, key) = ca
+            .issue_server(&["localhost", "127.0.0.1"])?
+            .write(dir, TLS_SERVER_STEM)?;
+        if let Some((uid, gid)) = self.run_as {
+            // The server runs as `postgres`: a root-owned 0600 key would be unreadable
+            // to it, and a more open one is refused ("has group or world access").
+            for path in [&cert, &key] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                    .with_context(|| format!("chown postgres {}", path.display()))?;
+            }
+        }
+        // Replaces initdb's file (whose owner and mode stay). The local socket stays
+        // trusted for the harness's own tools; TCP needs TLS.
+        let hba = self.data_dir().join("pg_hba.conf");
+        fs::write(
+            &hba,
+            "# portcullis-tests: TLS only over TCP\n\
+             local     all all              trust\n\
+             hostnossl all all 0.0.0.0/0    reject\n\
+             hostnossl all all ::/0         reject\n\
+             hostssl   all all 127.0.0.1/32 trust\n\
+             hostssl   all all ::1/128      trust\n",
+        )
+        .with_context(|| format!("writing {}", hba.display()))
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -782,6 +1079,7 @@ impl PostgresServer {
             .args(["-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off"])
             .args(["-c", "max_connections=200"])
+            .args(self.tls_settings())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
@@ -818,6 +1116,22 @@ impl PostgresServer {
             }
             thread::sleep(POLL_INTERVAL);
         }
+    }
+
+    /// The `-c` settings turning TLS on, for a [`start_tls`](Self::start_tls) server.
+    fn tls_settings(&self) -> Vec<String> {
+        if !self.tls {
+            return Vec::new();
+        }
+        let file = |name: &str| self.dir.path.join(name).display().to_string();
+        vec![
+            "-c".to_owned(),
+            "ssl=on".to_owned(),
+            "-c".to_owned(),
+            format!("ssl_cert_file={}", file(&format!("{TLS_SERVER_STEM}.crt"))),
+            "-c".to_owned(),
+            format!("ssl_key_file={}", file(&format!("{TLS_SERVER_STEM}.key"))),
+        ]
     }
 
     /// Whether `data/postmaster.pid` names `pid`, our port, and status "ready".
@@ -1012,6 +1326,154 @@ mod tests {
         assert!(redis_ping(a.port()).is_some());
         assert!(redis_ping(b.port()).is_some());
         assert!(a.log_path().is_file());
+    }
+
+    /// `redis-cli --tls` trusting `ca` against localhost:`port`: (success, output).
+    fn redis_cli_tls(port: u16, ca: &Path, args: &[&str]) -> (bool, String) {
+        let out = Command::new(find_binary("redis-cli").unwrap())
+            .arg("--tls")
+            .arg("--cacert")
+            .arg(ca)
+            .args(["-h", "localhost", "-p", &port.to_string(), "-e"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text.trim().to_owned())
+    }
+
+    #[test]
+    fn redis_tls_answers_only_clients_trusting_its_ca() {
+        let started = Instant::now();
+        let ca = TestCa::new().unwrap();
+        let mut server = RedisServer::start_tls(&ca).unwrap();
+        eprintln!("TLS redis-server up in {:?}", started.elapsed());
+        let port = server.port();
+        assert_eq!(server.url(), format!("rediss://localhost:{port}"));
+        assert_eq!(server.tls_url(), server.url());
+        assert_eq!(fs::read_to_string(server.ca_file()).unwrap(), ca.ca_pem());
+
+        let (ok, out) = redis_cli_tls(port, &server.ca_file(), &["PING"]);
+        assert!(ok, "{out}");
+        assert_eq!(out, "PONG");
+        let (ok, out) = redis_cli_tls(port, &server.ca_file(), &["SET", "k", "v"]);
+        assert!(ok && out == "OK", "{out}");
+
+        // redis-cli checks the chain but not the host name: openssl checks that the
+        // certificate names localhost (the URL's host) and 127.0.0.1.
+        let verify = |flag: &str, name: &str| {
+            Command::new(find_binary("openssl").unwrap())
+                .args(["s_client", "-brief", "-verify_return_error", "-connect"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("-CAfile")
+                .arg(server.ca_file())
+                .args([flag, name])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        assert!(verify("-verify_hostname", "localhost"));
+        assert!(verify("-verify_ip", "127.0.0.1"));
+        assert!(!verify("-verify_hostname", "elsewhere.invalid"));
+
+        // A client trusting another CA fails the handshake.
+        let other = TestCa::new().unwrap();
+        let other_file = server.dir.path.join("other-ca.crt");
+        other.write_ca(&other_file).unwrap();
+        let (ok, out) = redis_cli_tls(port, &other_file, &["PING"]);
+        assert!(!ok, "{out}");
+        assert!(out.contains("certificate verify failed"), "{out}");
+
+        // No plain-TCP RESP on the port (and no plain port at all: --port 0).
+        assert!(redis_ping(port).is_none());
+
+        server.restart().unwrap();
+        assert_eq!(server.port(), port);
+        let (ok, out) = redis_cli_tls(port, &server.ca_file(), &["GET", "k"]);
+        assert!(ok && out.is_empty(), "restart starts empty: {out}");
+    }
+
+    /// `psql` with a libpq connection string: (success, stdout + stderr).
+    fn psql_conninfo(conninfo: &str, sql: &str) -> (bool, String) {
+        let out = Command::new(find_binary("psql").unwrap())
+            .args([
+                "-X",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                conninfo,
+                "-c",
+                sql,
+            ])
+            .env("PGCONNECT_TIMEOUT", "5")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text.trim().to_owned())
+    }
+
+    #[test]
+    fn postgres_tls_refuses_connections_without_tls() {
+        let started = Instant::now();
+        let ca = TestCa::new().unwrap();
+        let mut server = PostgresServer::start_tls(&ca).unwrap();
+        eprintln!("TLS postgres up in {:?}", started.elapsed());
+        let port = server.port();
+        assert_eq!(
+            server.url(),
+            format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=require")
+        );
+        let ssl_used = "select ssl from pg_stat_ssl where pid = pg_backend_pid()";
+        assert_eq!(psql(&server.url(), ssl_used), "t");
+
+        let db = server.create_database("tls db").unwrap();
+        assert_eq!(
+            db,
+            format!("postgres://postgres@127.0.0.1:{port}/tls%20db?sslmode=require")
+        );
+        assert_eq!(psql(&db, "select current_database()"), "tls db");
+
+        let base = format!("port={port} user=postgres dbname=postgres");
+        let (ok, out) = psql_conninfo(
+            &format!("host=127.0.0.1 {base} sslmode=disable"),
+            "select 1",
+        );
+        assert!(!ok, "{out}");
+        assert!(out.contains("no encryption"), "rejected by pg_hba: {out}");
+
+        // The certificate names both the IP address and localhost.
+        let ca_file = server.ca_file().display().to_string();
+        for host in ["127.0.0.1", "localhost"] {
+            let conninfo = format!("host={host} {base} sslmode=verify-full sslrootcert={ca_file}");
+            let (ok, out) = psql_conninfo(&conninfo, ssl_used);
+            assert!(ok && out == "t", "{host}: {out}");
+        }
+        let other = TestCa::new().unwrap();
+        let other_file = server.dir.path.join("other-ca.crt");
+        other.write_ca(&other_file).unwrap();
+        let conninfo = format!(
+            "host=127.0.0.1 {base} sslmode=verify-full sslrootcert={}",
+            other_file.display()
+        );
+        let (ok, out) = psql_conninfo(&conninfo, "select 1");
+        assert!(!ok, "{out}");
+        assert!(out.contains("certificate verify failed"), "{out}");
+
+        server.restart().unwrap();
+        assert_eq!(psql(&db, ssl_used), "t", "TLS again after a restart");
     }
 
     #[test]

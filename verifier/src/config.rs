@@ -12,15 +12,17 @@ use crate::core::Settings;
 use crate::policy::Policy;
 
 pub use portcullis_common::env::{ConfigError, Env, ProcessEnv};
+use portcullis_common::redis_conn::{REDIS_SENTINELS, RedisConfig};
+use portcullis_common::tls::{self, TlsFiles};
 
 fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::new(var, message)
 }
 
 /// Where keys (and, for Redis, revocations) come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum KeySource {
-    Redis { url: String },
+    Redis(Box<RedisConfig>),
     JwksUrl { url: String },
     JwksFile { path: PathBuf },
 }
@@ -30,6 +32,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `None` when set to `off`.
     pub grpc_listen: Option<SocketAddr>,
+    /// TLS on both listeners; with a client CA, ext_authz callers need its certificates.
+    pub tls: Option<TlsFiles>,
     pub source: KeySource,
     pub settings: Settings,
     pub cookie: Option<String>,
@@ -45,7 +49,10 @@ pub struct Config {
 
 const LISTEN: &str = "PORTCULLIS_VERIFIER_LISTEN";
 const GRPC_LISTEN: &str = "PORTCULLIS_VERIFIER_GRPC_LISTEN";
-const REDIS_URL: &str = "PORTCULLIS_REDIS_URL";
+const REDIS_URL: &str = portcullis_common::redis_conn::REDIS_URL;
+const TLS_CERT: &str = "PORTCULLIS_VERIFIER_TLS_CERT_FILE";
+const TLS_KEY: &str = "PORTCULLIS_VERIFIER_TLS_KEY_FILE";
+const TLS_CLIENT_CA: &str = "PORTCULLIS_VERIFIER_TLS_CLIENT_CA_FILE";
 const JWKS_URL: &str = "PORTCULLIS_VERIFIER_JWKS_URL";
 const JWKS_FILE: &str = "PORTCULLIS_VERIFIER_JWKS_FILE";
 const ISSUER: &str = "PORTCULLIS_VERIFIER_ISSUER";
@@ -98,20 +105,11 @@ impl Config {
             _ => Some(addr(env, GRPC_LISTEN, "0.0.0.0:8082")?),
         };
 
+        let tls = tls::files_from_env(env, TLS_CERT, TLS_KEY, Some(TLS_CLIENT_CA))?;
         let set = |var| env.get(var).filter(|v| !v.trim().is_empty());
-        let source = match (set(REDIS_URL), set(JWKS_URL), set(JWKS_FILE)) {
-            (Some(url), None, None) => {
-                if url.starts_with("rediss://") {
-                    return Err(err(
-                        REDIS_URL,
-                        "rediss:// (TLS) is not supported yet; use redis://",
-                    ));
-                }
-                if let Err(e) = redis::Client::open(url.as_str()) {
-                    return Err(err(REDIS_URL, format!("not a usable Redis URL: {e}")));
-                }
-                KeySource::Redis { url }
-            }
+        let redis = RedisConfig::from_env(env)?;
+        let source = match (redis, set(JWKS_URL), set(JWKS_FILE)) {
+            (Some(redis), None, None) => KeySource::Redis(Box::new(redis)),
             (None, Some(url), None) => {
                 if !(url.starts_with("https://") || url.starts_with("http://")) {
                     return Err(err(JWKS_URL, "must be an http:// or https:// URL"));
@@ -122,7 +120,9 @@ impl Config {
             (None, None, None) => {
                 return Err(err(
                     REDIS_URL,
-                    format!("no key source: set {REDIS_URL}, {JWKS_URL} or {JWKS_FILE}"),
+                    format!(
+                        "no key source: set {REDIS_URL} (or {REDIS_SENTINELS}), {JWKS_URL} or {JWKS_FILE}"
+                    ),
                 ));
             }
             _ => {
@@ -191,6 +191,7 @@ impl Config {
         Ok(Self {
             listen,
             grpc_listen,
+            tls,
             source,
             settings,
             cookie,
@@ -236,14 +237,30 @@ mod tests {
 
     #[test]
     fn each_bad_setting_names_its_variable() {
-        let cases: [(&[(&str, &str)], &str); 9] = [
+        let cases: [(&[(&str, &str)], &str); 11] = [
             (&[(ISSUER, "x")], REDIS_URL),
             (
                 &[(REDIS_URL, "redis://h"), (JWKS_FILE, "/x"), (ISSUER, "x")],
                 REDIS_URL,
             ),
             (&[(REDIS_URL, "http://h")], REDIS_URL),
-            (&[(REDIS_URL, "rediss://h")], REDIS_URL),
+            (&[(REDIS_URL, "redis://a:1,http://b:2")], REDIS_URL),
+            (
+                &[
+                    (REDIS_URL, "redis://h"),
+                    (ISSUER, "x"),
+                    (TLS_CERT, "/nonexistent/c.pem"),
+                ],
+                TLS_KEY,
+            ),
+            (
+                &[
+                    (REDIS_URL, "redis://h"),
+                    (ISSUER, "x"),
+                    (TLS_CLIENT_CA, "/x/ca.pem"),
+                ],
+                TLS_CERT,
+            ),
             (&[(REDIS_URL, "redis://h")], ISSUER),
             (
                 &[(REDIS_URL, "redis://h"), (ISSUER, "x"), (LEEWAY, "abc")],

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use portcullis_common::tls::{self, ClientAuth, ReloadingConfig};
 use tokio::net::TcpListener;
 
 use crate::config::{Config, KeySource};
@@ -36,10 +37,10 @@ pub async fn run(
     });
     let mut background = tokio::task::JoinSet::new();
     match &config.source {
-        KeySource::Redis { url } => {
-            let client = redis::Client::open(url.as_str())?;
+        KeySource::Redis(redis) => {
+            tracing::info!(redis = %redis.describe(), "keys and revocations from Redis");
             background.spawn(sync::redis::run(
-                client,
+                (**redis).clone(),
                 shared.clone(),
                 config.resync_interval,
             ));
@@ -73,15 +74,42 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let grpc = listeners
-        .grpc
-        .map(|l| tokio::spawn(serve::grpc::serve(l, app.clone(), stopped(stop_rx.clone()))));
-    tracing::info!(http = ?listeners.http.local_addr().ok(), "verifier listening");
+    portcullis_common::tls::install_provider();
+    // The HTTP port lets probes in without a client certificate (and refuses checks
+    // without one); the gRPC port refuses such callers in the handshake.
+    let mut tls_for = |required| -> anyhow::Result<_> {
+        let Some(files) = &config.tls else {
+            return Ok(None);
+        };
+        let auth = match &files.client_ca {
+            Some(ca) => ClientAuth::Ca {
+                ca: ca.clone(),
+                required,
+            },
+            None => ClientAuth::None,
+        };
+        let reloading = ReloadingConfig::load(files.clone(), auth)?;
+        background.spawn(reloading.clone().watch());
+        Ok(Some(reloading))
+    };
+    let http_tls = tls_for(false)?;
+    let grpc_tls = tls_for(true)?;
+    let grpc = listeners.grpc.map(|l| {
+        let listener = tls::Listener::new(l, grpc_tls);
+        tokio::spawn(serve::grpc::serve(
+            listener,
+            app.clone(),
+            stopped(stop_rx.clone()),
+        ))
+    });
+    tracing::info!(http = ?listeners.http.local_addr().ok(), tls = config.tls.is_some(), "verifier listening");
     let limits = serve::http::Limits {
         max_connections: config.max_connections,
         drain_timeout: config.drain_timeout,
+        client_cert_required: config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
     };
-    serve::http::serve(listeners.http, app, limits, stopped(stop_rx)).await;
+    let http = tls::Listener::new(listeners.http, http_tls);
+    serve::http::serve(http, app, limits, stopped(stop_rx)).await;
     if let Some(grpc) = grpc
         && let Ok(Err(e)) = grpc.await
     {

@@ -4,7 +4,7 @@
 //! Handlers are thin: parse and authorize here, call one domain function, return its value
 //! or its [`ApiError`] (mapped to problem+json in one place, `error.rs`).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Instant;
 
 use axum::Router;
@@ -193,8 +193,8 @@ impl FromRequestParts<AppState> for Ctx {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let peer = parts
             .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+            .get::<ConnectInfo<crate::Peer>>()
+            .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.0.ip());
         Ok(Ctx {
             ip: client_ip(peer, &parts.headers, &state.config.trusted_proxies),
             user_agent: parts

@@ -76,7 +76,10 @@ async fn reconcile_prunes_what_has_expired_and_restores_what_is_missing() {
     let redis_server = tokio::task::spawn_blocking(|| RedisServer::start().unwrap())
         .await
         .unwrap();
-    let publisher = Publisher::new(&redis_server.url()).unwrap();
+    let publisher = Publisher::new(
+        &portcullis_common::redis_conn::RedisConfig::from_url(&redis_server.url()).unwrap(),
+    )
+    .unwrap();
     let keys = KeyRing::new(pool.clone(), Secrets::new(&[1; 32]), Duration::ZERO);
     let mut redis = redis_server.connection().await.unwrap();
     let now = clock::unix_now();

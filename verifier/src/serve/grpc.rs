@@ -12,7 +12,11 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
-use tokio::net::TcpListener;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use portcullis_common::tls::{self, Conn};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{App, Credentials, Decision, challenge, for_each_identity, problem_body, with_scratch};
 
@@ -122,17 +126,55 @@ impl Authorization for ExtAuthz {
     }
 }
 
-/// Serves gRPC ext_authz on `listener` until `shutdown` resolves.
+/// A connection as tonic takes it (its `Connected` trait on the shared stream type).
+struct GrpcConn(Conn);
+
+impl tonic::transport::server::Connected for GrpcConn {
+    type ConnectInfo = ();
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl AsyncRead for GrpcConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for GrpcConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+/// Serves gRPC ext_authz on `listener` until `shutdown` resolves. Under mutual TLS the
+/// listener's handshake already refused callers without a valid client certificate.
 pub async fn serve(
-    listener: TcpListener,
+    listener: tls::Listener,
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    let incoming = futures_util::stream::unfold(listener, |mut listener| async move {
+        let next = listener.accept().await.map(|(conn, _)| GrpcConn(conn));
+        Some((next, listener))
+    });
     tonic::transport::Server::builder()
         .add_service(AuthorizationServer::new(ExtAuthz::new(app)))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

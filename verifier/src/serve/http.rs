@@ -22,7 +22,8 @@ use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use portcullis_common::ErrorCode;
+use portcullis_common::tls::{self, Conn};
 use tokio::sync::Semaphore;
 
 use super::{App, Credentials, Decision, challenge, for_each_identity, problem_body, with_scratch};
@@ -42,12 +43,33 @@ type Body = Full<Bytes>;
 pub struct Limits {
     pub max_connections: usize,
     pub drain_timeout: Duration,
+    /// Mutual TLS: checks need a client certificate from the configured CA; probes and
+    /// metrics (kubelet, Prometheus) do not.
+    pub client_cert_required: bool,
+}
+
+/// The paths a caller without a client certificate may reach under mutual TLS.
+fn open_without_client_cert(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+fn client_cert_required() -> Response<Body> {
+    let reject = Reject {
+        code: ErrorCode::Forbidden,
+        reason: "this port requires a client certificate",
+    };
+    let mut r = json(StatusCode::FORBIDDEN, problem_body(&reject));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    r
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then drains open connections for
 /// up to `limits.drain_timeout`.
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: tls::Listener,
     app: Arc<App>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
@@ -69,7 +91,7 @@ pub async fn serve(
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             () = &mut shutdown => break,
         };
-        let (stream, _) = tokio::select! {
+        let (conn, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -80,13 +102,19 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = hyper::service::service_fn(move |req| {
-            std::future::ready(Ok::<_, Infallible>(handle(&app, req)))
+        let refused = limits.client_cert_required && !conn.client_verified();
+        let service = hyper::service::service_fn(move |req: Request<_>| {
+            let response = if refused && !open_without_client_cert(req.uri().path()) {
+                client_cert_required()
+            } else {
+                handle(&app, req)
+            };
+            std::future::ready(Ok::<_, Infallible>(response))
         });
+        let conn: Conn = conn;
         let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(conn), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use portcullis_common::redis_conn::{RedisConfig, RedisConn};
 use portcullis_common::redis_layout::{self as layout, Event};
 use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
 use sha2::{Digest, Sha256};
 
 use super::{Backoff, install_jwks};
@@ -53,11 +53,11 @@ struct Cursor {
 }
 
 /// Runs forever: connect, resync, follow events; reconnect with backoff on any failure.
-pub async fn run(client: redis::Client, shared: Arc<Shared>, resync_every: Duration) {
+pub async fn run(redis: RedisConfig, shared: Arc<Shared>, resync_every: Duration) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut cursor = Cursor::default();
     loop {
-        let err = follow(&client, &shared, resync_every, &mut cursor, &mut backoff).await;
+        let err = follow(&redis, &shared, resync_every, &mut cursor, &mut backoff).await;
         metrics::counter!("portcullis_verifier_sync_errors_total").increment(1);
         let delay = backoff.next_delay();
         tracing::warn!(error = %err, retry_in = ?delay, "redis sync interrupted; verifying with the last snapshot");
@@ -66,23 +66,19 @@ pub async fn run(client: redis::Client, shared: Arc<Shared>, resync_every: Durat
 }
 
 async fn follow(
-    client: &redis::Client,
+    redis: &RedisConfig,
     shared: &Shared,
     resync_every: Duration,
     cursor: &mut Cursor,
     backoff: &mut Backoff,
 ) -> SyncError {
-    let mut pubsub = match bounded(client.get_async_pubsub()).await {
+    // Each round connects afresh: with Sentinel that asks for the current master, with a
+    // Cluster it subscribes on the first node that answers.
+    let mut pubsub = match bounded(redis.subscribe(layout::EVENTS_CHANNEL)).await {
         Ok(p) => p,
         Err(e) => return e,
     };
-    if let Err(e) = bounded(pubsub.subscribe(layout::EVENTS_CHANNEL)).await {
-        return e;
-    }
-    let mut conn = match bounded(client.get_multiplexed_async_connection()).await {
-        Ok(c) => c,
-        Err(e) => return e,
-    };
+    let mut conn = redis.connection();
     if let Err(e) = resync(&mut conn, shared, cursor).await {
         return e;
     }
@@ -106,7 +102,7 @@ async fn follow(
 }
 
 async fn on_message(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConn,
     shared: &Shared,
     cursor: &mut Cursor,
     payload: &[u8],
@@ -152,7 +148,7 @@ async fn on_message(
 }
 
 async fn refresh_jwks(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConn,
     shared: &Shared,
     cursor: &mut Cursor,
 ) -> Result<(), SyncError> {
@@ -173,7 +169,7 @@ async fn refresh_jwks(
 
 /// Reads the whole state: the version first, then keys and revocations.
 async fn resync(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConn,
     shared: &Shared,
     cursor: &mut Cursor,
 ) -> Result<(), SyncError> {
@@ -215,7 +211,7 @@ async fn resync(
 /// Walks a sorted set or hash with ZSCAN/HSCAN: every entry present for the whole walk is
 /// seen, without holding the whole collection in one reply.
 async fn scan<V: redis::FromRedisValue>(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConn,
     command: &str,
     key: &str,
     mut each: impl FnMut(String, V),

@@ -1,0 +1,471 @@
+//! How both binaries reach Redis (API.md §4 and §6): one server (`redis://`, `rediss://`),
+//! a Cluster (several comma-separated node URLs) or a master watched by Sentinels
+//! (`PORTCULLIS_REDIS_SENTINELS` + `PORTCULLIS_REDIS_SENTINEL_MASTER`).
+//!
+//! [`RedisConn`] is the one command connection for all three: cloneable, connected on first
+//! use, and dropped (so the next command reconnects) when the connection breaks or the
+//! node stopped being a master. With Sentinel, reconnecting asks the Sentinels again, which
+//! is how a failover is followed. redis-rs has a reconnecting manager only for a fixed
+//! address, hence this small wrapper. [`RedisConfig::subscribe`] opens the pub/sub side.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionLike, MultiplexedConnection, PubSub};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
+    Pipeline, RedisError, RedisFuture, RedisResult, TlsCertificates, Value,
+};
+use tokio::sync::Mutex;
+
+use crate::env::{ConfigError, Env};
+
+pub const REDIS_URL: &str = "PORTCULLIS_REDIS_URL";
+pub const REDIS_SENTINELS: &str = "PORTCULLIS_REDIS_SENTINELS";
+pub const REDIS_SENTINEL_MASTER: &str = "PORTCULLIS_REDIS_SENTINEL_MASTER";
+pub const REDIS_CA_FILE: &str = "PORTCULLIS_REDIS_CA_FILE";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed connect, commands fail at once for this long instead of each waiting
+/// out its own connect timeout while Redis is down.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+
+/// Where Redis is.
+#[derive(Clone, Debug)]
+enum Target {
+    Server(ConnectionInfo),
+    Cluster(Vec<ConnectionInfo>),
+    Sentinel {
+        sentinels: Vec<ConnectionAddr>,
+        master: String,
+    },
+}
+
+/// A checked Redis setting: the topology and the extra trust roots for `rediss://`.
+#[derive(Clone)]
+pub struct RedisConfig {
+    target: Target,
+    /// PEM roots from `PORTCULLIS_REDIS_CA_FILE`; the system's roots otherwise.
+    roots: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Connection infos carry passwords; only the shape is printed.
+        f.write_str(&self.describe())
+    }
+}
+
+fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::new(var, message)
+}
+
+fn node(var: &'static str, url: &str) -> Result<ConnectionInfo, ConfigError> {
+    let url = url.trim();
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(err(var, "each node must be a redis:// or rediss:// URL"));
+    }
+    url.into_connection_info()
+        .map_err(|e| err(var, format!("not a usable Redis URL: {e}")))
+}
+
+fn sentinel_addr(entry: &str) -> Result<ConnectionAddr, ConfigError> {
+    let entry = entry.trim();
+    let bad = || err(REDIS_SENTINELS, format!("{entry:?} is not host:port"));
+    let (host, port) = entry.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok(ConnectionAddr::Tcp(host.to_owned(), port))
+}
+
+impl RedisConfig {
+    /// Reads the Redis variables; `Ok(None)` when neither a URL nor Sentinels are set.
+    pub fn from_env(env: &impl Env) -> Result<Option<Self>, ConfigError> {
+        let set = |var| env.get(var).filter(|v| !v.trim().is_empty());
+        let target = match (
+            set(REDIS_URL),
+            set(REDIS_SENTINELS),
+            set(REDIS_SENTINEL_MASTER),
+        ) {
+            (None, None, None) => return Ok(None),
+            (Some(_), Some(_), _) => {
+                return Err(err(
+                    REDIS_URL,
+                    format!("set either {REDIS_URL} or {REDIS_SENTINELS}, not both"),
+                ));
+            }
+            (Some(url), None, _) if url.contains(',') => Target::Cluster(
+                url.split(',')
+                    .filter(|u| !u.trim().is_empty())
+                    .map(|u| node(REDIS_URL, u))
+                    .collect::<Result<_, _>>()?,
+            ),
+            (Some(url), None, _) => Target::Server(node(REDIS_URL, &url)?),
+            (None, Some(list), Some(master)) => Target::Sentinel {
+                sentinels: list
+                    .split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(sentinel_addr)
+                    .collect::<Result<_, _>>()?,
+                master: master.trim().to_owned(),
+            },
+            (None, Some(_), None) => {
+                return Err(err(
+                    REDIS_SENTINEL_MASTER,
+                    format!("required with {REDIS_SENTINELS}: the monitored master's name"),
+                ));
+            }
+            (None, None, Some(_)) => {
+                return Err(err(
+                    REDIS_SENTINELS,
+                    format!("required with {REDIS_SENTINEL_MASTER}: Sentinel host:port list"),
+                ));
+            }
+        };
+        let roots = match set(REDIS_CA_FILE) {
+            None => None,
+            Some(path) => Some(read_pem(Path::new(path.trim()))?),
+        };
+        Ok(Some(Self { target, roots }))
+    }
+
+    /// One server's or a Cluster's URL(s), as `PORTCULLIS_REDIS_URL` takes them.
+    pub fn from_url(url: &str) -> Result<Self, ConfigError> {
+        let env = std::collections::HashMap::from([(REDIS_URL, url)]);
+        Self::from_env(&env)?.ok_or_else(|| err(REDIS_URL, "is empty"))
+    }
+
+    /// The topology for logs, without credentials.
+    pub fn describe(&self) -> String {
+        let addr = |info: &ConnectionInfo| info.addr().to_string();
+        match &self.target {
+            Target::Server(info) => format!("redis server {}", addr(info)),
+            Target::Cluster(nodes) => {
+                let nodes: Vec<_> = nodes.iter().map(addr).collect();
+                format!("redis cluster [{}]", nodes.join(", "))
+            }
+            Target::Sentinel { sentinels, master } => {
+                let list: Vec<_> = sentinels.iter().map(|a| a.to_string()).collect();
+                format!(
+                    "redis master {master:?} via sentinels [{}]",
+                    list.join(", ")
+                )
+            }
+        }
+    }
+
+    fn certificates(&self) -> Option<TlsCertificates> {
+        self.roots.as_ref().map(|pem| TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        })
+    }
+
+    fn client(&self, info: &ConnectionInfo) -> RedisResult<Client> {
+        match self.certificates() {
+            Some(certs) if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) => {
+                Client::build_with_tls(info.clone(), certs)
+            }
+            _ => Client::open(info.clone()),
+        }
+    }
+
+    fn sentinel(&self, sentinels: &[ConnectionAddr], master: &str) -> RedisResult<SentinelClient> {
+        let mut builder =
+            SentinelClientBuilder::new(sentinels.to_vec(), master, SentinelServerType::Master)?;
+        if let Some(certs) = self.certificates() {
+            builder = builder.set_client_to_redis_certificates(certs);
+        }
+        builder.build()
+    }
+
+    /// A command connection, connected on first use.
+    pub fn connection(&self) -> RedisConn {
+        RedisConn {
+            inner: Arc::new(Inner {
+                config: self.clone(),
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// A subscriber connection (pub/sub). On a Cluster any node delivers every channel's
+    /// messages, so the first node that answers is used; with Sentinel, the master.
+    pub async fn subscribe(&self, channel: &str) -> RedisResult<PubSub> {
+        let client = match &self.target {
+            Target::Server(info) => self.client(info)?,
+            Target::Sentinel { sentinels, master } => {
+                self.sentinel(sentinels, master)?.async_get_client().await?
+            }
+            Target::Cluster(nodes) => {
+                let mut last = None;
+                for info in nodes {
+                    match self.open_pubsub(&self.client(info)?, channel).await {
+                        Ok(pubsub) => return Ok(pubsub),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                return Err(last.unwrap_or_else(|| io_error("no cluster node configured")));
+            }
+        };
+        self.open_pubsub(&client, channel).await
+    }
+
+    async fn open_pubsub(&self, client: &Client, channel: &str) -> RedisResult<PubSub> {
+        let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+            .await
+            .map_err(|_| io_error("connecting for pub/sub timed out"))??;
+        pubsub.subscribe(channel).await?;
+        Ok(pubsub)
+    }
+
+    async fn connect(&self) -> RedisResult<Live> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let live = match &self.target {
+            Target::Server(info) => Live::Node(
+                self.client(info)?
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?,
+            ),
+            Target::Sentinel { sentinels, master } => {
+                let client = tokio::time::timeout(
+                    CONNECT_TIMEOUT * 2,
+                    self.sentinel(sentinels, master)?.async_get_client(),
+                )
+                .await
+                .map_err(|_| io_error("asking the sentinels for the master timed out"))??;
+                Live::Node(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+            Target::Cluster(nodes) => {
+                let mut builder = ClusterClientBuilder::new(nodes.clone())
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(RESPONSE_TIMEOUT)
+                    .retries(2);
+                if let Some(certs) = self.certificates() {
+                    builder = builder.certs(certs);
+                }
+                let client = builder.build()?;
+                let conn = tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_async_connection())
+                    .await
+                    .map_err(|_| io_error("connecting to the cluster timed out"))??;
+                Live::Cluster(conn)
+            }
+        };
+        Ok(live)
+    }
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let pem = std::fs::read(path).map_err(|e| {
+        err(
+            REDIS_CA_FILE,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(err(REDIS_CA_FILE, "holds no PEM certificate"));
+    }
+    Ok(pem)
+}
+
+fn io_error(message: &'static str) -> RedisError {
+    RedisError::from(std::io::Error::other(message))
+}
+
+/// A live connection: one node (a server or the Sentinel's master) or a whole Cluster.
+#[derive(Clone)]
+enum Live {
+    Node(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+#[derive(Default)]
+struct State {
+    live: Option<Live>,
+    /// When the last connect failed (commands fail fast for [`RECONNECT_PAUSE`]).
+    failed_at: Option<Instant>,
+}
+
+struct Inner {
+    config: RedisConfig,
+    state: Mutex<State>,
+}
+
+/// The command connection (see the module docs). Cheap to clone; clones share it.
+#[derive(Clone)]
+pub struct RedisConn {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisConn({})", self.inner.config.describe())
+    }
+}
+
+/// Whether an error means the connection (or its node's role) is gone, so the next
+/// command should connect again.
+fn broken(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+        )
+}
+
+impl RedisConn {
+    async fn live(&self) -> RedisResult<Live> {
+        let mut state = self.inner.state.lock().await;
+        if let Some(live) = &state.live {
+            return Ok(live.clone());
+        }
+        if let Some(at) = state.failed_at
+            && at.elapsed() < RECONNECT_PAUSE
+        {
+            return Err(io_error("redis is unreachable; reconnecting"));
+        }
+        match self.inner.config.connect().await {
+            Ok(live) => {
+                state.live = Some(live.clone());
+                state.failed_at = None;
+                Ok(live)
+            }
+            Err(e) => {
+                state.failed_at = Some(Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    async fn settle<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
+        if let Err(e) = &result
+            && broken(e)
+        {
+            self.inner.state.lock().await.live = None;
+        }
+        result
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let result = match self.live().await? {
+                Live::Node(mut c) => c.req_packed_command(cmd).await,
+                Live::Cluster(mut c) => c.req_packed_command(cmd).await,
+            };
+            self.settle(result).await
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let result = match self.live().await? {
+                Live::Node(mut c) => c.req_packed_commands(cmd, offset, count).await,
+                Live::Cluster(mut c) => c.req_packed_commands(cmd, offset, count).await,
+            };
+            self.settle(result).await
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        match &self.inner.config.target {
+            Target::Server(info) => info.redis_settings().db(),
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Option<RedisConfig>, ConfigError> {
+        let env: HashMap<&str, &str> = pairs.iter().copied().collect();
+        RedisConfig::from_env(&env)
+    }
+
+    #[test]
+    fn one_url_is_a_server_and_a_list_is_a_cluster() {
+        let one = parse(&[(REDIS_URL, "rediss://localhost:6380/0")])
+            .unwrap()
+            .unwrap();
+        assert!(matches!(one.target, Target::Server(_)));
+        let many = parse(&[(REDIS_URL, "redis://a:1, redis://b:2,redis://c:3")])
+            .unwrap()
+            .unwrap();
+        assert!(matches!(&many.target, Target::Cluster(n) if n.len() == 3));
+        assert!(parse(&[]).unwrap().is_none());
+    }
+
+    #[test]
+    fn sentinels_need_a_master_name_and_host_ports() {
+        let s = parse(&[
+            (REDIS_SENTINELS, "10.0.0.1:26379,[::1]:26380"),
+            (REDIS_SENTINEL_MASTER, "portcullis"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert!(matches!(&s.target, Target::Sentinel { sentinels, master }
+            if sentinels.len() == 2 && master == "portcullis"));
+        let e = parse(&[(REDIS_SENTINELS, "10.0.0.1:26379")]).unwrap_err();
+        assert_eq!(e.var, REDIS_SENTINEL_MASTER);
+        let e = parse(&[(REDIS_SENTINELS, "nohost"), (REDIS_SENTINEL_MASTER, "m")]).unwrap_err();
+        assert_eq!(e.var, REDIS_SENTINELS);
+        let e = parse(&[(REDIS_SENTINEL_MASTER, "m")]).unwrap_err();
+        assert_eq!(e.var, REDIS_SENTINELS);
+    }
+
+    #[test]
+    fn refused_settings_name_their_variable() {
+        for bad in ["http://x:1", "redis://a:1,https://b:2", "localhost:6379"] {
+            assert_eq!(
+                parse(&[(REDIS_URL, bad)]).unwrap_err().var,
+                REDIS_URL,
+                "{bad}"
+            );
+        }
+        let both = parse(&[(REDIS_URL, "redis://a:1"), (REDIS_SENTINELS, "b:2")]).unwrap_err();
+        assert_eq!(both.var, REDIS_URL);
+        let ca = parse(&[
+            (REDIS_URL, "rediss://a:1"),
+            (REDIS_CA_FILE, "/nonexistent/ca.pem"),
+        ])
+        .unwrap_err();
+        assert_eq!(ca.var, REDIS_CA_FILE);
+    }
+
+    #[test]
+    fn descriptions_leave_passwords_out() {
+        let c = parse(&[(REDIS_URL, "redis://user:s3cret@host:6379")])
+            .unwrap()
+            .unwrap();
+        assert!(!c.describe().contains("s3cret"), "{}", c.describe());
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}
