@@ -176,6 +176,8 @@ async fn prune(state: &AppState, with_audit: bool) -> Result<(), error::ApiError
 
 /// How often events past their retention are deleted (a larger sweep than the rest).
 const AUDIT_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Advisory lock making the maintenance pass single-flight across replicas ("maintain").
+pub const MAINTENANCE_LOCK: i64 = 0x6d61_696e_7461_696e;
 
 async fn maintain(state: AppState) {
     let mut tick = tokio::time::interval(state.config.reconcile_interval);
@@ -183,6 +185,19 @@ async fn maintain(state: AppState) {
     let mut last_audit_prune: Option<std::time::Instant> = None;
     loop {
         tick.tick().await;
+        // One replica at a time: a pass started while another replica's runs is skipped
+        // (every replica ticks, so the work still happens once per interval).
+        let _lease = match store::try_singleton(&state.pool, MAINTENANCE_LOCK).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                ::metrics::counter!("portcullis_maintenance_skipped_total").increment(1);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "maintenance lock unavailable; retrying next interval");
+                continue;
+            }
+        };
         if let Err(e) = state
             .keys
             .maintain(state.config.key_rotation_interval)

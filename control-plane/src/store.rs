@@ -58,6 +58,31 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
         .build()?)
 }
 
+/// A cluster-wide advisory lock held for as long as this value lives. It owns a connection
+/// taken out of the pool, so the lock ends with that connection: also when the holder is
+/// aborted or its replica dies, never left behind on a pooled connection.
+pub struct Singleton {
+    _connection: deadpool_postgres::ClientWrapper,
+}
+
+impl std::fmt::Debug for Singleton {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Singleton(..)")
+    }
+}
+
+/// The lock `key` if no other session holds it, without waiting.
+pub async fn try_singleton(pool: &Pool, key: i64) -> Result<Option<Singleton>, StoreError> {
+    let client = pool.get().await?;
+    let held: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        .await?
+        .get(0);
+    Ok(held.then(|| Singleton {
+        _connection: deadpool_postgres::Object::take(client),
+    }))
+}
+
 /// Applies every migration not yet recorded, each in its own transaction.
 pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, StoreError> {
     let mut client = pool.get().await?;

@@ -5,6 +5,7 @@
 mod audit;
 mod captcha;
 mod cookies;
+mod deployment;
 mod maintenance;
 mod mfa;
 mod owners_apps;

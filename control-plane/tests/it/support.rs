@@ -8,12 +8,43 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use portcullis_control_plane::config::Config;
-use portcullis_tests::{PostgresServer, RedisServer};
+use portcullis_tests::{PostgresServer, RedisCluster, RedisSentinelGroup, RedisServer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 pub const ADMIN_TOKEN: &str = "operator-token-for-tests-0123456789";
 pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Where a stack's Redis runs: one server, a Cluster, or a master watched by Sentinels.
+pub enum Topology {
+    Server(RedisServer),
+    Cluster(RedisCluster),
+    Sentinel(RedisSentinelGroup),
+}
+
+impl Topology {
+    /// The settings both binaries reach this Redis with.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Topology::Server(r) => {
+                let mut env = vec![("PORTCULLIS_REDIS_URL", r.url())];
+                if r.url().starts_with("rediss://") {
+                    let ca = r.ca_file().display().to_string();
+                    env.push(("PORTCULLIS_REDIS_CA_FILE", ca));
+                }
+                env
+            }
+            Topology::Cluster(c) => vec![("PORTCULLIS_REDIS_URL", c.url())],
+            Topology::Sentinel(g) => vec![
+                ("PORTCULLIS_REDIS_SENTINELS", g.sentinels()),
+                (
+                    "PORTCULLIS_REDIS_SENTINEL_MASTER",
+                    g.master_name().to_owned(),
+                ),
+            ],
+        }
+    }
+}
 
 /// A running stack. Dropping it stops everything.
 pub struct Stack {
@@ -21,7 +52,9 @@ pub struct Stack {
     pub issuer: String,
     pub pg: PostgresServer,
     pub db_url: String,
-    pub redis: RedisServer,
+    pub redis: Topology,
+    /// The control plane's settings, for more replicas.
+    env: HashMap<String, String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -30,6 +63,65 @@ impl Drop for Stack {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Another control-plane replica on a stack's database and Redis.
+pub struct Replica {
+    pub addr: SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Replica {
+    pub async fn post(&self, path: &str, auth: Option<&str>, body: Value) -> Reply {
+        call_at(self.addr, "POST", path, auth, Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str, auth: Option<&str>) -> Reply {
+        call_at(self.addr, "GET", path, auth, None).await
+    }
+}
+
+/// Runs the control plane in this process on `listener` until the sender is used.
+fn serve(
+    listener: TcpListener,
+    env: &HashMap<String, String>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let config = Config::from_env(env).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        portcullis_control_plane::run(listener, config, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    (stop, task)
+}
+
+/// A JSON request with an optional bearer token.
+pub async fn call_at(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<Value>,
+) -> Reply {
+    let bearer = auth.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("authorization", b.as_str()))
+        .collect();
+    request(addr, method, path, &headers, body.map(|b| b.to_string())).await
 }
 
 /// Settings every test stack uses, plus `extra`.
@@ -74,33 +166,67 @@ impl Stack {
         })
         .await
         .unwrap();
-        let db_url = pg.create_database("portcullis").unwrap();
+        Self::start_on(pg, Topology::Server(redis), "", extra).await
+    }
+
+    /// A stack on these servers; `db_params` is appended to the database URL's query
+    /// (e.g. `sslmode=verify-full&sslrootcert=…`). With TLS on the listener the caller
+    /// waits for readiness itself.
+    pub async fn start_on(
+        pg: PostgresServer,
+        redis: Topology,
+        db_params: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let mut db_url = pg.create_database("portcullis").unwrap();
+        if !db_params.is_empty() {
+            db_url.push(if db_url.contains('?') { '&' } else { '?' });
+            db_url.push_str(db_params);
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let issuer = format!("http://{addr}");
-        let config = Config::from_env(&env(&db_url, &redis.url(), &issuer, extra)).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            portcullis_control_plane::run(listener, config, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
+        let tls = extra.iter().any(|(k, _)| *k == "PORTCULLIS_TLS_CERT_FILE");
+        let issuer = format!("{}://{addr}", if tls { "https" } else { "http" });
+        let mut env = env(&db_url, "", &issuer, extra);
+        env.remove("PORTCULLIS_REDIS_URL");
+        for (k, v) in redis.env() {
+            env.insert(k.to_owned(), v);
+        }
+        let (stop, task) = serve(listener, &env);
         let stack = Self {
             addr,
             issuer,
             pg,
             db_url,
             redis,
+            env,
             stop: Some(stop),
             task,
         };
+        if !tls {
+            eventually(Duration::from_secs(30), || async {
+                stack.get("/readyz", None).await.status == 200
+            })
+            .await;
+        }
+        stack
+    }
+
+    /// One more control plane on this stack's database and Redis (same issuer and keys).
+    pub async fn replica(&self) -> Replica {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, task) = serve(listener, &self.env);
+        let replica = Replica {
+            addr,
+            _stop: stop,
+            task,
+        };
         eventually(Duration::from_secs(30), || async {
-            stack.get("/readyz", None).await.status == 200
+            replica.get("/readyz", None).await.status == 200
         })
         .await;
-        stack
+        replica
     }
 
     pub async fn shutdown(mut self) {
@@ -118,12 +244,12 @@ impl Stack {
     /// A real verifier reading this stack's Redis, with `extra` settings.
     pub async fn verifier_with(&self, extra: &[(&str, &str)]) -> Verifier {
         let mut env: HashMap<String, String> = [
-            ("PORTCULLIS_REDIS_URL", self.redis.url()),
             ("PORTCULLIS_VERIFIER_ISSUER", self.issuer.clone()),
             ("PORTCULLIS_VERIFIER_GRPC_LISTEN", "off".to_owned()),
             ("PORTCULLIS_VERIFIER_RESYNC_SECS", "1".to_owned()),
         ]
         .into_iter()
+        .chain(self.redis.env())
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         for (k, v) in extra {
@@ -155,19 +281,7 @@ impl Stack {
         auth: Option<&str>,
         body: Option<Value>,
     ) -> Reply {
-        let bearer = auth.map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> = bearer
-            .iter()
-            .map(|b| ("authorization", b.as_str()))
-            .collect();
-        request(
-            self.addr,
-            method,
-            path,
-            &headers,
-            body.map(|b| b.to_string()),
-        )
-        .await
+        call_at(self.addr, method, path, auth, body).await
     }
 
     pub async fn get(&self, path: &str, auth: Option<&str>) -> Reply {
@@ -236,8 +350,12 @@ impl Stack {
         client.batch_execute(statement).await.unwrap();
     }
 
+    /// A connection to the stack's Redis server (single-server stacks only).
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        self.redis.connection().await.unwrap()
+        let Topology::Server(redis) = &self.redis else {
+            panic!("a plain connection needs a single Redis server");
+        };
+        redis.connection().await.unwrap()
     }
 }
 
