@@ -1,6 +1,7 @@
 //! How both binaries reach Redis (API.md §4 and §6): one server (`redis://`, `rediss://`),
 //! a Cluster (several comma-separated node URLs) or a master watched by Sentinels
-//! (`PORTCULLIS_REDIS_SENTINELS` + `PORTCULLIS_REDIS_SENTINEL_MASTER`).
+//! (`PORTCULLIS_REDIS_SENTINELS` + `PORTCULLIS_REDIS_SENTINEL_MASTER`; the master's and
+//! the Sentinels' passwords and TLS have variables of their own, since there is no URL).
 //!
 //! [`RedisConn`] is the one command connection for all three: cloneable, connected on first
 //! use, and dropped (so the next command reconnects) when the connection breaks or the
@@ -28,6 +29,9 @@ pub const REDIS_URL: &str = "PORTCULLIS_REDIS_URL";
 pub const REDIS_SENTINELS: &str = "PORTCULLIS_REDIS_SENTINELS";
 pub const REDIS_SENTINEL_MASTER: &str = "PORTCULLIS_REDIS_SENTINEL_MASTER";
 pub const REDIS_CA_FILE: &str = "PORTCULLIS_REDIS_CA_FILE";
+pub const REDIS_PASSWORD: &str = "PORTCULLIS_REDIS_PASSWORD";
+pub const REDIS_SENTINEL_PASSWORD: &str = "PORTCULLIS_REDIS_SENTINEL_PASSWORD";
+pub const REDIS_SENTINEL_TLS: &str = "PORTCULLIS_REDIS_SENTINEL_TLS";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -43,6 +47,12 @@ enum Target {
     Sentinel {
         sentinels: Vec<ConnectionAddr>,
         master: String,
+        /// The master's (and replicas') `requirepass`.
+        password: Option<String>,
+        /// The Sentinels' own `requirepass`.
+        sentinel_password: Option<String>,
+        /// TLS to the Sentinels and to the master.
+        tls: bool,
     },
 }
 
@@ -74,7 +84,7 @@ fn node(var: &'static str, url: &str) -> Result<ConnectionInfo, ConfigError> {
         .map_err(|e| err(var, format!("not a usable Redis URL: {e}")))
 }
 
-fn sentinel_addr(entry: &str) -> Result<ConnectionAddr, ConfigError> {
+fn sentinel_addr(entry: &str, tls: bool) -> Result<ConnectionAddr, ConfigError> {
     let entry = entry.trim();
     let bad = || err(REDIS_SENTINELS, format!("{entry:?} is not host:port"));
     let (host, port) = entry.rsplit_once(':').ok_or_else(bad)?;
@@ -83,7 +93,16 @@ fn sentinel_addr(entry: &str) -> Result<ConnectionAddr, ConfigError> {
     if host.is_empty() {
         return Err(bad());
     }
-    Ok(ConnectionAddr::Tcp(host.to_owned(), port))
+    let host = host.to_owned();
+    Ok(match tls {
+        true => ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: false,
+            tls_params: None,
+        },
+        false => ConnectionAddr::Tcp(host, port),
+    })
 }
 
 impl RedisConfig {
@@ -109,14 +128,24 @@ impl RedisConfig {
                     .collect::<Result<_, _>>()?,
             ),
             (Some(url), None, _) => Target::Server(node(REDIS_URL, &url)?),
-            (None, Some(list), Some(master)) => Target::Sentinel {
-                sentinels: list
-                    .split(',')
-                    .filter(|s| !s.trim().is_empty())
-                    .map(sentinel_addr)
-                    .collect::<Result<_, _>>()?,
-                master: master.trim().to_owned(),
-            },
+            (None, Some(list), Some(master)) => {
+                let tls = match set(REDIS_SENTINEL_TLS).as_deref().map(str::trim) {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(_) => return Err(err(REDIS_SENTINEL_TLS, "must be true or false")),
+                };
+                Target::Sentinel {
+                    sentinels: list
+                        .split(',')
+                        .filter(|s| !s.trim().is_empty())
+                        .map(|s| sentinel_addr(s, tls))
+                        .collect::<Result<_, _>>()?,
+                    master: master.trim().to_owned(),
+                    password: set(REDIS_PASSWORD),
+                    sentinel_password: set(REDIS_SENTINEL_PASSWORD),
+                    tls,
+                }
+            }
             (None, Some(_), None) => {
                 return Err(err(
                     REDIS_SENTINEL_MASTER,
@@ -130,6 +159,18 @@ impl RedisConfig {
                 ));
             }
         };
+        if !matches!(target, Target::Sentinel { .. }) {
+            for var in [REDIS_PASSWORD, REDIS_SENTINEL_PASSWORD, REDIS_SENTINEL_TLS] {
+                if set(var).is_some() {
+                    return Err(err(
+                        var,
+                        format!(
+                            "only with {REDIS_SENTINELS}; a URL carries its own password and scheme"
+                        ),
+                    ));
+                }
+            }
+        }
         let roots = match set(REDIS_CA_FILE) {
             None => None,
             Some(path) => Some(read_pem(Path::new(path.trim()))?),
@@ -152,7 +193,9 @@ impl RedisConfig {
                 let nodes: Vec<_> = nodes.iter().map(addr).collect();
                 format!("redis cluster [{}]", nodes.join(", "))
             }
-            Target::Sentinel { sentinels, master } => {
+            Target::Sentinel {
+                sentinels, master, ..
+            } => {
                 let list: Vec<_> = sentinels.iter().map(|a| a.to_string()).collect();
                 format!(
                     "redis master {master:?} via sentinels [{}]",
@@ -178,11 +221,34 @@ impl RedisConfig {
         }
     }
 
-    fn sentinel(&self, sentinels: &[ConnectionAddr], master: &str) -> RedisResult<SentinelClient> {
+    fn sentinel(&self) -> RedisResult<SentinelClient> {
+        let Target::Sentinel {
+            sentinels,
+            master,
+            password,
+            sentinel_password,
+            tls,
+        } = &self.target
+        else {
+            return Err(io_error("not a Sentinel setting"));
+        };
         let mut builder =
             SentinelClientBuilder::new(sentinels.to_vec(), master, SentinelServerType::Master)?;
-        if let Some(certs) = self.certificates() {
-            builder = builder.set_client_to_redis_certificates(certs);
+        if let Some(password) = password {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if let Some(password) = sentinel_password {
+            builder = builder.set_client_to_sentinel_password(password);
+        }
+        if *tls {
+            builder = builder
+                .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+                .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+            if let Some(certs) = self.certificates() {
+                builder = builder
+                    .set_client_to_redis_certificates(certs.clone())
+                    .set_client_to_sentinel_certificates(certs);
+            }
         }
         builder.build()
     }
@@ -202,9 +268,7 @@ impl RedisConfig {
     pub async fn subscribe(&self, channel: &str) -> RedisResult<PubSub> {
         let client = match &self.target {
             Target::Server(info) => self.client(info)?,
-            Target::Sentinel { sentinels, master } => {
-                self.sentinel(sentinels, master)?.async_get_client().await?
-            }
+            Target::Sentinel { .. } => self.sentinel()?.async_get_client().await?,
             Target::Cluster(nodes) => {
                 let mut last = None;
                 for info in nodes {
@@ -237,13 +301,11 @@ impl RedisConfig {
                     .get_multiplexed_async_connection_with_config(&config)
                     .await?,
             ),
-            Target::Sentinel { sentinels, master } => {
-                let client = tokio::time::timeout(
-                    CONNECT_TIMEOUT * 2,
-                    self.sentinel(sentinels, master)?.async_get_client(),
-                )
-                .await
-                .map_err(|_| io_error("asking the sentinels for the master timed out"))??;
+            Target::Sentinel { .. } => {
+                let client =
+                    tokio::time::timeout(CONNECT_TIMEOUT * 2, self.sentinel()?.async_get_client())
+                        .await
+                        .map_err(|_| io_error("asking the sentinels for the master timed out"))??;
                 Live::Node(
                     client
                         .get_multiplexed_async_connection_with_config(&config)
@@ -431,8 +493,34 @@ mod tests {
         ])
         .unwrap()
         .unwrap();
-        assert!(matches!(&s.target, Target::Sentinel { sentinels, master }
-            if sentinels.len() == 2 && master == "portcullis"));
+        assert!(
+            matches!(&s.target, Target::Sentinel { sentinels, master, tls: false, .. }
+            if sentinels.len() == 2 && master == "portcullis")
+        );
+        let secured = parse(&[
+            (REDIS_SENTINELS, "s:26379"),
+            (REDIS_SENTINEL_MASTER, "m"),
+            (REDIS_PASSWORD, "n0de-secret"),
+            (REDIS_SENTINEL_PASSWORD, "sentinel-secret"),
+            (REDIS_SENTINEL_TLS, "true"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert!(
+            matches!(&secured.target, Target::Sentinel { sentinels, tls: true, password: Some(_), .. }
+            if matches!(sentinels[0], ConnectionAddr::TcpTls { .. }))
+        );
+        let shown = format!("{secured:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        let e = parse(&[
+            (REDIS_SENTINELS, "s:1"),
+            (REDIS_SENTINEL_MASTER, "m"),
+            (REDIS_SENTINEL_TLS, "yes"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, REDIS_SENTINEL_TLS);
+        let e = parse(&[(REDIS_URL, "redis://a:1"), (REDIS_PASSWORD, "x")]).unwrap_err();
+        assert_eq!(e.var, REDIS_PASSWORD);
         let e = parse(&[(REDIS_SENTINELS, "10.0.0.1:26379")]).unwrap_err();
         assert_eq!(e.var, REDIS_SENTINEL_MASTER);
         let e = parse(&[(REDIS_SENTINELS, "nohost"), (REDIS_SENTINEL_MASTER, "m")]).unwrap_err();

@@ -25,6 +25,7 @@ use tokio::sync::{Semaphore, mpsc};
 /// How often the certificate files are checked for changes.
 pub const RELOAD_POLL: Duration = Duration::from_secs(2);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections between accept and the server taking them (handshaking, or waiting).
 const HANDSHAKES_IN_FLIGHT: usize = 1024;
 
 /// The process's rustls provider (ring). Called by both binaries before any TLS is set up,
@@ -154,16 +155,21 @@ pub struct ReloadingConfig {
     files: TlsFiles,
     auth: ClientAuth,
     current: ArcSwap<rustls::ServerConfig>,
+    /// The files' stamps taken just before the first load: a change written between that
+    /// load and the first poll is still seen.
+    loaded_from: Vec<Option<(SystemTime, u64)>>,
 }
 
 impl ReloadingConfig {
     /// Loads the files now (a start-up with unusable files fails here).
     pub fn load(files: TlsFiles, auth: ClientAuth) -> Result<Arc<Self>, TlsError> {
+        let loaded_from = files.stamp(&auth);
         let config = files.load(&auth)?;
         Ok(Arc::new(Self {
             files,
             auth,
             current: ArcSwap::from_pointee(config),
+            loaded_from,
         }))
     }
 
@@ -173,7 +179,7 @@ impl ReloadingConfig {
 
     /// Polls the files every [`RELOAD_POLL`] and reloads when they change. Runs forever.
     pub async fn watch(self: Arc<Self>) {
-        let mut seen = self.files.stamp(&self.auth);
+        let mut seen = self.loaded_from.clone();
         loop {
             tokio::time::sleep(RELOAD_POLL).await;
             let now = self.files.stamp(&self.auth);
@@ -368,8 +374,10 @@ async fn handshakes(
         let acceptor = config.acceptor();
         let sender = done.clone();
         tokio::spawn(async move {
+            // The permit is held until the server takes the connection, so handshaken
+            // connections waiting for a slow accept count against the limit too.
+            let _permit = permit;
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-            drop(permit);
             match handshake {
                 Ok(Ok(tls)) => {
                     let _ = sender.send((Conn::Tls(Box::new(tls)), addr)).await;

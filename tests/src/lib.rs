@@ -47,7 +47,7 @@ pub mod tls;
 pub mod tokens;
 
 pub use redis_cluster::RedisCluster;
-pub use redis_sentinel::RedisSentinelGroup;
+pub use redis_sentinel::{RedisSentinelGroup, Secured};
 
 use std::collections::BTreeSet;
 use std::env;
@@ -371,7 +371,23 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     mode: RedisMode,
+    /// Password and TLS on top of the mode (the secured Sentinel group's processes).
+    security: RedisSecurity,
     child: Option<Child>,
+}
+
+/// Password and TLS for a server of any [`RedisMode`] but [`RedisMode::Tls`] (which has
+/// its own), given to [`RedisServer::start_secured_as`].
+#[derive(Debug, Default)]
+pub(crate) struct RedisSecurity {
+    /// `--requirepass`; the readiness probe authenticates with it.
+    pub(crate) password: Option<String>,
+    /// TLS only, as [`RedisMode::Tls`] (`--port 0`, `--tls-port`, the CA, certificate
+    /// and key in the directory); readiness is asked through `redis-cli --tls` at this
+    /// path.
+    pub(crate) tls_cli: Option<PathBuf>,
+    /// More `redis-server` arguments, after the harness's own.
+    pub(crate) args: Vec<String>,
 }
 
 /// What a [`RedisServer`] process is; decides its arguments and its readiness probe.
@@ -434,12 +450,25 @@ impl RedisServer {
         mode: RedisMode,
         prepare: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<Self> {
+        Self::start_secured_as(kind, mode, RedisSecurity::default(), prepare)
+    }
+
+    /// [`start_as`](Self::start_as) with a password and/or TLS (`security`); with TLS,
+    /// `prepare` must write the CA, certificate and key files ([`TLS_CA_FILE`],
+    /// [`TLS_SERVER_STEM`]).
+    pub(crate) fn start_secured_as(
+        kind: &str,
+        mode: RedisMode,
+        security: RedisSecurity,
+        prepare: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Self> {
         let binary = require_binary("redis-server", "redis-server")?;
         let mut server = Self {
             binary,
             port: 0,
             dir: TempDir::new(kind)?,
             mode,
+            security,
             child: None,
         };
         prepare(&server.dir.path)?;
@@ -550,8 +579,12 @@ impl RedisServer {
                 .arg(self.dir.path.join(SENTINEL_CONFIG))
                 .arg("--sentinel");
         }
-        match &self.mode {
-            RedisMode::Tls { .. } => {
+        let tls_cli = match &self.mode {
+            RedisMode::Tls { cli } => Some(cli.clone()),
+            _ => self.security.tls_cli.clone(),
+        };
+        match &tls_cli {
+            Some(_) => {
                 let dir = &self.dir.path;
                 command
                     .args(["--port", "0", "--tls-port", &port])
@@ -566,10 +599,14 @@ impl RedisServer {
                     // makes that address optional).
                     .args(["--bind", "127.0.0.1 -::1"]);
             }
-            _ => {
+            None => {
                 command.args(["--port", &port, "--bind", "127.0.0.1"]);
             }
         }
+        if let Some(password) = &self.security.password {
+            command.arg("--requirepass").arg(password);
+        }
+        command.args(&self.security.args);
         if !matches!(self.mode, RedisMode::Sentinel) {
             // A replica's first sync would otherwise wait 5 s for more replicas
             // (Redis 7's diskless sync delay), on a failover's new master too.
@@ -621,9 +658,10 @@ impl RedisServer {
                     log_tail(&log)
                 );
             }
-            let answer = match &self.mode {
-                RedisMode::Tls { cli } => redis_tls_ping(cli, self.port, &ca_file),
-                _ => redis_ping(self.port),
+            let password = self.security.password.as_deref();
+            let answer = match &tls_cli {
+                Some(cli) => redis_tls_ping(cli, self.port, &ca_file, password),
+                None => redis_ping_auth(self.port, password),
             };
             match answer {
                 // Answered by *this* server (not by someone else who took the port).
@@ -684,9 +722,15 @@ fn command_name(cmd: &redis::Cmd) -> String {
         .join(" ")
 }
 
-/// `INFO server` through `redis-cli --tls` trusting `ca`; `Some` when it answered.
-fn redis_tls_ping(cli: &Path, port: u16, ca: &Path) -> Option<RedisPong> {
-    let mut child = Command::new(cli)
+/// `INFO server` through `redis-cli --tls` trusting `ca` (authenticating with
+/// `password`, if any); `Some` when it answered.
+fn redis_tls_ping(cli: &Path, port: u16, ca: &Path, password: Option<&str>) -> Option<RedisPong> {
+    let mut command = Command::new(cli);
+    if let Some(password) = password {
+        // The environment, not `-a`: no warning, and not on a command line.
+        command.env("REDISCLI_AUTH", password);
+    }
+    let mut child = command
         .arg("--tls")
         .arg("--cacert")
         .arg(ca)
@@ -730,24 +774,40 @@ struct RedisPong {
 }
 
 /// Sends `PING` and `INFO server` to 127.0.0.1:`port`; `Some` if it answered `+PONG`.
+#[cfg(test)]
 fn redis_ping(port: u16) -> Option<RedisPong> {
+    redis_ping_auth(port, None)
+}
+
+/// [`redis_ping`], after `AUTH password` when there is one (which must answer `+OK`).
+fn redis_ping_auth(port: u16, password: Option<&str>) -> Option<RedisPong> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
     stream
         .set_write_timeout(Some(Duration::from_secs(1)))
         .ok()?;
-    stream.write_all(b"PING\r\nINFO server\r\n").ok()?;
+    let mut request = Vec::new();
+    let mut expected = Vec::new();
+    if let Some(password) = password {
+        request.extend_from_slice(b"*2\r\n$4\r\nAUTH\r\n");
+        request.extend_from_slice(format!("${}\r\n", password.len()).as_bytes());
+        request.extend_from_slice(password.as_bytes());
+        request.extend_from_slice(b"\r\n");
+        expected.extend_from_slice(b"+OK\r\n");
+    }
+    request.extend_from_slice(b"PING\r\nINFO server\r\n");
+    expected.extend_from_slice(b"+PONG\r\n");
+    stream.write_all(&request).ok()?;
 
-    const PONG: &[u8] = b"+PONG\r\n";
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0_u8; 4096];
     loop {
-        if buf.len() >= PONG.len() && !buf.starts_with(PONG) {
+        if buf.len() >= expected.len() && !buf.starts_with(&expected) {
             return None; // e.g. "-LOADING ..." while starting
         }
-        if buf.len() >= PONG.len()
-            && let Some(info) = complete_bulk_string(&buf[PONG.len()..])
+        if buf.len() >= expected.len()
+            && let Some(info) = complete_bulk_string(&buf[expected.len()..])
         {
             let pid = String::from_utf8_lossy(info).lines().find_map(|line| {
                 line.strip_prefix("process_id:")
@@ -758,7 +818,9 @@ fn redis_ping(port: u16) -> Option<RedisPong> {
         match stream.read(&mut chunk) {
             Ok(0) | Err(_) => {
                 // Answered PONG but no usable INFO: treat as up, identity unknown.
-                return buf.starts_with(PONG).then_some(RedisPong { pid: None });
+                return buf
+                    .starts_with(&expected)
+                    .then_some(RedisPong { pid: None });
             }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }

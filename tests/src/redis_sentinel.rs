@@ -4,19 +4,39 @@
 //! `failover-timeout 5000`, all on free 127.0.0.1 ports, each process in its own
 //! directory with its own log.
 //!
+//! [`RedisSentinelGroup::start_secured`] starts the same group with passwords and/or
+//! TLS on every process ([`Secured`]). How Redis 7.0 Sentinel is told to secure its own
+//! connections: `tls-replication yes` makes it use TLS toward the nodes *and* the other
+//! Sentinels (and announce its `tls-port` in its hello messages); `sentinel auth-pass`
+//! is what it AUTHs to the master and its replicas with, `sentinel sentinel-pass` what
+//! it AUTHs to the other Sentinels with (else it falls back to its own `requirepass`).
+//!
 //! What it is **not**: a durable or tuned deployment. Nothing is persisted, the timeouts
 //! are set for fast tests, and a killed node restarted with
-//! [`RedisSentinelGroup::restart_old_master`] comes back empty.
+//! [`RedisSentinelGroup::restart_old_master`] comes back empty. Sentinels are never
+//! restarted, which matters for odd passwords: Sentinel 7.0 rewrites `auth-pass` and
+//! `sentinel-pass` into its file unquoted, so a password with a space or a quote would
+//! not survive a Sentinel restart. Passwords are on the `redis-server` command lines.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
-use crate::{POLL_INTERVAL, RedisMode, RedisServer, SENTINEL_CONFIG, log_tail, redis_query};
+use crate::tls::TestCa;
+use crate::{
+    POLL_INTERVAL, REDIS_COMMAND_TIMEOUT, RedisMode, RedisSecurity, RedisServer, SENTINEL_CONFIG,
+    TLS_CA_FILE, TLS_SERVER_STEM, command_name, log_tail, percent_encode, redis_query,
+    require_binary, send_signal,
+};
 
 /// The name the Sentinels monitor the master under.
 pub(crate) const MASTER_NAME: &str = "portcullis";
@@ -24,6 +44,23 @@ pub(crate) const MASTER_NAME: &str = "portcullis";
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How many Sentinels run; the quorum is a majority of them.
 const SENTINELS: usize = 3;
+
+/// What [`RedisSentinelGroup::start_secured`] turns on; [`Default`] is nothing (the
+/// group of [`RedisSentinelGroup::start`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Secured<'a> {
+    /// The data nodes' `requirepass`, also their `masterauth` (replication
+    /// authenticates) and the Sentinels' `sentinel auth-pass portcullis`.
+    pub password: Option<&'a str>,
+    /// Each Sentinel's own `requirepass` (its clients must `AUTH`), also its
+    /// `sentinel sentinel-pass` (what it authenticates to the other Sentinels with).
+    pub sentinel_password: Option<&'a str>,
+    /// TLS only on every process, nodes and Sentinels (`port 0`, `tls-port`, a
+    /// certificate from this CA for `localhost` and `127.0.0.1`, no client
+    /// certificates asked for), and TLS for replication and for the Sentinels' own
+    /// connections (`tls-replication yes`).
+    pub tls: Option<&'a TestCa>,
+}
 
 /// A master, a replica and three Sentinels. Dropping it kills them all and removes
 /// their directories.
@@ -35,6 +72,9 @@ pub struct RedisSentinelGroup {
     nodes: Vec<RedisServer>,
     /// The port of the master [`kill_master`](Self::kill_master) killed.
     killed: Option<u16>,
+    /// How the harness talks to the data nodes, and to the Sentinels.
+    node_access: Access,
+    sentinel_access: Access,
 }
 
 impl RedisSentinelGroup {
@@ -51,28 +91,124 @@ impl RedisSentinelGroup {
     /// Fails when `redis-server` is missing (naming the package) or when a process
     /// does not come up or the group does not form in ~20 s; the error quotes the logs.
     pub fn start() -> Result<Self> {
-        let master = RedisServer::start_as("redis-master", RedisMode::Plain, |_| Ok(()))?;
+        Self::start_secured(Secured::default())
+    }
+
+    /// Like [`start`](Self::start), with what `options` turns on (see [`Secured`]).
+    /// Every helper of the group ([`master_port`](Self::master_port),
+    /// [`kill_master`](Self::kill_master), [`wait_for_failover`](Self::wait_for_failover),
+    /// [`restart_old_master`](Self::restart_old_master), the readiness waits) then
+    /// authenticates and/or speaks TLS itself: with TLS through `redis-cli --tls`
+    /// (package `redis-tools`), as this crate's `redis` client is built without TLS.
+    ///
+    /// With TLS the Sentinels announce themselves, and name the nodes, as `127.0.0.1`:
+    /// clients reach everything by IP address, which the certificates name (as well as
+    /// `localhost`); [`ca_file`](Self::ca_file) is the CA to trust.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start); also when a password is empty, when `redis-cli` is
+    /// missing (with TLS) or when the certificate files cannot be written.
+    pub fn start_secured(options: Secured) -> Result<Self> {
+        for (what, password) in [
+            ("password", options.password),
+            ("sentinel_password", options.sentinel_password),
+        ] {
+            if password.is_some_and(str::is_empty) {
+                bail!("Secured::{what} must not be empty (Redis takes \"\" as no password)");
+            }
+        }
+        let tls = match options.tls {
+            Some(ca) => Some((
+                require_binary("redis-cli", "redis-tools")?,
+                ca,
+                ca.issue_server(&["localhost", "127.0.0.1"])?,
+            )),
+            None => None,
+        };
+        // What every process gets: with TLS, the files and TLS for its own connections
+        // (a replica's to its master; a Sentinel's to the nodes and the other Sentinels).
+        let security = |password: Option<&str>, mut args: Vec<String>| {
+            if tls.is_some() {
+                args.extend(["--tls-replication".to_owned(), "yes".to_owned()]);
+            }
+            RedisSecurity {
+                password: password.map(str::to_owned),
+                tls_cli: tls.as_ref().map(|(cli, ..)| cli.clone()),
+                args,
+            }
+        };
+        let write_tls = |dir: &Path| -> Result<()> {
+            if let Some((_, ca, issued)) = &tls {
+                ca.write_ca(&dir.join(TLS_CA_FILE))?;
+                issued.write(dir, TLS_SERVER_STEM)?;
+            }
+            Ok(())
+        };
+        let node_security = || {
+            let masterauth = options.password.map(|password| {
+                // A replica authenticates to its master; the master needs it too for
+                // when it comes back as a replica after a failover.
+                vec!["--masterauth".to_owned(), password.to_owned()]
+            });
+            security(options.password, masterauth.unwrap_or_default())
+        };
+
+        let master = RedisServer::start_secured_as(
+            "redis-master",
+            RedisMode::Plain,
+            node_security(),
+            write_tls,
+        )?;
         let master_port = master.port();
-        let replica =
-            RedisServer::start_as("redis-replica", RedisMode::Replica { master_port }, |_| {
-                Ok(())
-            })?;
+        let replica = RedisServer::start_secured_as(
+            "redis-replica",
+            RedisMode::Replica { master_port },
+            node_security(),
+            write_tls,
+        )?;
+        let tls_access = |server: &RedisServer| {
+            tls.as_ref().map(|(cli, ..)| CliTls {
+                cli: cli.clone(),
+                ca_file: server.ca_file(),
+            })
+        };
         let mut group = Self {
             sentinels: Vec::new(),
+            node_access: Access {
+                password: options.password.map(str::to_owned),
+                tls: tls_access(&master),
+            },
+            sentinel_access: Access {
+                password: options.sentinel_password.map(str::to_owned),
+                tls: tls_access(&master),
+            },
             nodes: vec![master, replica],
             killed: None,
         };
         group.wait_for_replica_sync()?;
+        let config = sentinel_config(master_port, &options);
         for _ in 0..SENTINELS {
-            let sentinel = RedisServer::start_as("redis-sentinel", RedisMode::Sentinel, |dir| {
-                let path = dir.join(SENTINEL_CONFIG);
-                fs::write(&path, sentinel_config(master_port))
-                    .with_context(|| format!("writing {}", path.display()))
-            })?;
+            let sentinel = RedisServer::start_secured_as(
+                "redis-sentinel",
+                RedisMode::Sentinel,
+                security(options.sentinel_password, Vec::new()),
+                |dir| {
+                    write_tls(dir)?;
+                    let path = dir.join(SENTINEL_CONFIG);
+                    fs::write(&path, &config).with_context(|| format!("writing {}", path.display()))
+                },
+            )?;
             group.sentinels.push(sentinel);
         }
         group.wait_for_sentinels()?;
         Ok(group)
+    }
+
+    /// The CA certificate (PEM) that every process's certificate chains to, for a group
+    /// started with [`Secured::tls`]; `None` without TLS.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.node_access.tls.as_ref().map(|tls| tls.ca_file.clone())
     }
 
     /// The Sentinels' addresses: `127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
@@ -108,7 +244,7 @@ impl RedisSentinelGroup {
     pub fn master_port(&self) -> Result<u16> {
         let mut errors = Vec::new();
         for sentinel in &self.sentinels {
-            match master_addr(sentinel.port()) {
+            match master_addr(&self.sentinel_access, sentinel.port()) {
                 Ok(port) => return Ok(port),
                 Err(err) => errors.push(format!("{err:#}")),
             }
@@ -149,7 +285,7 @@ impl RedisSentinelGroup {
             let answers: Vec<Result<u16>> = self
                 .sentinels
                 .iter()
-                .map(|sentinel| master_addr(sentinel.port()))
+                .map(|sentinel| master_addr(&self.sentinel_access, sentinel.port()))
                 .collect();
             let agreed = match answers.first() {
                 Some(Ok(port))
@@ -163,7 +299,7 @@ impl RedisSentinelGroup {
                 _ => None,
             };
             if let Some(port) = agreed
-                && role(port).is_ok_and(|role| role == "master")
+                && role(&self.node_access, port).is_ok_and(|role| role == "master")
             {
                 return Ok(port);
             }
@@ -207,8 +343,8 @@ impl RedisSentinelGroup {
         let (master, replica) = (self.nodes[0].port(), self.nodes[1].port());
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            let master_info = info_replication(master);
-            let replica_info = info_replication(replica);
+            let master_info = info_replication(&self.node_access, master);
+            let replica_info = info_replication(&self.node_access, replica);
             let synced = matches!(&master_info, Ok(info) if info.contains("connected_slaves:1")
                     && info.contains(&format!("port={replica},state=online")))
                 && matches!(&replica_info, Ok(info) if info.contains("master_link_status:up"));
@@ -231,10 +367,9 @@ impl RedisSentinelGroup {
     fn wait_for_sentinels(&self) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            let not_ready = self
-                .sentinels
-                .iter()
-                .find_map(|sentinel| sentinel_not_ready(sentinel.port()).err());
+            let not_ready = self.sentinels.iter().find_map(|sentinel| {
+                sentinel_not_ready(&self.sentinel_access, sentinel.port()).err()
+            });
             let Some(reason) = not_ready else {
                 return Ok(());
             };
@@ -257,24 +392,212 @@ impl RedisSentinelGroup {
     }
 }
 
-/// A Sentinel's initial configuration; its port and the rest come on the command line.
-fn sentinel_config(master_port: u16) -> String {
+/// A Sentinel's initial configuration; its port, TLS, its own `requirepass` and the
+/// rest come on the command line.
+fn sentinel_config(master_port: u16, options: &Secured) -> String {
     // announce-ip: what the Sentinel tells the others (in its hello messages) to reach
     // it at; said outright so that it never depends on which local address it used.
-    format!(
+    // (The port it announces is its tls-port when tls-replication is on.)
+    let mut config = format!(
         "sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
          sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
          sentinel failover-timeout {MASTER_NAME} 5000\n\
          sentinel parallel-syncs {MASTER_NAME} 1\n\
          sentinel announce-ip 127.0.0.1\n"
-    )
+    );
+    if let Some(password) = options.password {
+        // For the master and, by it, its replicas.
+        let _ = writeln!(
+            config,
+            "sentinel auth-pass {MASTER_NAME} {}",
+            config_quote(password)
+        );
+    }
+    if let Some(password) = options.sentinel_password {
+        // Toward the other Sentinels. Without it Sentinel would fall back to its own
+        // requirepass (a compatibility rule), which is the same here: said outright.
+        let _ = writeln!(config, "sentinel sentinel-pass {}", config_quote(password));
+    }
+    config
+}
+
+/// `text` as one double-quoted argument of a Redis configuration line.
+fn config_quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for ch in text.chars() {
+        match ch {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(ch);
+            }
+            ch if ch.is_ascii_control() => {
+                let _ = write!(out, "\\x{:02x}", u32::from(ch));
+            }
+            ch => out.push(ch),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// How the harness reaches one kind of process of the group: the data nodes or the
+/// Sentinels. [`Default`] is plain TCP without a password.
+#[derive(Clone, Debug, Default)]
+struct Access {
+    /// What to `AUTH` with.
+    password: Option<String>,
+    /// TLS only: commands then go through `redis-cli --tls`.
+    tls: Option<CliTls>,
+}
+
+#[derive(Clone, Debug)]
+struct CliTls {
+    cli: PathBuf,
+    /// The CA to trust.
+    ca_file: PathBuf,
+}
+
+impl Access {
+    /// Runs `cmd` on the process at 127.0.0.1:`port` over a new connection, each step
+    /// bounded by [`REDIS_COMMAND_TIMEOUT`].
+    fn query<T: redis::FromRedisValue>(&self, port: u16, cmd: &redis::Cmd) -> Result<T> {
+        match (&self.tls, &self.password) {
+            (Some(tls), password) => {
+                let value = tls.query(port, password.as_deref(), cmd)?;
+                redis::from_redis_value(value)
+                    .with_context(|| format!("127.0.0.1:{port}: {}", command_name(cmd)))
+            }
+            (None, None) => redis_query(port, cmd),
+            (None, Some(password)) => {
+                let shown = format!("redis://127.0.0.1:{port}");
+                let url = format!("redis://:{}@127.0.0.1:{port}", percent_encode(password));
+                let client = redis::Client::open(url.as_str())
+                    .with_context(|| format!("parsing the URL of {shown}"))?;
+                let mut conn = client
+                    .get_connection_with_timeout(REDIS_COMMAND_TIMEOUT)
+                    .with_context(|| format!("connecting to {shown} with the password"))?;
+                conn.set_read_timeout(Some(REDIS_COMMAND_TIMEOUT))?;
+                conn.set_write_timeout(Some(REDIS_COMMAND_TIMEOUT))?;
+                cmd.query(&mut conn)
+                    .with_context(|| format!("{shown}: {}", command_name(cmd)))
+            }
+        }
+    }
+}
+
+impl CliTls {
+    /// `cmd` through `redis-cli --tls` (RESP2, `--json` output), as a [`redis::Value`].
+    fn query(&self, port: u16, password: Option<&str>, cmd: &redis::Cmd) -> Result<redis::Value> {
+        let words = command_name(cmd);
+        let mut command = Command::new(&self.cli);
+        if let Some(password) = password {
+            // Not `-a`: no warning, and the password stays off command lines.
+            command.env("REDISCLI_AUTH", password);
+        }
+        command
+            .arg("--tls")
+            .arg("--cacert")
+            .arg(&self.ca_file)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-2",
+                "--json",
+                "-e",
+            ]);
+        let mut is_info = None;
+        for arg in cmd.args_iter() {
+            let redis::Arg::Simple(bytes) = arg else {
+                bail!("{words}: cursor arguments are not supported through redis-cli");
+            };
+            is_info.get_or_insert(bytes.eq_ignore_ascii_case(b"INFO"));
+            command.arg(OsStr::from_bytes(bytes));
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {}", self.cli.display()))?;
+        // redis-cli has no timeout of its own: a process that accepts and never answers
+        // must not hang the caller.
+        let pid = child.id();
+        let (sender, receiver) = mpsc::channel();
+        thread::spawn(move || sender.send(child.wait_with_output()));
+        let output = match receiver.recv_timeout(REDIS_COMMAND_TIMEOUT) {
+            Ok(output) => output,
+            Err(_) => {
+                send_signal(pid, "KILL");
+                bail!(
+                    "127.0.0.1:{port} (TLS): {words}: no answer within {REDIS_COMMAND_TIMEOUT:?}"
+                );
+            }
+        }
+        .with_context(|| format!("running {}", self.cli.display()))?;
+        if !output.status.success() {
+            bail!(
+                "127.0.0.1:{port} (TLS): {words}: {}{}",
+                String::from_utf8_lossy(&output.stderr).trim(),
+                String::from_utf8_lossy(&output.stdout).trim()
+            );
+        }
+        if is_info == Some(true) {
+            // redis-cli prints INFO's text as it is, even with --json.
+            return Ok(redis::Value::BulkString(output.stdout));
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&output.stdout).with_context(|| {
+                format!(
+                    "127.0.0.1:{port} (TLS): {words}: not JSON: {}",
+                    String::from_utf8_lossy(&output.stdout).trim()
+                )
+            })?;
+        json_to_value(json).with_context(|| format!("127.0.0.1:{port} (TLS): {words}"))
+    }
+}
+
+/// A reply as `redis-cli -2 --json` printed it, back as a [`redis::Value`]: strings
+/// (simple or bulk) as bulk strings, integers, nil, arrays.
+fn json_to_value(json: serde_json::Value) -> Result<redis::Value> {
+    Ok(match json {
+        serde_json::Value::Null => redis::Value::Nil,
+        serde_json::Value::Bool(flag) => redis::Value::Int(i64::from(flag)),
+        serde_json::Value::Number(number) => match number.as_i64() {
+            Some(int) => redis::Value::Int(int),
+            None => redis::Value::Double(
+                number
+                    .as_f64()
+                    .ok_or_else(|| anyhow!("number {number} out of range"))?,
+            ),
+        },
+        serde_json::Value::String(text) => redis::Value::BulkString(text.into_bytes()),
+        serde_json::Value::Array(items) => redis::Value::Array(
+            items
+                .into_iter()
+                .map(json_to_value)
+                .collect::<Result<_>>()?,
+        ),
+        serde_json::Value::Object(map) => redis::Value::Map(
+            map.into_iter()
+                .map(|(key, value)| {
+                    Ok((
+                        redis::Value::BulkString(key.into_bytes()),
+                        json_to_value(value)?,
+                    ))
+                })
+                .collect::<Result<_>>()?,
+        ),
+    })
 }
 
 /// `Ok` when the Sentinel on `port` knows the master, one healthy replica and the two
 /// other Sentinels, and could authorize a failover; else what is missing.
-fn sentinel_not_ready(port: u16) -> Result<()> {
+fn sentinel_not_ready(access: &Access, port: u16) -> Result<()> {
     let master: HashMap<String, String> =
-        redis_query(port, redis::cmd("SENTINEL").arg("MASTER").arg(MASTER_NAME))?;
+        access.query(port, redis::cmd("SENTINEL").arg("MASTER").arg(MASTER_NAME))?;
     let field = |name: &str| master.get(name).map_or("?", String::as_str);
     if field("flags") != "master"
         || field("num-slaves") != "1"
@@ -287,7 +610,7 @@ fn sentinel_not_ready(port: u16) -> Result<()> {
             field("num-other-sentinels")
         );
     }
-    let replicas: Vec<HashMap<String, String>> = redis_query(
+    let replicas: Vec<HashMap<String, String>> = access.query(
         port,
         redis::cmd("SENTINEL").arg("REPLICAS").arg(MASTER_NAME),
     )?;
@@ -303,7 +626,7 @@ fn sentinel_not_ready(port: u16) -> Result<()> {
             );
         }
     }
-    let _: String = redis_query(
+    let _: String = access.query(
         port,
         redis::cmd("SENTINEL").arg("CKQUORUM").arg(MASTER_NAME),
     )?;
@@ -311,8 +634,8 @@ fn sentinel_not_ready(port: u16) -> Result<()> {
 }
 
 /// The master's port as the Sentinel on `port` names it.
-fn master_addr(port: u16) -> Result<u16> {
-    let addr: Option<(String, u16)> = redis_query(
+fn master_addr(access: &Access, port: u16) -> Result<u16> {
+    let addr: Option<(String, u16)> = access.query(
         port,
         redis::cmd("SENTINEL")
             .arg("get-master-addr-by-name")
@@ -328,8 +651,8 @@ fn master_addr(port: u16) -> Result<u16> {
 }
 
 /// The first element of `ROLE` on the node at `port`: `master`, `slave` or `sentinel`.
-fn role(port: u16) -> Result<String> {
-    let reply: redis::Value = redis_query(port, &redis::cmd("ROLE"))?;
+fn role(access: &Access, port: u16) -> Result<String> {
+    let reply: redis::Value = access.query(port, &redis::cmd("ROLE"))?;
     let first = match reply {
         redis::Value::Array(items) => items.into_iter().next(),
         _ => None,
@@ -340,8 +663,8 @@ fn role(port: u16) -> Result<String> {
     }
 }
 
-fn info_replication(port: u16) -> Result<String> {
-    redis_query(port, redis::cmd("INFO").arg("replication"))
+fn info_replication(access: &Access, port: u16) -> Result<String> {
+    access.query(port, redis::cmd("INFO").arg("replication"))
 }
 
 #[cfg(test)]
@@ -365,9 +688,12 @@ mod tests {
             )
         );
         assert_eq!(group.master_port().unwrap(), ports[0]);
-        assert_eq!(role(ports[0]).unwrap(), "master");
-        assert_eq!(role(ports[1]).unwrap(), "slave");
-        assert_eq!(role(sentinel_ports[0]).unwrap(), "sentinel");
+        assert_eq!(role(&group.node_access, ports[0]).unwrap(), "master");
+        assert_eq!(role(&group.node_access, ports[1]).unwrap(), "slave");
+        assert_eq!(
+            role(&group.sentinel_access, sentinel_ports[0]).unwrap(),
+            "sentinel"
+        );
         assert!(group.wait_for_failover(Duration::from_secs(1)).is_err());
 
         // Written on the master, replicated before the failover.
@@ -387,10 +713,171 @@ mod tests {
         assert_eq!(before.as_deref(), Some("1"));
 
         group.restart_old_master().unwrap();
-        assert!(role(ports[0]).is_ok(), "the old master is back");
+        assert!(
+            role(&group.node_access, ports[0]).is_ok(),
+            "the old master is back"
+        );
         assert!(
             group.restart_old_master().is_err(),
             "nothing killed any more"
         );
+    }
+
+    /// Writes on the master, kills it, waits for the failover to the replica, reads the
+    /// write there, and restarts the old master: every step through `group`'s access.
+    fn fail_over_keeping_data(group: &mut RedisSentinelGroup) {
+        let ports = group.node_ports();
+        let nodes = group.node_access.clone();
+        assert_eq!(group.master_port().unwrap(), ports[0]);
+        assert_eq!(role(&nodes, ports[0]).unwrap(), "master");
+        assert_eq!(role(&nodes, ports[1]).unwrap(), "slave");
+        assert!(group.wait_for_failover(Duration::from_secs(1)).is_err());
+
+        let () = nodes
+            .query(ports[0], redis::cmd("SET").arg("before").arg("1"))
+            .unwrap();
+        let replicated: u64 = nodes
+            .query(ports[0], redis::cmd("WAIT").arg(1).arg(2000))
+            .unwrap();
+        assert_eq!(replicated, 1);
+
+        let started = Instant::now();
+        assert_eq!(group.kill_master().unwrap(), ports[0]);
+        let new_master = group.wait_for_failover(Duration::from_secs(15)).unwrap();
+        eprintln!("failover in {:?}", started.elapsed());
+        assert_eq!(new_master, ports[1]);
+        assert_eq!(group.master_port().unwrap(), ports[1]);
+        let () = nodes
+            .query(new_master, redis::cmd("SET").arg("after").arg("2"))
+            .unwrap();
+        let before: Option<String> = nodes
+            .query(new_master, redis::cmd("GET").arg("before"))
+            .unwrap();
+        assert_eq!(before.as_deref(), Some("1"));
+
+        group.restart_old_master().unwrap();
+        assert!(role(&nodes, ports[0]).is_ok(), "the old master is back");
+    }
+
+    #[test]
+    fn passwords_guard_the_nodes_and_the_sentinels() {
+        // A space and a quote: the configuration file and the URL must carry them.
+        let password = "node \"secret\" 1";
+        let started = Instant::now();
+        let mut group = RedisSentinelGroup::start_secured(Secured {
+            password: Some(password),
+            sentinel_password: Some("sentinel-secret"),
+            tls: None,
+        })
+        .unwrap();
+        eprintln!("password sentinel group up in {:?}", started.elapsed());
+        assert_eq!(group.ca_file(), None);
+        let ports = group.node_ports();
+        let sentinel_ports = group.sentinel_ports();
+
+        // No password: refused by the nodes and by the Sentinels.
+        for port in [ports[0], ports[1], sentinel_ports[0], sentinel_ports[2]] {
+            let err = redis_query::<String>(port, &redis::cmd("PING")).unwrap_err();
+            assert!(format!("{err:#}").contains("NOAUTH"), "{port}: {err:#}");
+        }
+        // Each kind of process has its own password (the server answers WRONGPASS,
+        // which the redis crate reports as AuthenticationFailed).
+        let err = group
+            .node_access
+            .query::<String>(sentinel_ports[0], &redis::cmd("PING"))
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("AuthenticationFailed"),
+            "{err:#}"
+        );
+        let err = group
+            .sentinel_access
+            .query::<String>(ports[0], &redis::cmd("PING"))
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("AuthenticationFailed"),
+            "{err:#}"
+        );
+        assert!(
+            !format!("{err:#}").contains("sentinel-secret"),
+            "errors never show a password: {err:#}"
+        );
+        // With it: answers.
+        assert_eq!(role(&group.node_access, ports[0]).unwrap(), "master");
+        assert_eq!(
+            role(&group.sentinel_access, sentinel_ports[0]).unwrap(),
+            "sentinel"
+        );
+
+        fail_over_keeping_data(&mut group);
+        assert!(
+            redis_query::<String>(ports[0], &redis::cmd("PING")).is_err(),
+            "the restarted node still wants the password"
+        );
+    }
+
+    #[test]
+    fn tls_and_a_password_on_every_process() {
+        let ca = TestCa::new().unwrap();
+        let started = Instant::now();
+        let mut group = RedisSentinelGroup::start_secured(Secured {
+            password: Some("tls-secret"),
+            sentinel_password: None,
+            tls: Some(&ca),
+        })
+        .unwrap();
+        eprintln!("TLS sentinel group up in {:?}", started.elapsed());
+        let ca_file = group.ca_file().unwrap();
+        assert_eq!(fs::read_to_string(&ca_file).unwrap(), ca.ca_pem());
+        let ports = group.node_ports();
+        let sentinel_ports = group.sentinel_ports();
+
+        // Plain TCP: nothing answers RESP, nodes or Sentinels.
+        for &port in ports.iter().chain(&sentinel_ports) {
+            assert!(
+                crate::redis_ping(port).is_none(),
+                "{port} answers plain TCP"
+            );
+            assert!(redis_query::<String>(port, &redis::cmd("PING")).is_err());
+        }
+        // TLS trusting the CA: the Sentinels (no password of their own here) answer
+        // and name the master by IP address and TLS port; the nodes want the password.
+        assert_eq!(
+            role(&group.sentinel_access, sentinel_ports[1]).unwrap(),
+            "sentinel"
+        );
+        assert_eq!(
+            master_addr(&group.sentinel_access, sentinel_ports[1]).unwrap(),
+            ports[0]
+        );
+        let no_password = Access {
+            password: None,
+            tls: group.node_access.tls.clone(),
+        };
+        let err = no_password
+            .query::<String>(ports[0], &redis::cmd("PING"))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("NOAUTH"), "{err:#}");
+        let pong: String = group
+            .node_access
+            .query(ports[1], &redis::cmd("PING"))
+            .unwrap();
+        assert_eq!(pong, "PONG");
+        // TLS trusting another CA: the handshake fails.
+        let other_file = group.nodes[0].dir().join("other-ca.crt");
+        TestCa::new().unwrap().write_ca(&other_file).unwrap();
+        let mut other = group.sentinel_access.clone();
+        if let Some(tls) = &mut other.tls {
+            tls.ca_file = other_file;
+        }
+        let err = other
+            .query::<String>(sentinel_ports[0], &redis::cmd("PING"))
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("certificate verify failed"),
+            "{err:#}"
+        );
+
+        fail_over_keeping_data(&mut group);
     }
 }

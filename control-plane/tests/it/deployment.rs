@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use portcullis_control_plane::{MAINTENANCE_LOCK, store};
 use portcullis_tests::tls::TestCa;
-use portcullis_tests::{PostgresServer, RedisCluster, RedisSentinelGroup, RedisServer};
+use portcullis_tests::{PostgresServer, RedisCluster, RedisSentinelGroup, RedisServer, Secured};
 use serde_json::{Value, json};
 
 use crate::support::{ADMIN_TOKEN, Stack, Topology, Verifier, eventually, header_of};
@@ -206,17 +206,25 @@ async fn redis_cluster_carries_keys_revocations_and_limits() {
     refused_by_all(&[&v], access).await;
 }
 
+/// Sentinels and nodes behind passwords and TLS (the production shape), a failover
+/// mid-test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_is_followed_by_both_binaries() {
-    let (pg, group) = tokio::task::spawn_blocking(|| {
+    let ca = TestCa::new().unwrap();
+    let (node_pw, sentinel_pw) = ("node pass \"quoted\"", "sentinel-pass");
+    let (pg, group) = tokio::task::block_in_place(|| {
+        let secured = Secured {
+            password: Some(node_pw),
+            sentinel_password: Some(sentinel_pw),
+            tls: Some(&ca),
+        };
         (
             PostgresServer::start().unwrap(),
-            RedisSentinelGroup::start().unwrap(),
+            RedisSentinelGroup::start_secured(secured).unwrap(),
         )
-    })
-    .await
-    .unwrap();
-    let mut s = Stack::start_on(pg, Topology::Sentinel(group), "", &[]).await;
+    });
+    let topology = Topology::Sentinel(group, Some(node_pw.into()), Some(sentinel_pw.into()));
+    let mut s = Stack::start_on(pg, topology, "", &[]).await;
     let v = s.verifier().await;
     let (_, app, _) = s.owner_with_app().await;
     let first = s.register(&app, "ann@example.com").await;
@@ -229,7 +237,7 @@ async fn sentinel_failover_is_followed_by_both_binaries() {
     logout(s.addr, &app, &first).await;
     refused_by_all(&[&v], a1).await;
 
-    let Topology::Sentinel(group) = &mut s.redis else {
+    let Topology::Sentinel(group, ..) = &mut s.redis else {
         unreachable!()
     };
     let old = tokio::task::block_in_place(|| group.kill_master().unwrap());

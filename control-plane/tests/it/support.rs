@@ -19,7 +19,8 @@ pub const PASSWORD: &str = "correct horse battery staple";
 pub enum Topology {
     Server(RedisServer),
     Cluster(RedisCluster),
-    Sentinel(RedisSentinelGroup),
+    /// The group, and the passwords it was started with (node, Sentinel).
+    Sentinel(RedisSentinelGroup, Option<String>, Option<String>),
 }
 
 impl Topology {
@@ -35,13 +36,26 @@ impl Topology {
                 env
             }
             Topology::Cluster(c) => vec![("PORTCULLIS_REDIS_URL", c.url())],
-            Topology::Sentinel(g) => vec![
-                ("PORTCULLIS_REDIS_SENTINELS", g.sentinels()),
-                (
-                    "PORTCULLIS_REDIS_SENTINEL_MASTER",
-                    g.master_name().to_owned(),
-                ),
-            ],
+            Topology::Sentinel(g, password, sentinel_password) => {
+                let mut env = vec![
+                    ("PORTCULLIS_REDIS_SENTINELS", g.sentinels()),
+                    (
+                        "PORTCULLIS_REDIS_SENTINEL_MASTER",
+                        g.master_name().to_owned(),
+                    ),
+                ];
+                if let Some(ca) = g.ca_file() {
+                    env.push(("PORTCULLIS_REDIS_SENTINEL_TLS", "true".to_owned()));
+                    env.push(("PORTCULLIS_REDIS_CA_FILE", ca.display().to_string()));
+                }
+                if let Some(p) = password {
+                    env.push(("PORTCULLIS_REDIS_PASSWORD", p.clone()));
+                }
+                if let Some(p) = sentinel_password {
+                    env.push(("PORTCULLIS_REDIS_SENTINEL_PASSWORD", p.clone()));
+                }
+                env
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use portcullis_tests::RedisServer;
 use crate::server::*;
 use crate::support::*;
 
-fn check_request(path: &str, headers: &[(&str, String)]) -> CheckRequest {
+pub fn check_request(path: &str, headers: &[(&str, String)]) -> CheckRequest {
     let headers: HashMap<String, String> = headers
         .iter()
         .map(|(k, v)| ((*k).to_owned(), v.clone()))

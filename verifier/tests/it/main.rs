@@ -1,7 +1,8 @@
 //! The verifier's integration tests, one binary (link time): the attack list of RFC 8725
 //! and more against the verify core, Wycheproof vectors, tokens minted by an independent
-//! library, the zero-allocation guarantee, and end to end against a real redis-server,
-//! over HTTP, gRPC and behind nginx.
+//! library, the zero-allocation guarantee, and end to end against a real redis-server
+//! (also over TLS, as a Cluster and behind Sentinels), over HTTP, gRPC, TLS and mutual TLS,
+//! and behind nginx.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, dead_code)]
 
 mod alloc;
@@ -12,5 +13,8 @@ mod grpc;
 mod http_surface;
 mod redis_sync;
 mod server;
+mod sidecar;
 mod support;
+mod tls;
+mod topology;
 mod wycheproof;
