@@ -3,15 +3,20 @@
 //! (`PORTCULLIS_REDIS_SENTINELS` + `PORTCULLIS_REDIS_SENTINEL_MASTER`; the master's and
 //! the Sentinels' passwords and TLS have variables of their own, since there is no URL).
 //!
-//! [`RedisConn`] is the one command connection for all three: cloneable, connected on first
-//! use, and dropped (so the next command reconnects) when the connection breaks or the
-//! node stopped being a master. With Sentinel, reconnecting asks the Sentinels again, which
-//! is how a failover is followed. redis-rs has a reconnecting manager only for a fixed
-//! address, hence this small wrapper. [`RedisConfig::subscribe`] opens the pub/sub side.
+//! [`RedisConn`] is the one command connection for all three: cloneable, kept by a
+//! background task that connects off the commands' path and again (with backoff) when a
+//! command finds the node connection broken or its node no longer a master. With
+//! Sentinel, reconnecting asks the Sentinels again, which is how a failover is followed;
+//! a Cluster connection repairs itself node by node. redis-rs has a reconnecting manager
+//! only for a fixed address, hence this small wrapper. [`RedisConfig::subscribe`] opens
+//! the pub/sub side.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection, PubSub};
 use redis::cluster::ClusterClientBuilder;
@@ -21,7 +26,7 @@ use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
     Pipeline, RedisError, RedisFuture, RedisResult, TlsCertificates, Value,
 };
-use tokio::sync::Mutex;
+use tokio::sync::{Notify, watch};
 
 use crate::env::{ConfigError, Env};
 
@@ -35,12 +40,12 @@ pub const REDIS_SENTINEL_TLS: &str = "PORTCULLIS_REDIS_SENTINEL_TLS";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// After a failed connect, commands fail at once for this long instead of each waiting
-/// out its own connect timeout while Redis is down.
-const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+/// Pauses between failed connects (doubling); meanwhile commands fail at once.
+const MIN_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_secs(5);
 
-/// Where Redis is.
-#[derive(Clone, Debug)]
+/// Where Redis is. (No `Debug`: it holds passwords; see [`RedisConfig::describe`].)
+#[derive(Clone)]
 enum Target {
     Server(ConnectionInfo),
     Cluster(Vec<ConnectionInfo>),
@@ -253,14 +258,17 @@ impl RedisConfig {
         builder.build()
     }
 
-    /// A command connection, connected on first use.
+    /// A command connection, kept by a background task (call within a Tokio runtime).
     pub fn connection(&self) -> RedisConn {
-        RedisConn {
-            inner: Arc::new(Inner {
-                config: self.clone(),
-                state: Mutex::new(State::default()),
-            }),
-        }
+        let inner = Arc::new(Inner {
+            config: self.clone(),
+            live: ArcSwapOption::empty(),
+            wake: Notify::new(),
+            connected: watch::channel(0).0,
+            failing: AtomicBool::new(false),
+        });
+        tokio::spawn(reconnect(Arc::downgrade(&inner)));
+        RedisConn { inner }
     }
 
     /// A subscriber connection (pub/sub). On a Cluster any node delivers every channel's
@@ -270,8 +278,10 @@ impl RedisConfig {
             Target::Server(info) => self.client(info)?,
             Target::Sentinel { .. } => self.sentinel()?.async_get_client().await?,
             Target::Cluster(nodes) => {
+                // From a random node: a dead node listed first never blocks every round.
+                let start = (rand_index() % nodes.len().max(1) as u64) as usize;
                 let mut last = None;
-                for info in nodes {
+                for info in nodes.iter().cycle().skip(start).take(nodes.len()) {
                     match self.open_pubsub(&self.client(info)?, channel).await {
                         Ok(pubsub) => return Ok(pubsub),
                         Err(e) => last = Some(e),
@@ -344,27 +354,33 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, ConfigError> {
     Ok(pem)
 }
 
+/// A cheap random number (no rand dependency here): std's per-map random hash keys.
+fn rand_index() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
 fn io_error(message: &'static str) -> RedisError {
     RedisError::from(std::io::Error::other(message))
 }
 
 /// A live connection: one node (a server or the Sentinel's master) or a whole Cluster.
-#[derive(Clone)]
 enum Live {
     Node(MultiplexedConnection),
     Cluster(ClusterConnection),
 }
 
-#[derive(Default)]
-struct State {
-    live: Option<Live>,
-    /// When the last connect failed (commands fail fast for [`RECONNECT_PAUSE`]).
-    failed_at: Option<Instant>,
-}
-
 struct Inner {
     config: RedisConfig,
-    state: Mutex<State>,
+    live: ArcSwapOption<Live>,
+    /// Wakes the reconnect task: a command found no connection, or dropped a broken one.
+    wake: Notify,
+    /// Bumped on every new connection; commands waiting for one watch it.
+    connected: watch::Sender<u64>,
+    /// The last attempt failed and the task is backing off: commands fail at once.
+    failing: AtomicBool,
 }
 
 /// The command connection (see the module docs). Cheap to clone; clones share it.
@@ -392,35 +408,73 @@ fn broken(e: &RedisError) -> bool {
         )
 }
 
-impl RedisConn {
-    async fn live(&self) -> RedisResult<Live> {
-        let mut state = self.inner.state.lock().await;
-        if let Some(live) = &state.live {
-            return Ok(live.clone());
+/// Keeps one connection while any handle lives, connecting off every command's path (a
+/// cancelled command never cancels a connect): at once, and again whenever a command
+/// drops a broken one, with backoff between failures.
+async fn reconnect(inner: Weak<Inner>) {
+    let mut pause = MIN_PAUSE;
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        if strong.live.load().is_some() {
+            // Woken by a command, or rechecking now and then whether handles remain.
+            tokio::select! {
+                () = strong.wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
         }
-        if let Some(at) = state.failed_at
-            && at.elapsed() < RECONNECT_PAUSE
-        {
-            return Err(io_error("redis is unreachable; reconnecting"));
-        }
-        match self.inner.config.connect().await {
+        match strong.config.connect().await {
             Ok(live) => {
-                state.live = Some(live.clone());
-                state.failed_at = None;
-                Ok(live)
+                strong.live.store(Some(Arc::new(live)));
+                strong.failing.store(false, Ordering::Release);
+                strong.connected.send_modify(|n| *n += 1);
+                pause = MIN_PAUSE;
             }
             Err(e) => {
-                state.failed_at = Some(Instant::now());
-                Err(e)
+                strong.failing.store(true, Ordering::Release);
+                tracing::debug!(error = %e, redis = %strong.config.describe(), retry_in = ?pause, "redis connect failed");
+                drop(strong);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_PAUSE);
             }
         }
     }
+}
 
-    async fn settle<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
+impl RedisConn {
+    async fn live(&self) -> RedisResult<Arc<Live>> {
+        let inner = &self.inner;
+        if let Some(live) = inner.live.load_full() {
+            return Ok(live);
+        }
+        let mut connected = inner.connected.subscribe();
+        inner.wake.notify_one();
+        if let Some(live) = inner.live.load_full() {
+            return Ok(live);
+        }
+        let unreachable = || io_error("redis is unreachable; reconnecting");
+        if inner.failing.load(Ordering::Acquire) {
+            return Err(unreachable());
+        }
+        // The first connection (or one being made): wait for it, boundedly.
+        match tokio::time::timeout(CONNECT_TIMEOUT, connected.changed()).await {
+            Ok(Ok(())) => inner.live.load_full().ok_or_else(unreachable),
+            _ => Err(unreachable()),
+        }
+    }
+
+    /// After a command: a broken node connection is dropped (only if it is still the
+    /// current one) and the reconnect task woken. A Cluster connection repairs itself
+    /// node by node, so one dead node never tears down the rest.
+    fn settle<T>(&self, used: &Arc<Live>, result: RedisResult<T>) -> RedisResult<T> {
         if let Err(e) = &result
+            && matches!(**used, Live::Node(_))
             && broken(e)
         {
-            self.inner.state.lock().await.live = None;
+            let _ = self.inner.live.compare_and_swap(used, None::<Arc<Live>>);
+            self.inner.wake.notify_one();
         }
         result
     }
@@ -429,11 +483,12 @@ impl RedisConn {
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let result = match self.live().await? {
-                Live::Node(mut c) => c.req_packed_command(cmd).await,
-                Live::Cluster(mut c) => c.req_packed_command(cmd).await,
+            let live = self.live().await?;
+            let result = match &*live {
+                Live::Node(c) => c.clone().req_packed_command(cmd).await,
+                Live::Cluster(c) => c.clone().req_packed_command(cmd).await,
             };
-            self.settle(result).await
+            self.settle(&live, result)
         })
     }
 
@@ -444,11 +499,12 @@ impl ConnectionLike for RedisConn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            let result = match self.live().await? {
-                Live::Node(mut c) => c.req_packed_commands(cmd, offset, count).await,
-                Live::Cluster(mut c) => c.req_packed_commands(cmd, offset, count).await,
+            let live = self.live().await?;
+            let result = match &*live {
+                Live::Node(c) => c.clone().req_packed_commands(cmd, offset, count).await,
+                Live::Cluster(c) => c.clone().req_packed_commands(cmd, offset, count).await,
             };
-            self.settle(result).await
+            self.settle(&live, result)
         })
     }
 

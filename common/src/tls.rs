@@ -24,7 +24,8 @@ use tokio::sync::{Semaphore, mpsc};
 
 /// How often the certificate files are checked for changes.
 pub const RELOAD_POLL: Duration = Duration::from_secs(2);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client silent for this long loses its handshake slot.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections between accept and the server taking them (handshaking, or waiting).
 const HANDSHAKES_IN_FLIGHT: usize = 1024;
 

@@ -6,7 +6,7 @@
 //! | `disable` | never | — |
 //! | `prefer` (default) | if the server offers it | not checked |
 //! | `require` | always | not checked; with `sslrootcert`, as `verify-ca` |
-//! | `verify-ca` | always | chains to `sslrootcert` (or the system roots) |
+//! | `verify-ca` | always | chains to `sslrootcert` (required: any public CA would do) |
 //! | `verify-full` | always | chains, and names the host in the URL |
 //!
 //! tokio-postgres itself knows only `disable`/`prefer`/`require` and no `sslrootcert`, so
@@ -65,6 +65,14 @@ impl DbTarget {
             "prefer" => (SslMode::Prefer, Check::None),
             "require" if root_cert.is_some() => (SslMode::Require, Check::Chain),
             "require" => (SslMode::Require, Check::None),
+            // Without its own roots a chain-only check would take any public CA's
+            // certificate for any name: libpq has no such mode either.
+            "verify-ca" if root_cert.is_none() => {
+                return Err(
+                    "sslmode=verify-ca needs sslrootcert (or use verify-full with the system roots)"
+                        .to_owned(),
+                );
+            }
             "verify-ca" => (SslMode::Require, Check::Chain),
             "verify-full" => (SslMode::Require, Check::ChainAndName),
             other => {
@@ -248,8 +256,7 @@ mod tests {
         assert_eq!(t.config.get_ssl_mode(), SslMode::Require);
         assert_eq!(t.check, Check::ChainAndName);
         assert_eq!(t.config.get_application_name(), Some("x"));
-        let t = DbTarget::parse("postgres://u@h/db?sslmode=verify-ca").unwrap();
-        assert_eq!(t.check, Check::Chain);
+        assert!(DbTarget::parse("postgres://u@h/db?sslmode=verify-ca").is_err());
         let t = DbTarget::parse("postgres://u@h/db?sslmode=disable").unwrap();
         assert_eq!(t.config.get_ssl_mode(), SslMode::Disable);
     }

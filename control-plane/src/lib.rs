@@ -93,8 +93,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    metrics::install();
     portcullis_common::tls::install_provider();
+    metrics::install();
     let tls = match &config.tls {
         Some(files) => Some(
             ReloadingConfig::load(files.clone(), ClientAuth::None)
@@ -198,33 +198,45 @@ async fn maintain(state: AppState) {
                 continue;
             }
         };
-        if let Err(e) = state
-            .keys
-            .maintain(state.config.key_rotation_interval)
-            .await
-        {
-            tracing::warn!(error = %e, "key schedule check failed");
+        // Bounded: a pass stuck on a half-open connection must not hold the lock (and so
+        // every replica's maintenance) for long.
+        let limit = (state.config.reconcile_interval * 4).max(Duration::from_secs(120));
+        let pass = maintenance_pass(&state, &mut last_audit_prune);
+        if tokio::time::timeout(limit, pass).await.is_err() {
+            ::metrics::counter!("portcullis_reconcile_failures_total").increment(1);
+            tracing::warn!(?limit, "maintenance pass timed out; retrying next interval");
         }
-        let with_audit = last_audit_prune.is_none_or(|at| at.elapsed() >= AUDIT_PRUNE_EVERY);
-        match prune(&state, with_audit).await {
-            Ok(()) if with_audit => last_audit_prune = Some(std::time::Instant::now()),
-            Ok(()) => {}
-            Err(e) => tracing::warn!(error = %e, "pruning failed; retrying next interval"),
+    }
+}
+
+/// One maintenance pass: the key schedule, pruning, and the Redis reconcile.
+async fn maintenance_pass(state: &AppState, last_audit_prune: &mut Option<std::time::Instant>) {
+    if let Err(e) = state
+        .keys
+        .maintain(state.config.key_rotation_interval)
+        .await
+    {
+        tracing::warn!(error = %e, "key schedule check failed");
+    }
+    let with_audit = last_audit_prune.is_none_or(|at| at.elapsed() >= AUDIT_PRUNE_EVERY);
+    match prune(state, with_audit).await {
+        Ok(()) if with_audit => *last_audit_prune = Some(std::time::Instant::now()),
+        Ok(()) => {}
+        Err(e) => tracing::warn!(error = %e, "pruning failed; retrying next interval"),
+    }
+    match state
+        .publisher
+        .reconcile(&state.pool, &state.keys, clock::unix_now())
+        .await
+    {
+        Ok(repaired) if repaired.any() => {
+            ::metrics::counter!("portcullis_reconcile_repairs_total").increment(1);
+            tracing::info!(?repaired, "Redis reconciled from PostgreSQL");
         }
-        match state
-            .publisher
-            .reconcile(&state.pool, &state.keys, clock::unix_now())
-            .await
-        {
-            Ok(repaired) if repaired.any() => {
-                ::metrics::counter!("portcullis_reconcile_repairs_total").increment(1);
-                tracing::info!(?repaired, "Redis reconciled from PostgreSQL");
-            }
-            Ok(_) => {}
-            Err(e) => {
-                ::metrics::counter!("portcullis_reconcile_failures_total").increment(1);
-                tracing::warn!(error = %e, "reconcile failed; retrying next interval");
-            }
+        Ok(_) => {}
+        Err(e) => {
+            ::metrics::counter!("portcullis_reconcile_failures_total").increment(1);
+            tracing::warn!(error = %e, "reconcile failed; retrying next interval");
         }
     }
 }

@@ -27,6 +27,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Before anything that may speak TLS (the Redis sync included).
+    portcullis_common::tls::install_provider();
     let shared = Shared::new(config.max_staleness_secs);
     let app = Arc::new(App {
         shared: shared.clone(),
@@ -74,7 +76,6 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    portcullis_common::tls::install_provider();
     // The HTTP port lets probes in without a client certificate (and refuses checks
     // without one); the gRPC port refuses such callers in the handshake.
     let mut tls_for = |required| -> anyhow::Result<_> {

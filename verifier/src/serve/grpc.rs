@@ -169,8 +169,12 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    // tonic retries a failed accept at once: pause after one (EMFILE and the like).
     let incoming = futures_util::stream::unfold(listener, |mut listener| async move {
         let next = listener.accept().await.map(|(conn, _)| GrpcConn(conn));
+        if next.is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         Some((next, listener))
     });
     tonic::transport::Server::builder()
