@@ -47,12 +47,17 @@ pub enum ErrorCode {
     InvalidMfaToken,
     MfaAlreadyEnabled,
     RoleExists,
+    /// A social sign-in whose `state` is missing, unknown, expired, used, or was started
+    /// in another browser.
+    InvalidState,
+    /// The provider identity is already linked to another user.
+    IdentityLinked,
 }
 
 impl ErrorCode {
     /// Every code in declaration order (so `code as usize` indexes it), for tests and
     /// for pre-registering metrics.
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 34] = [
         Self::InvalidRequest,
         Self::PayloadTooLarge,
         Self::NotFound,
@@ -85,6 +90,8 @@ impl ErrorCode {
         Self::InvalidMfaToken,
         Self::MfaAlreadyEnabled,
         Self::RoleExists,
+        Self::InvalidState,
+        Self::IdentityLinked,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -121,13 +128,18 @@ impl ErrorCode {
             Self::InvalidMfaToken => "invalid_mfa_token",
             Self::MfaAlreadyEnabled => "mfa_already_enabled",
             Self::RoleExists => "role_exists",
+            Self::InvalidState => "invalid_state",
+            Self::IdentityLinked => "identity_linked",
         }
     }
 
     /// The HTTP status the contract pairs with this code.
     pub const fn status(self) -> u16 {
         match self {
-            Self::InvalidRequest | Self::CaptchaRequired | Self::CaptchaInvalid => 400,
+            Self::InvalidRequest
+            | Self::CaptchaRequired
+            | Self::CaptchaInvalid
+            | Self::InvalidState => 400,
             Self::MissingToken
             | Self::TokenExpired
             | Self::InvalidSignature
@@ -148,7 +160,8 @@ impl ErrorCode {
             | Self::AppExists
             | Self::UserExists
             | Self::MfaAlreadyEnabled
-            | Self::RoleExists => 409,
+            | Self::RoleExists
+            | Self::IdentityLinked => 409,
             Self::TokenExpiredOrUsed => 410,
             Self::PayloadTooLarge => 413,
             Self::WeakPassword => 422,
@@ -193,6 +206,8 @@ impl ErrorCode {
             Self::InvalidMfaToken => "The MFA token is invalid, expired or already used",
             Self::MfaAlreadyEnabled => "This factor is already enabled",
             Self::RoleExists => "A role with this name already exists",
+            Self::InvalidState => "The sign-in state is missing, expired or from another browser",
+            Self::IdentityLinked => "This identity is already linked to another user",
         }
     }
 }

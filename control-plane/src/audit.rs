@@ -40,6 +40,8 @@ pub const EVENTS: &[&str] = &[
     "mfa.recovery_codes_regenerated",
     "mfa.totp_confirm_failed",
     "mfa.totp_setup_started",
+    "oauth.linked",
+    "oauth.unlinked",
     "password.changed",
     "password.reset",
     "password.reset_requested",

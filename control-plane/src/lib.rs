@@ -23,6 +23,7 @@ pub mod limits;
 pub mod messages;
 pub mod metrics;
 pub mod mfa;
+pub mod oauth;
 pub mod outbox;
 pub mod passwords;
 pub mod publish;
@@ -112,7 +113,11 @@ pub async fn run(
         config.webhook_allow_private,
         publisher.connection(),
     );
-    let state = AppState::new(config, pool, publisher, outbox, captcha);
+    let oauth = oauth::OAuth::new(
+        webhooks::client(config.webhook_allow_private).map_err(StartError::Messages)?,
+        config.webhook_allow_private,
+    );
+    let state = AppState::new(config, pool, publisher, outbox, captcha, oauth);
     // A key that does not open means the wrong encryption key: refuse to start.
     match state.keys.refresh().await {
         Ok(_) => {}
@@ -167,6 +172,7 @@ pub async fn run(
 async fn prune(state: &AppState, with_audit: bool) -> Result<(), error::ApiError> {
     let client = state.pool.get().await?;
     sessions::prune(&client, clock::unix_now()).await?;
+    oauth::prune(&client, clock::unix_now()).await?;
     outbox::prune(&client).await?;
     if with_audit {
         audit::prune(&client).await?;

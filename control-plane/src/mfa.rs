@@ -1073,7 +1073,7 @@ async fn session_start(tx: &impl GenericClient, session: Uuid) -> Result<OffsetD
 }
 
 /// A sign-in within [`RECENT_SIGN_IN_SECS`], or else a [`Proof`].
-async fn recent_or_proof_in(
+pub async fn recent_or_proof_in(
     tx: &impl GenericClient,
     state: &AppState,
     app: &App,

@@ -31,6 +31,8 @@ pub enum Purpose {
     MagicLink,
     /// The second step of a sign-in (`mfa_token`).
     MfaLogin,
+    /// Opens the social-login authorize route to link a provider to a signed-in user.
+    OauthLink,
 }
 
 impl Purpose {
@@ -40,6 +42,7 @@ impl Purpose {
             Self::EmailVerification => "email_verification",
             Self::MagicLink => "magic_link",
             Self::MfaLogin => "mfa_login",
+            Self::OauthLink => "oauth_link",
         }
     }
 
@@ -50,6 +53,7 @@ impl Purpose {
             Self::EmailVerification => 24 * 3600,
             Self::MagicLink => 15 * 60,
             Self::MfaLogin => 5 * 60,
+            Self::OauthLink => 2 * 60,
         }
     }
 }

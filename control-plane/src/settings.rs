@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 
 use crate::captcha::{CaptchaSettings, SECRET_MASK};
 use crate::error::ApiError;
+use crate::oauth::{self, OAuthProvider};
 
 /// Everything an application can tune in this release. Fields of later features are
 /// ignored (unknown JSON fields are, by the contract).
@@ -37,6 +38,8 @@ pub struct AppSettings {
     /// Cookie sessions (`options.set_cookie`): names, domain, and the origins whose
     /// cookie-authenticated requests may change state.
     pub cookies: CookieSettings,
+    /// Social login providers (`/oauth/{name}/…`); client secrets sealed, shown masked.
+    pub oauth_providers: Vec<OAuthProvider>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -145,6 +148,7 @@ impl Default for AppSettings {
             audit_retention_days: DEFAULT_AUDIT_RETENTION_DAYS,
             captcha: None,
             cookies: CookieSettings::default(),
+            oauth_providers: Vec::new(),
         }
     }
 }
@@ -194,8 +198,9 @@ impl AppSettings {
             captcha.remove("secret");
         }
         merge(&mut current, &patch);
-        let next: Self = serde_json::from_value(current)
+        let mut next: Self = serde_json::from_value(current)
             .map_err(|e| ApiError::bad_request(format!("settings: {e}")))?;
+        oauth::carry_secrets(&self.oauth_providers, &mut next.oauth_providers)?;
         next.validate()?;
         // The stored secret goes only where it went before: a new provider or verify_url
         // needs it sent again (else whoever can change settings could have it posted to
@@ -251,6 +256,7 @@ impl AppSettings {
         if let Some(captcha) = &self.captcha {
             captcha.validate()?;
         }
+        oauth::validate(&self.oauth_providers)?;
         let c = &self.cookies;
         check(
             cookie_name_ok(&c.access_name)
@@ -295,6 +301,7 @@ impl AppSettings {
         if let Some(captcha) = &mut shown.captcha {
             captcha.secret = SECRET_MASK.to_owned();
         }
+        oauth::masked(&mut shown.oauth_providers);
         shown
     }
 

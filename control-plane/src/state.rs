@@ -31,6 +31,8 @@ pub struct AppState {
     pub secrets: Secrets,
     pub outbox: Outbox,
     pub captcha: Captcha,
+    /// Social-login providers (HTTP through the SSRF guard, discovery and keys cached).
+    pub oauth: crate::oauth::OAuth,
     /// The sidecar's verify core, for user tokens presented to the control plane itself.
     pub verifier: Arc<Verifier>,
     /// The same for owner tokens, which carry their own `typ`.
@@ -44,6 +46,7 @@ impl AppState {
         publisher: Publisher,
         outbox: Outbox,
         captcha: Captcha,
+        oauth: crate::oauth::OAuth,
     ) -> Self {
         let secrets = Secrets::new(&config.key_encryption_key);
         let verifier = |typ: &str| {
@@ -75,6 +78,7 @@ impl AppState {
             secrets,
             outbox,
             captcha,
+            oauth,
             verifier,
             owner_verifier,
         }

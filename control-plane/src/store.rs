@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../migrations/0002_recovery_mfa.sql")),
     (3, include_str!("../migrations/0003_roles.sql")),
     (4, include_str!("../migrations/0004_webhooks.sql")),
+    (5, include_str!("../migrations/0005_oauth.sql")),
 ];
 
 /// Advisory lock key for migrations ("portcull" in ASCII).

@@ -40,6 +40,7 @@
 
 pub mod http;
 pub mod mail;
+pub mod oidc;
 mod redis_cluster;
 mod redis_sentinel;
 pub mod sink;

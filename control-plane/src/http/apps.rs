@@ -302,7 +302,8 @@ async fn settings_put(
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
     let app = apps::lock(&tx, app.id).await?;
-    let settings = app.settings.merged(&patch)?;
+    let mut settings = app.settings.merged(&patch)?;
+    crate::oauth::seal_secrets(&mut settings.oauth_providers, &state.secrets, app.id);
     let json = serde_json::to_value(&settings).map_err(|e| ApiError::internal(&e))?;
     tx.exec(
         "UPDATE apps SET settings = $2 WHERE id = $1",

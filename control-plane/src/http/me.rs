@@ -59,17 +59,30 @@ pub(super) async fn signed_in(
     Ok((app, principal, user))
 }
 
-/// The signed-in user's profile.
+/// `GET /me`: the profile and the linked provider identities.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct MeView {
+    #[serde(flatten)]
+    user: UserView,
+    identities: Vec<crate::oauth::IdentityView>,
+}
+
+/// The signed-in user's profile, with the providers linked to it.
 #[utoipa::path(get, path = "/v1/apps/{app}/me", tag = "me", params(("app" = String, Path)),
-    responses((status = 200, body = UserView), (status = 401, body = Problem)))]
+    responses((status = 200, body = MeView), (status = 401, body = Problem)))]
 async fn me_get(
     State(state): State<AppState>,
     ctx: Ctx,
     headers: HeaderMap,
     Path(app): Path<String>,
-) -> ApiResult<Json<UserView>> {
+) -> ApiResult<Json<MeView>> {
     let (_, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
-    Ok(Json(user.view()))
+    let client = state.pool.get().await?;
+    let identities = crate::oauth::identities(&client, user.id).await?;
+    Ok(Json(MeView {
+        user: user.view(),
+        identities,
+    }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

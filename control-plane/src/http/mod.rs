@@ -34,6 +34,7 @@ mod auth;
 mod cookies;
 mod me;
 mod mfa;
+mod oauth;
 mod ops;
 mod owners;
 mod pages;
@@ -65,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .merge(me::routes())
         .merge(recovery::routes())
         .merge(mfa::routes())
+        .merge(oauth::routes())
         .merge(admin::routes())
         .merge(audit::routes())
         .merge(roles::routes())

@@ -8,6 +8,7 @@ mod cookies;
 mod deployment;
 mod maintenance;
 mod mfa;
+mod oauth;
 mod owners_apps;
 mod recovery;
 mod refresh;

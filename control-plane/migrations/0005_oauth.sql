@@ -1,0 +1,48 @@
+-- Social login (API.md §3 `/oauth/*`): identities at external providers, the sign-ins
+-- and links in flight, and the ticket that starts a link from a signed-in session.
+
+-- An external identity, keyed by (provider, subject) within an application: never by
+-- email. A user holds at most one identity per provider.
+CREATE TABLE oauth_identities (
+    id             uuid PRIMARY KEY,
+    app_id         uuid NOT NULL REFERENCES apps (id) ON DELETE CASCADE,
+    user_id        uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    provider       text NOT NULL,
+    subject        text NOT NULL,
+    -- What the provider said at the last sign-in (shown in /me; never used to match).
+    email          text,
+    email_verified boolean NOT NULL DEFAULT false,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    last_used_at   timestamptz,
+    UNIQUE (app_id, provider, subject),
+    UNIQUE (user_id, provider)
+);
+
+-- One authorization request: `state` (stored as SHA-256) is single use and bound to the
+-- browser that started it (the SHA-256 of a cookie it was given), with the PKCE verifier
+-- and the nonce the ID token must carry. Once the provider answered, `code_hash` is the
+-- one-time code (60 s) exchanged at POST /oauth/exchange.
+CREATE TABLE oauth_flows (
+    state_hash      bytea PRIMARY KEY,
+    app_id          uuid NOT NULL REFERENCES apps (id) ON DELETE CASCADE,
+    provider        text NOT NULL,
+    browser_hash    bytea NOT NULL,
+    code_verifier   text NOT NULL,
+    nonce           text NOT NULL,
+    redirect_uri    text NOT NULL,
+    client_state    text,
+    link_user_id    uuid REFERENCES users (id) ON DELETE CASCADE,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    expires_at      timestamptz NOT NULL,
+    used_at         timestamptz,
+    code_hash       bytea UNIQUE,
+    code_user_id    uuid REFERENCES users (id) ON DELETE CASCADE,
+    code_expires_at timestamptz,
+    code_used_at    timestamptz
+);
+CREATE INDEX oauth_flows_expiry ON oauth_flows (expires_at);
+
+-- The link ticket (a single-use token of a signed-in user that opens the authorize route).
+ALTER TABLE one_time_tokens DROP CONSTRAINT one_time_tokens_purpose_check;
+ALTER TABLE one_time_tokens ADD CONSTRAINT one_time_tokens_purpose_check
+    CHECK (purpose IN ('password_reset', 'email_verification', 'magic_link', 'mfa_login', 'oauth_link'));
