@@ -72,10 +72,27 @@ pub enum Scope<'a> {
     LoginFailuresIp { app: &'a str, ip: IpAddr },
 }
 
+/// The client a per-address limit counts: an IPv4 address, or an IPv6 /64 (one host
+/// usually holds a whole /64, so counting single addresses would not limit it).
+fn client(ip: &IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
 impl Scope<'_> {
     fn key(&self) -> String {
         match self {
-            Self::Ip { app, route, ip } => format!("portcullis:rl:{app}:{route}:ip:{ip}"),
+            Self::Ip { app, route, ip } => {
+                format!("portcullis:rl:{app}:{route}:ip:{}", client(ip))
+            }
             Self::AccountFailures { app, account } => {
                 format!("portcullis:rl:{app}:login-failures:{}", hashed(account))
             }
@@ -90,7 +107,9 @@ impl Scope<'_> {
             Self::MfaFailures { app, user } => {
                 format!("portcullis:rl:{app}:mfa-failures:{}", hashed(user))
             }
-            Self::LoginFailuresIp { app, ip } => format!("portcullis:rl:{app}:ip-failures:{ip}"),
+            Self::LoginFailuresIp { app, ip } => {
+                format!("portcullis:rl:{app}:ip-failures:{}", client(ip))
+            }
         }
     }
 

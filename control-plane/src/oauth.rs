@@ -396,7 +396,7 @@ impl OAuth {
         let doc: Discovery = serde_json::from_value(self.get_json(&url, None).await?)
             .map_err(|e| down(&format!("discovery document: {e}")))?;
         // OpenID Connect Discovery §4.3: the document is the issuer's own.
-        let template = doc.issuer.contains("{tenantid}");
+        let template = p.kind == ProviderKind::Microsoft && doc.issuer.contains("{tenantid}");
         if doc.issuer.trim_end_matches('/') != issuer && !template {
             return Err(down(&format!(
                 "discovery names issuer {:?}, not {issuer:?}",
@@ -433,8 +433,10 @@ impl OAuth {
 }
 
 /// What a provider says about the person who signed in.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Asserted {
+    /// The `iss` of the ID token (Microsoft: the tenant's), or GitHub's API base.
+    pub issuer: String,
     pub subject: String,
     pub email: Option<String>,
     pub email_verified: bool,
@@ -505,6 +507,12 @@ async fn verify_id_token(
         None => None,
     }
     .ok_or_else(|| invalid_id_token("unknown key"))?;
+    if matches!(
+        jwk.common.public_key_use,
+        Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+    ) {
+        return Err(invalid_id_token("an encryption key"));
+    }
     // The key's own algorithm, when it names one, must be the token's.
     if let Some(key_alg) = jwk.common.key_algorithm
         && format!("{key_alg:?}") != format!("{:?}", header.alg)
@@ -529,7 +537,9 @@ async fn verify_id_token(
     })?;
     let c = data.claims;
     let expected_iss = match &c.tid {
-        Some(tid) if discovery.issuer.contains("{tenantid}") => {
+        Some(tid)
+            if p.kind == ProviderKind::Microsoft && discovery.issuer.contains("{tenantid}") =>
+        {
             discovery.issuer.replace("{tenantid}", tid)
         }
         _ => discovery.issuer.clone(),
@@ -555,6 +565,7 @@ async fn verify_id_token(
     }
     let verified = c.email_verified == Value::Bool(true) || c.email_verified == json!("true");
     Ok(Asserted {
+        issuer: c.iss,
         subject: c.sub,
         email: c.email,
         email_verified: verified,
@@ -563,21 +574,33 @@ async fn verify_id_token(
 }
 
 /// GitHub: the user (`id`, `name`) and its primary verified email from the user API.
-async fn github_user(oauth: &OAuth, api: &str, token: &str) -> Result<Asserted, ApiError> {
+/// Without the `user:email` (or `user`) scope there is no address to read; with it, a
+/// failed read is an outage, never "no address" (that would skip the address checks).
+async fn github_user(
+    oauth: &OAuth,
+    api: &str,
+    token: &str,
+    email_scope: bool,
+) -> Result<Asserted, ApiError> {
     let user = oauth.get_json(&format!("{api}/user"), Some(token)).await?;
     let id = user
         .get("id")
         .and_then(Value::as_u64)
         .ok_or_else(|| down(&"the user API answered no id"))?;
-    let emails = oauth
-        .get_json(&format!("{api}/user/emails"), Some(token))
-        .await
-        .unwrap_or(Value::Null);
+    let emails = match email_scope {
+        true => {
+            oauth
+                .get_json(&format!("{api}/user/emails"), Some(token))
+                .await?
+        }
+        false => Value::Null,
+    };
     let primary = emails.as_array().and_then(|list| {
         list.iter()
             .find(|e| e.get("primary") == Some(&Value::Bool(true)))
     });
     Ok(Asserted {
+        issuer: api.to_owned(),
         subject: id.to_string(),
         email: primary
             .and_then(|e| e.get("email"))
@@ -626,9 +649,20 @@ pub async fn start(
     p: &OAuthProvider,
     redirect_uri: &str,
     client_state: Option<&str>,
+    client_challenge: Option<&str>,
     link_user: Option<Uuid>,
     now: i64,
 ) -> Result<Started, ApiError> {
+    let challenge_ok = |c: &str| {
+        c.len() == 43
+            && c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if client_challenge.is_some_and(|c| !challenge_ok(c)) {
+        return Err(ApiError::bad_request(
+            "code_challenge must be an S256 challenge (43 base64url characters)",
+        ));
+    }
     if !app.settings.redirect_allowed(redirect_uri) {
         return Err(ApiError::bad_request(
             "redirect_uri is not one of the application's allowed_redirect_uris",
@@ -648,8 +682,9 @@ pub async fn start(
     client
         .exec(
             "INSERT INTO oauth_flows (state_hash, app_id, provider, browser_hash, code_verifier,
-                 nonce, redirect_uri, client_state, link_user_id, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                 nonce, redirect_uri, client_state, link_user_id, created_at, expires_at,
+                 client_challenge)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             &[
                 &digest(&state),
                 &app.id,
@@ -662,6 +697,7 @@ pub async fn start(
                 &link_user,
                 &clock::at(now),
                 &clock::at(now + FLOW_TTL_SECS),
+                &client_challenge,
             ],
         )
         .await?;
@@ -678,6 +714,10 @@ pub async fn start(
     ];
     if p.kind != ProviderKind::Github {
         pairs.push(("nonce", nonce.as_str()));
+        if link_user.is_some() {
+            // A link is never approved silently by a provider session in the browser.
+            pairs.push(("prompt", "consent"));
+        }
     }
     if p.kind == ProviderKind::Apple {
         // Apple posts the answer when names or emails are asked for.
@@ -777,16 +817,16 @@ pub async fn callback(
     )
     .await?;
     drop(client);
+    // Re-checked before anything happens: the allowlist may have lost the URI meanwhile.
+    if !app.settings.redirect_allowed(&flow.redirect_uri) {
+        return Err(ApiError::bad_request(
+            "the redirect_uri is no longer allowed",
+        ));
+    }
     let back = |pairs: &[(&str, &str)]| -> Result<String, ApiError> {
         let mut pairs = pairs.to_vec();
         if let Some(s) = &flow.client_state {
             pairs.push(("state", s.as_str()));
-        }
-        // Re-checked: the allowlist may have lost the URI meanwhile.
-        if !app.settings.redirect_allowed(&flow.redirect_uri) {
-            return Err(ApiError::bad_request(
-                "the redirect_uri is no longer allowed",
-            ));
         }
         with_query(&flow.redirect_uri, &pairs)
     };
@@ -800,6 +840,7 @@ pub async fn callback(
     }
     match finish(state, app, p, &flow, answer.code.as_deref(), ctx).await {
         Ok(Finished::SignedIn(code)) => back(&[("code", &code)]),
+        Ok(Finished::LinkPending(code)) => back(&[("link_code", &code)]),
         Ok(Finished::Linked) => back(&[("linked", &p.name)]),
         Err(e) => {
             tracing::info!(provider = %p.name, code = %e.code, detail = %e.detail, "social sign-in refused");
@@ -810,6 +851,9 @@ pub async fn callback(
 
 enum Finished {
     SignedIn(String),
+    /// A link waiting for the linking user's session to confirm it with this code.
+    LinkPending(String),
+    /// Already linked to the linking user.
     Linked,
 }
 
@@ -830,11 +874,12 @@ async fn finish(
     let identity = tx
         .q_opt(
             "SELECT user_id FROM oauth_identities
-             WHERE app_id = $1 AND provider = $2 AND subject = $3 FOR UPDATE",
-            &[&app.id, &p.name, &asserted.subject],
+             WHERE app_id = $1 AND provider = $2 AND issuer = $3 AND subject = $4 FOR UPDATE",
+            &[&app.id, &p.name, &asserted.issuer, &asserted.subject],
         )
         .await?
         .map(|r| r.get::<_, Uuid>(0));
+    let code = random_token(32);
     let user_id = match (identity, flow.link_user) {
         (Some(owner), Some(linking)) if owner != linking => {
             return Err(ApiError::new(
@@ -842,17 +887,35 @@ async fn finish(
                 "this identity is already linked to another user",
             ));
         }
-        (Some(owner), _) => {
+        (Some(_), Some(_)) => return Ok(Finished::Linked),
+        (Some(owner), None) => {
             touch(&tx, app.id, p, &asserted, ctx).await?;
             owner
         }
         (None, Some(linking)) => {
-            link(&tx, app.id, linking, p, &asserted, false, ctx).await?;
+            // Not linked yet: only the linking user's own session may finish it, so a
+            // link URL opened by someone else (or forced on them) links nothing.
+            let asserted = serde_json::to_value(&asserted).map_err(|e| ApiError::internal(&e))?;
+            tx.exec(
+                "UPDATE oauth_flows SET code_hash = $2, code_user_id = $3, code_expires_at = $4,
+                     asserted = $5
+                 WHERE state_hash = $1",
+                &[
+                    &flow.state_hash,
+                    &digest(&code),
+                    &linking,
+                    &clock::at(ctx.now + EXCHANGE_TTL_SECS),
+                    &asserted,
+                ],
+            )
+            .await?;
             tx.commit().await?;
-            return Ok(Finished::Linked);
+            return Ok(Finished::LinkPending(code));
         }
         (None, None) => match existing_by_email(&tx, app.id, &asserted).await? {
-            Some(user) if asserted.email_verified && p.auto_link_verified_email => {
+            // Both sides must have proven the address: an unverified local address may
+            // belong to someone who registered it in advance (a pre-hijack).
+            Some((user, true)) if asserted.email_verified && p.auto_link_verified_email => {
                 link(&tx, app.id, user, p, &asserted, true, ctx).await?;
                 user
             }
@@ -865,7 +928,6 @@ async fn finish(
             None => create(&tx, app, p, &asserted, ctx).await?,
         },
     };
-    let code = random_token(32);
     tx.exec(
         "UPDATE oauth_flows SET code_hash = $2, code_user_id = $3, code_expires_at = $4
          WHERE state_hash = $1",
@@ -960,7 +1022,9 @@ async fn redeem(
         let token = answer
             .access_token
             .ok_or_else(|| down(&"the token endpoint sent no access token"))?;
-        return github_user(oauth, &discovery.issuer, &token).await;
+        let scopes = p.scopes();
+        let email_scope = scopes.split(' ').any(|s| s == "user:email" || s == "user");
+        return github_user(oauth, &discovery.issuer, &token, email_scope).await;
     }
     let id_token = answer
         .id_token
@@ -968,21 +1032,22 @@ async fn redeem(
     verify_id_token(oauth, &discovery, p, &id_token, &flow.nonce).await
 }
 
+/// The user holding the asserted address, and whether that user proved it.
 async fn existing_by_email(
     tx: &impl GenericClient,
     app: Uuid,
     asserted: &Asserted,
-) -> Result<Option<Uuid>, ApiError> {
+) -> Result<Option<(Uuid, bool)>, ApiError> {
     let Some(email) = &asserted.email else {
         return Ok(None);
     };
     Ok(tx
         .q_opt(
-            "SELECT id FROM users WHERE app_id = $1 AND email_canonical = $2",
+            "SELECT id, email_verified FROM users WHERE app_id = $1 AND email_canonical = $2",
             &[&app, &users::canonical(email)],
         )
         .await?
-        .map(|r| r.get(0)))
+        .map(|r| (r.get(0), r.get(1))))
 }
 
 async fn touch(
@@ -993,11 +1058,12 @@ async fn touch(
     ctx: &Ctx,
 ) -> Result<(), ApiError> {
     tx.exec(
-        "UPDATE oauth_identities SET email = $4, email_verified = $5, last_used_at = $6
-         WHERE app_id = $1 AND provider = $2 AND subject = $3",
+        "UPDATE oauth_identities SET email = $5, email_verified = $6, last_used_at = $7
+         WHERE app_id = $1 AND provider = $2 AND issuer = $3 AND subject = $4",
         &[
             &app,
             &p.name,
+            &asserted.issuer,
             &asserted.subject,
             &asserted.email,
             &asserted.email_verified,
@@ -1019,15 +1085,16 @@ async fn link(
 ) -> Result<(), ApiError> {
     let inserted = tx
         .exec(
-            "INSERT INTO oauth_identities (id, app_id, user_id, provider, subject, email,
-                 email_verified, created_at, last_used_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
-             ON CONFLICT (user_id, provider) DO NOTHING",
+            "INSERT INTO oauth_identities (id, app_id, user_id, provider, issuer, subject,
+                 email, email_verified, created_at, last_used_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+             ON CONFLICT DO NOTHING",
             &[
                 &Uuid::now_v7(),
                 &app,
                 &user,
                 &p.name,
+                &asserted.issuer,
                 &asserted.subject,
                 &asserted.email,
                 &asserted.email_verified,
@@ -1038,7 +1105,7 @@ async fn link(
     if inserted == 0 {
         return Err(ApiError::new(
             ErrorCode::IdentityLinked,
-            "the user already has another identity at this provider; unlink it first",
+            "this identity is linked already, or the user has another at this provider",
         ));
     }
     audit::record(
@@ -1062,9 +1129,11 @@ async fn create(
     asserted: &Asserted,
     ctx: &Ctx,
 ) -> Result<Uuid, ApiError> {
+    // An address the provider did not verify stays on the identity only: on the user it
+    // would squat the address against its real owner's registration.
     let email = match &asserted.email {
-        Some(e) => Some(users::check_email(e)?),
-        None => None,
+        Some(e) if asserted.email_verified => Some(users::check_email(e)?),
+        _ => None,
     };
     let user = users::insert(
         tx,
@@ -1100,11 +1169,13 @@ async fn create(
     Ok(user.id)
 }
 
-/// `POST /oauth/exchange`: the one-time code (single use, 60 s) → its user.
+/// `POST /oauth/exchange`: the one-time code (single use, 60 s) → its user. When the
+/// application sent a `code_challenge` to `/authorize`, the code needs its verifier.
 pub async fn exchange(
     client: &impl GenericClient,
     app: Uuid,
     code: &str,
+    verifier: Option<&str>,
     now: i64,
 ) -> Result<Uuid, ApiError> {
     let used = || {
@@ -1113,20 +1184,58 @@ pub async fn exchange(
             "the code is unknown, expired or already used",
         )
     };
-    if code.is_empty() || code.len() > 256 {
+    if code.is_empty() || code.len() > 256 || verifier.is_some_and(|v| v.len() > 128) {
         return Err(used());
     }
+    // The verifier is checked in the same statement, so a wrong one uses nothing up.
+    let challenge = verifier.map(|v| URL_SAFE_NO_PAD.encode(Sha256::digest(v.as_bytes())));
     client
         .q_opt(
             "UPDATE oauth_flows SET code_used_at = $3
              WHERE code_hash = $1 AND app_id = $2 AND code_used_at IS NULL
-               AND code_expires_at > $3
+               AND code_expires_at > $3 AND link_user_id IS NULL
+               AND (client_challenge IS NULL OR client_challenge = $4)
              RETURNING code_user_id",
-            &[&digest(code), &app, &clock::at(now)],
+            &[&digest(code), &app, &clock::at(now), &challenge],
         )
         .await?
         .map(|r| r.get(0))
         .ok_or_else(used)
+}
+
+/// `POST /oauth/{provider}/link/confirm`: the link code, by the session of the user who
+/// asked for the link (any other user's token finds nothing).
+pub async fn confirm_link(
+    tx: &impl GenericClient,
+    app: Uuid,
+    p: &OAuthProvider,
+    user: Uuid,
+    code: &str,
+    ctx: &Ctx,
+) -> Result<(), ApiError> {
+    let used = || {
+        ApiError::new(
+            ErrorCode::TokenExpiredOrUsed,
+            "the link code is unknown, expired, already used or not yours",
+        )
+    };
+    if code.is_empty() || code.len() > 256 {
+        return Err(used());
+    }
+    let asserted: Value = tx
+        .q_opt(
+            "UPDATE oauth_flows SET code_used_at = $4
+             WHERE code_hash = $1 AND app_id = $2 AND provider = $3 AND link_user_id = $5
+               AND code_user_id = $5 AND code_used_at IS NULL AND code_expires_at > $4
+             RETURNING asserted",
+            &[&digest(code), &app, &p.name, &clock::at(ctx.now), &user],
+        )
+        .await?
+        .map(|r| r.get(0))
+        .ok_or_else(used)?;
+    let asserted: Asserted =
+        serde_json::from_value(asserted).map_err(|e| ApiError::internal(&e))?;
+    link(tx, app, user, p, &asserted, false, ctx).await
 }
 
 /// A linked identity as `/me` shows it.
@@ -1226,7 +1335,7 @@ pub async fn prune(client: &impl GenericClient, now: i64) -> Result<u64, ApiErro
         .exec(
             "DELETE FROM oauth_flows WHERE expires_at < $1
                AND (code_expires_at IS NULL OR code_expires_at < $1)",
-            &[&clock::at(now - 3600)],
+            &[&clock::at(now)],
         )
         .await?)
 }

@@ -22,6 +22,8 @@
 //!   writing to a maildir the tests read; can be stopped and restarted (an SMTP outage).
 //! - [`sink::HttpSink`]: an HTTP endpoint in the test process that records what it is
 //!   sent (SMS providers, webhooks), answers a chosen status, and can go away.
+//! - [`github::GitHubStandIn`]: GitHub's OAuth app flow (authorize, access token, the
+//!   user API) on loopback, recording what it is sent.
 //!
 //! Servers are independent of each other, so tests using them can run in parallel:
 //! give every test its own server. Dropping a server kills its process and removes its
@@ -38,6 +40,7 @@
 //! When the tests run as root, PostgreSQL (which refuses to run as root) is run as the
 //! `postgres` system user.
 
+pub mod github;
 pub mod http;
 pub mod mail;
 pub mod oidc;

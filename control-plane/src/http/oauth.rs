@@ -31,10 +31,14 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(callback_get, callback_post))
         .routes(routes!(exchange))
         .routes(routes!(link, unlink))
+        .routes(routes!(link_confirm))
 }
 
-/// The cookie binding a flow to the browser that started it.
-const BINDING_COOKIE: &str = "portcullis_oauth";
+/// The cookie binding a flow to the browser that started it: `__Host-` (Secure, Path=/,
+/// no Domain), so a sibling subdomain cannot plant one; one per application and provider.
+fn binding_cookie(app: uuid::Uuid, provider: &str) -> String {
+    format!("__Host-portcullis_oauth_{}_{provider}", app.simple())
+}
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub(super) struct AuthorizeQuery {
@@ -44,6 +48,10 @@ pub(super) struct AuthorizeQuery {
     state: Option<String>,
     /// A link ticket from `POST /oauth/{provider}/link`.
     link: Option<String>,
+    /// The application's own PKCE challenge (S256) for the code it will exchange:
+    /// recommended, so a code stolen on its way back is useless.
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
 }
 
 fn found(location: &str) -> Result<Response, ApiError> {
@@ -99,6 +107,11 @@ async fn authorize(
     };
     let redirect_uri =
         redirect_uri.ok_or_else(|| ApiError::bad_request("redirect_uri is required"))?;
+    if query.code_challenge.is_some()
+        && query.code_challenge_method.as_deref().unwrap_or("S256") != "S256"
+    {
+        return Err(ApiError::bad_request("code_challenge_method must be S256"));
+    }
     let started = oauth::start(
         &tx,
         &state.oauth,
@@ -107,6 +120,7 @@ async fn authorize(
         p,
         &redirect_uri,
         client_state.as_deref(),
+        query.code_challenge.as_deref(),
         link_user,
         ctx.now,
     )
@@ -119,9 +133,9 @@ async fn authorize(
     } else {
         "Lax"
     };
-    let path = format!("/v1/apps/{}/oauth/{}/callback", app.id, p.name);
     let cookie = format!(
-        "{BINDING_COOKIE}={}; Path={path}; Max-Age=600; HttpOnly; Secure; SameSite={same_site}",
+        "{}={}; Path=/; Max-Age=600; HttpOnly; Secure; SameSite={same_site}",
+        binding_cookie(app.id, &p.name),
         started.binding
     );
     let cookie = HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal(&e))?;
@@ -140,12 +154,11 @@ async fn land(
 ) -> ApiResult<Response> {
     let app = app_for(&state, &app, "oauth-callback", &ctx).await?;
     let p = oauth::provider(&app, &provider)?;
-    let binding = cookie(&headers, BINDING_COOKIE);
+    let name = binding_cookie(app.id, &p.name);
+    let binding = cookie(&headers, &name);
     let location = oauth::callback(&state, &app, p, &answer, binding, &ctx).await?;
     let mut response = found(&location)?;
-    let path = format!("/v1/apps/{}/oauth/{}/callback", app.id, p.name);
-    let clear =
-        format!("{BINDING_COOKIE}=; Path={path}; Max-Age=0; HttpOnly; Secure; SameSite=Lax");
+    let clear = format!("{name}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax");
     let clear = HeaderValue::from_str(&clear).map_err(|e| ApiError::internal(&e))?;
     response.headers_mut().append(header::SET_COOKIE, clear);
     Ok(response)
@@ -185,6 +198,8 @@ async fn callback_post(
 #[derive(Debug, Deserialize, ToSchema)]
 pub(super) struct ExchangeBody {
     code: String,
+    /// Required when `/authorize` was given a `code_challenge`.
+    code_verifier: Option<String>,
     device_id: Option<String>,
     #[serde(default)]
     options: SignInOptions,
@@ -205,23 +220,17 @@ async fn exchange(
     let app = app_for(&state, &app, "oauth-exchange", &ctx).await?;
     let device = users::check_device(body.device_id.as_deref())?;
     let client = state.pool.get().await?;
-    let user = oauth::exchange(&client, app.id, &body.code, ctx.now).await?;
+    let user = oauth::exchange(
+        &client,
+        app.id,
+        &body.code,
+        body.code_verifier.as_deref(),
+        ctx.now,
+    )
+    .await?;
     let user = users::find(&client, app.id, user)
         .await?
         .ok_or_else(ApiError::invalid_credentials)?;
-    audit::record(
-        &client,
-        Event {
-            app: Some(app.id),
-            user: Some(user.id),
-            actor: Actor::User,
-            event: "login.succeeded",
-            details: json!({ "method": "oauth" }),
-            ctx: &ctx,
-        },
-    )
-    .await?;
-    drop(client);
     let signed_in = mfa::after_first_factor(
         &state,
         &app,
@@ -231,6 +240,24 @@ async fn exchange(
         &ctx,
     )
     .await?;
+    // Recorded once the outcome is known (a step-up is not a sign-in yet).
+    let event = match &signed_in {
+        SignIn::Tokens(_) => "login.succeeded",
+        SignIn::Mfa(_) => "login.mfa_required",
+    };
+    audit::record(
+        &client,
+        Event {
+            app: Some(app.id),
+            user: Some(user.id),
+            actor: Actor::User,
+            event,
+            details: json!({ "method": "oauth" }),
+            ctx: &ctx,
+        },
+    )
+    .await?;
+    drop(client);
     let response = Json(&signed_in).into_response();
     Ok(match &signed_in {
         SignIn::Tokens(tokens) => {
@@ -303,6 +330,37 @@ async fn link(
         authorization_url: format!("{base}?{query}"),
         expires_in: Purpose::OauthLink.ttl(),
     }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub(super) struct ConfirmBody {
+    /// The `link_code` the callback sent back to the redirect URI.
+    code: String,
+}
+
+/// Finishes a link: the `link_code` from the callback, with the session of the user who
+/// asked for the link (single use, 60 s). A link URL opened in someone else's browser
+/// therefore links nothing.
+#[utoipa::path(post, path = "/v1/apps/{app}/oauth/{provider}/link/confirm", tag = "oauth",
+    params(("app" = String, Path), ("provider" = String, Path)),
+    request_body = ConfirmBody,
+    responses((status = 200, description = "linked"),
+              (status = 409, description = "identity_linked", body = Problem),
+              (status = 410, description = "token_expired_or_used", body = Problem)))]
+async fn link_confirm(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path((app, provider)): Path<(String, String)>,
+    JsonBody(body): JsonBody<ConfirmBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let (app, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
+    let p = oauth::provider(&app, &provider)?;
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    oauth::confirm_link(&tx, app.id, p, user.id, &body.code, &ctx).await?;
+    tx.commit().await?;
+    Ok(Json(json!({ "linked": true, "provider": p.name })))
 }
 
 /// Unlinks `provider` from the signed-in user; never the last way to sign in.

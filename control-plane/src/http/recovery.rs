@@ -562,6 +562,12 @@ async fn magic_sign_in(
     if claimed {
         cutoff = Some(sessions::revoke_user_in(&tx, user.id, ctx.now).await?);
         recovery::set_password_in(&tx, user.id, "!", ctx.now).await?;
+        // So are the provider identities linked to it meanwhile.
+        tx.exec(
+            "DELETE FROM oauth_identities WHERE user_id = $1",
+            &[&user.id],
+        )
+        .await?;
     }
     tx.exec(
         "UPDATE users SET email_verified = true WHERE id = $1",

@@ -9,6 +9,7 @@ mod deployment;
 mod maintenance;
 mod mfa;
 mod oauth;
+mod oauth_github;
 mod owners_apps;
 mod recovery;
 mod refresh;

@@ -128,7 +128,10 @@ async fn users(w: &World) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_up_then_sign_in_with_pkce_state_and_a_one_time_code() {
     let w = world(
-        &[OidcAccount::new("alice-sub", "alice@example.com", true)],
+        &[
+            OidcAccount::new("alice-sub", "alice@example.com", true),
+            OidcAccount::new("uma-sub", "uma@example.com", false),
+        ],
         false,
     )
     .await;
@@ -208,7 +211,61 @@ async fn sign_up_then_sign_in_with_pkce_state_and_a_one_time_code() {
     let answer = sign_in(&w, "alice-sub").await;
     let again = exchange(&w, &answer["code"]).await.json();
     assert_eq!(again["user_id"], tokens["user_id"]);
-    assert_eq!(users(&w).await, 1);
+    assert_eq!(users(&w).await, 1, "one user after two sign-ins");
+
+    // The application's own PKCE on the code: without the verifier, or with a wrong one,
+    // nothing (and the code survives for the right one).
+    let verifier = "app-verifier-0123456789-0123456789-0123456789";
+    let challenge = {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(verifier.as_bytes()))
+    };
+    let query = serde_urlencoded::to_string([
+        ("redirect_uri", DONE),
+        ("code_challenge", &challenge),
+        ("code_challenge_method", "S256"),
+    ])
+    .unwrap();
+    let (location, binding) = authorize(&w, &query).await;
+    let back = w.op.sign_in(&location, "alice-sub").await.unwrap();
+    let r = callback(&w, &back, Some(&binding)).await;
+    let code = query_of(header(&r, "location"))["code"].clone();
+    let path = format!("/v1/apps/{}/oauth/exchange", w.app);
+    assert_eq!(exchange(&w, &code).await.status, 410);
+    let wrong =
+        w.s.post(
+            &path,
+            None,
+            json!({"code": code, "code_verifier": "not-the-verifier"}),
+        )
+        .await;
+    assert_eq!(wrong.status, 410);
+    let right =
+        w.s.post(
+            &path,
+            None,
+            json!({"code": code, "code_verifier": verifier}),
+        )
+        .await;
+    assert_eq!(right.status, 200, "{}", right.body);
+
+    // An address the provider did not verify is kept off the user (it would squat it):
+    // its owner can still register it.
+    let uma = exchange(&w, &sign_in(&w, "uma-sub").await["code"])
+        .await
+        .json();
+    let me =
+        w.s.get(
+            &format!("/v1/apps/{}/me", w.app),
+            uma["access_token"].as_str(),
+        )
+        .await
+        .json();
+    assert_eq!(me["email"], json!(null));
+    assert_eq!(me["identities"][0]["email"], "uma@example.com");
+    w.s.register(&w.app, "uma@example.com").await;
 
     // The last way to sign in cannot be unlinked.
     let unlink =
@@ -344,6 +401,11 @@ async fn emails_link_only_when_verified_and_allowed_otherwise_explicitly() {
         )
         .await;
     assert_eq!(r.status, 200, "the masked secret is kept: {}", r.body);
+    // The local account never proved its address (anyone could have registered it in
+    // advance): still refused.
+    assert_eq!(sign_in(&w, "carol-sub").await["error"], "user_exists");
+    w.s.sql("UPDATE users SET email_verified = true WHERE email_canonical = 'carol@example.com'")
+        .await;
     // Now a verified address links; an unverified one still does not.
     let answer = sign_in(&w, "carol-sub").await;
     let tokens = exchange(&w, &answer["code"]).await.json();
@@ -381,18 +443,33 @@ async fn emails_link_only_when_verified_and_allowed_otherwise_explicitly() {
         request(w.s.addr, "GET", path, &[], None).await.code(),
         "token_expired_or_used"
     );
+    assert!(location.contains("prompt=consent"), "{location}");
     let back = w.op.sign_in(&location, "erin-sub").await.unwrap();
     let r = callback(&w, &back, Some(&binding)).await;
     let answer = query_of(header(&r, "location"));
+    assert_eq!(answer["state"], "linking");
+    // Only Erin's own session finishes the link: not another user's, not without one.
+    let confirm = format!("/v1/apps/{}/oauth/corp/link/confirm", w.app);
+    let link_code = json!({"code": answer["link_code"]});
+    let carol_access = carol["access_token"].as_str().unwrap();
+    let r =
+        w.s.post(&confirm, Some(carol_access), link_code.clone())
+            .await;
+    assert_eq!(r.status, 410, "{}", r.body);
     assert_eq!(
-        (answer["linked"].as_str(), answer["state"].as_str()),
-        ("corp", "linking")
+        w.s.post(&confirm, None, link_code.clone()).await.status,
+        401
+    );
+    let r = w.s.post(&confirm, Some(access), link_code.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        w.s.post(&confirm, Some(access), link_code).await.status,
+        410
     );
     let answer = sign_in(&w, "erin-sub").await;
     let tokens = exchange(&w, &answer["code"]).await.json();
     assert_eq!(tokens["user_id"], erin["user_id"]);
     // The same identity cannot be linked to Carol too.
-    let carol_access = carol["access_token"].as_str().unwrap();
     let r =
         w.s.post(
             &format!("/v1/apps/{}/oauth/corp/link", w.app),
