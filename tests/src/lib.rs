@@ -22,6 +22,8 @@
 //!   writing to a maildir the tests read; can be stopped and restarted (an SMTP outage).
 //! - [`sink::HttpSink`]: an HTTP endpoint in the test process that records what it is
 //!   sent (SMS providers, webhooks), answers a chosen status, and can go away.
+//! - [`oidc::OidcProvider`]: a real OpenID provider (npm `oidc-provider`, installed into a
+//!   cache directory on first use) with a headless sign-in through its own pages.
 //! - [`github::GitHubStandIn`]: GitHub's OAuth app flow (authorize, access token, the
 //!   user API) on loopback, recording what it is sent.
 //!
