@@ -82,13 +82,13 @@ pub fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// Who may connect: anyone, or clients with a certificate from the CA in `ca`. With
-/// `required: false` a client without a certificate still connects, and
+/// What a listener asks of clients when a client CA is configured (without one, anyone
+/// connects). `Optional`: a client without a certificate still connects, and
 /// [`Conn::client_verified`] tells the server which kind it has.
-#[derive(Clone, Debug)]
-pub enum ClientAuth {
-    None,
-    Ca { ca: PathBuf, required: bool },
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCert {
+    Optional,
+    Required,
 }
 
 /// The files a TLS listener serves from.
@@ -100,44 +100,59 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
+/// The server configurations one set of files makes, one per [`ClientCert`] (the same one
+/// twice without a client CA).
+#[derive(Debug)]
+struct Configs {
+    optional: Arc<rustls::ServerConfig>,
+    required: Arc<rustls::ServerConfig>,
+}
+
 impl TlsFiles {
-    /// The server configuration these files make now.
-    fn load(&self, auth: &ClientAuth) -> Result<rustls::ServerConfig, TlsError> {
+    /// Reads the files once and builds what they make now.
+    fn load(&self) -> Result<Configs, TlsError> {
         let chain = read_certificates(&self.cert)?;
         let key_pem = read(&self.key)?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::Empty {
             path: self.key.clone(),
             what: "private key",
         })?;
-        let builder = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?;
-        let builder = match auth {
-            ClientAuth::None => builder.with_no_client_auth(),
-            ClientAuth::Ca { ca, required } => {
-                let roots = Arc::new(read_roots(ca)?);
-                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider());
-                let verifier = if *required {
-                    verifier
-                } else {
-                    verifier.allow_unauthenticated()
-                };
-                let verifier = verifier
-                    .build()
-                    .map_err(|e| TlsError::ClientCa(e.to_string()))?;
-                builder.with_client_cert_verifier(verifier)
-            }
+        let roots = match &self.client_ca {
+            Some(ca) => Some(Arc::new(read_roots(ca)?)),
+            None => None,
         };
-        let mut config = builder.with_single_cert(chain, key)?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(config)
+        let build = |mode: ClientCert| -> Result<Arc<rustls::ServerConfig>, TlsError> {
+            let builder = rustls::ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()?;
+            let builder = match &roots {
+                None => builder.with_no_client_auth(),
+                Some(roots) => {
+                    let verifier =
+                        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
+                    let verifier = match mode {
+                        ClientCert::Required => verifier,
+                        ClientCert::Optional => verifier.allow_unauthenticated(),
+                    };
+                    let verifier = verifier
+                        .build()
+                        .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+                    builder.with_client_cert_verifier(verifier)
+                }
+            };
+            let mut config = builder.with_single_cert(chain.clone(), key.clone_key())?;
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Ok(Arc::new(config))
+        };
+        let optional = build(ClientCert::Optional)?;
+        let required = match roots {
+            Some(_) => build(ClientCert::Required)?,
+            None => optional.clone(),
+        };
+        Ok(Configs { optional, required })
     }
 
-    fn stamp(&self, auth: &ClientAuth) -> Vec<Option<(SystemTime, u64)>> {
-        let ca = match auth {
-            ClientAuth::Ca { ca, .. } => Some(ca),
-            ClientAuth::None => None,
-        };
-        [Some(&self.cert), Some(&self.key), ca]
+    fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
+        [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()]
             .into_iter()
             .flatten()
             .map(|p| {
@@ -149,13 +164,13 @@ impl TlsFiles {
     }
 }
 
-/// A server configuration that follows its files: [`watch`](Self::watch) swaps in a new
-/// one when they change; a broken new set keeps the last good configuration.
+/// Server configurations that follow their files: [`watch`](Self::watch) swaps in new
+/// ones when the files change; a broken new set keeps the last good ones. One per
+/// process, shared by every listener (each picks its [`ClientCert`]).
 #[derive(Debug)]
 pub struct ReloadingConfig {
     files: TlsFiles,
-    auth: ClientAuth,
-    current: ArcSwap<rustls::ServerConfig>,
+    current: ArcSwap<Configs>,
     /// The files' stamps taken just before the first load: a change written between that
     /// load and the first poll is still seen.
     loaded_from: Vec<Option<(SystemTime, u64)>>,
@@ -163,19 +178,27 @@ pub struct ReloadingConfig {
 
 impl ReloadingConfig {
     /// Loads the files now (a start-up with unusable files fails here).
-    pub fn load(files: TlsFiles, auth: ClientAuth) -> Result<Arc<Self>, TlsError> {
-        let loaded_from = files.stamp(&auth);
-        let config = files.load(&auth)?;
+    pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
+        let loaded_from = files.stamp();
+        let configs = files.load()?;
         Ok(Arc::new(Self {
             files,
-            auth,
-            current: ArcSwap::from_pointee(config),
+            current: ArcSwap::from_pointee(configs),
             loaded_from,
         }))
     }
 
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.current.load_full())
+    /// Whether client certificates are checked (a client CA is configured).
+    pub fn checks_clients(&self) -> bool {
+        self.files.client_ca.is_some()
+    }
+
+    pub fn acceptor(&self, mode: ClientCert) -> tokio_rustls::TlsAcceptor {
+        let configs = self.current.load();
+        tokio_rustls::TlsAcceptor::from(match mode {
+            ClientCert::Optional => configs.optional.clone(),
+            ClientCert::Required => configs.required.clone(),
+        })
     }
 
     /// Polls the files every [`RELOAD_POLL`] and reloads when they change. Runs forever.
@@ -183,14 +206,14 @@ impl ReloadingConfig {
         let mut seen = self.loaded_from.clone();
         loop {
             tokio::time::sleep(RELOAD_POLL).await;
-            let now = self.files.stamp(&self.auth);
+            let now = self.files.stamp();
             if now == seen {
                 continue;
             }
             seen = now;
-            match self.files.load(&self.auth) {
-                Ok(config) => {
-                    self.current.store(Arc::new(config));
+            match self.files.load() {
+                Ok(configs) => {
+                    self.current.store(Arc::new(configs));
                     tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
                     metrics::counter!("portcullis_tls_reloads_total", "outcome" => "ok")
                         .increment(1);
@@ -289,10 +312,10 @@ pub enum Listener {
 }
 
 impl Listener {
-    pub fn new(tcp: TcpListener, tls: Option<Arc<ReloadingConfig>>) -> Self {
+    pub fn new(tcp: TcpListener, tls: Option<(Arc<ReloadingConfig>, ClientCert)>) -> Self {
         match tls {
             None => Listener::Plain(tcp),
-            Some(config) => Listener::Tls(TlsListener::new(tcp, config)),
+            Some((config, mode)) => Listener::Tls(TlsListener::new(tcp, config, mode)),
         }
     }
 
@@ -332,12 +355,12 @@ impl Drop for TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<ReloadingConfig>) -> Self {
+    pub fn new(tcp: TcpListener, config: Arc<ReloadingConfig>, mode: ClientCert) -> Self {
         let local_addr = tcp
             .local_addr()
             .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         let (tx, done) = mpsc::channel(64);
-        let task = tokio::spawn(handshakes(tcp, config, tx));
+        let task = tokio::spawn(handshakes(tcp, config, mode, tx));
         Self {
             done,
             local_addr,
@@ -356,6 +379,7 @@ impl TlsListener {
 async fn handshakes(
     tcp: TcpListener,
     config: Arc<ReloadingConfig>,
+    mode: ClientCert,
     done: mpsc::Sender<(Conn, std::net::SocketAddr)>,
 ) {
     let in_flight = Arc::new(Semaphore::new(HANDSHAKES_IN_FLIGHT));
@@ -372,7 +396,7 @@ async fn handshakes(
             }
         };
         let _ = stream.set_nodelay(true);
-        let acceptor = config.acceptor();
+        let acceptor = config.acceptor(mode);
         let sender = done.clone();
         tokio::spawn(async move {
             // The permit is held until the server takes the connection, so handshaken
@@ -399,13 +423,14 @@ async fn handshakes(
     }
 }
 
-/// Reads a listener's TLS variables: both files or neither, and the optional client CA.
+/// Reads a listener's TLS variables (both files or neither, and the optional client CA)
+/// and loads them: the configuration the listeners serve from, read once at start.
 pub fn files_from_env(
     env: &impl crate::env::Env,
     cert_var: &'static str,
     key_var: &'static str,
     client_ca_var: Option<&'static str>,
-) -> Result<Option<TlsFiles>, crate::env::ConfigError> {
+) -> Result<Option<Arc<ReloadingConfig>>, crate::env::ConfigError> {
     use crate::env::ConfigError;
     let set = |var: &str| {
         env.get(var)
@@ -420,15 +445,8 @@ pub fn files_from_env(
                 key,
                 client_ca,
             };
-            let auth = match &files.client_ca {
-                Some(ca) => ClientAuth::Ca {
-                    ca: ca.clone(),
-                    required: true,
-                },
-                None => ClientAuth::None,
-            };
             // Refuse unusable files at start, naming the variable most likely at fault.
-            files.load(&auth).map_err(|e| {
+            ReloadingConfig::load(files.clone()).map(Some).map_err(|e| {
                 let var = match &e {
                     TlsError::Read { path, .. } | TlsError::Empty { path, .. }
                         if *path == files.key =>
@@ -444,8 +462,7 @@ pub fn files_from_env(
                     _ => cert_var,
                 };
                 ConfigError::new(var, e.to_string())
-            })?;
-            Ok(Some(files))
+            })
         }
         (None, None) if client_ca.is_none() => Ok(None),
         (None, None) => Err(ConfigError::new(

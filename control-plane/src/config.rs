@@ -10,14 +10,14 @@ use base64::engine::general_purpose::STANDARD;
 use ipnet::IpNet;
 pub use portcullis_common::env::{ConfigError, Env, ProcessEnv};
 use portcullis_common::redis_conn::{REDIS_URL, RedisConfig};
-use portcullis_common::tls::{self, TlsFiles};
+use portcullis_common::tls::{self, ReloadingConfig};
 
 /// Typed configuration. `Debug` never prints a secret.
 #[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     /// HTTPS on `listen` (`PORTCULLIS_TLS_CERT_FILE`, `PORTCULLIS_TLS_KEY_FILE`).
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<std::sync::Arc<ReloadingConfig>>,
     pub database_url: String,
     pub redis: RedisConfig,
     /// `iss` of every token and the base of the discovery document (no trailing slash).

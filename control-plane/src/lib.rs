@@ -41,7 +41,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use portcullis_common::tls::{self, ClientAuth, ReloadingConfig};
+use portcullis_common::tls::{self, ClientCert};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -62,8 +62,6 @@ pub enum StartError {
     Messages(String),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
-    #[error("PORTCULLIS_TLS_CERT_FILE: {0}")]
-    Tls(String),
 }
 
 /// Connects to PostgreSQL (retrying while it starts) and applies the migrations.
@@ -96,27 +94,21 @@ pub async fn run(
 ) -> Result<(), StartError> {
     portcullis_common::tls::install_provider();
     metrics::install();
-    let tls = match &config.tls {
-        Some(files) => Some(
-            ReloadingConfig::load(files.clone(), ClientAuth::None)
-                .map_err(|e| StartError::Tls(e.to_string()))?,
-        ),
-        None => None,
-    };
+    let tls = config.tls.clone();
     let pool = migrate(&config).await?;
     let publisher = Publisher::new(&config.redis)?;
     let client = outbox::http_client().map_err(StartError::Messages)?;
-    let outbox = outbox::Outbox::new(&config, client.clone()).map_err(StartError::Messages)?;
+    // One guarded client (the system roots read once) for webhooks, CAPTCHA and identity
+    // providers.
     let guarded = webhooks::client(config.webhook_allow_private).map_err(StartError::Messages)?;
+    let outbox =
+        outbox::Outbox::new(&config, client, guarded.clone()).map_err(StartError::Messages)?;
     let captcha = captcha::Captcha::new(
-        guarded,
+        guarded.clone(),
         config.webhook_allow_private,
         publisher.connection(),
     );
-    let oauth = oauth::OAuth::new(
-        webhooks::client(config.webhook_allow_private).map_err(StartError::Messages)?,
-        config.webhook_allow_private,
-    );
+    let oauth = oauth::OAuth::new(guarded, config.webhook_allow_private);
     let state = AppState::new(config, pool, publisher, outbox, captcha, oauth);
     // A key that does not open means the wrong encryption key: refuse to start.
     match state.keys.refresh().await {
@@ -142,7 +134,10 @@ pub async fn run(
     let reload = tls.clone().map(|t| tokio::spawn(t.watch()));
     // Sets NODELAY: answers are small and latency matters more than packet count (without
     // it a response split across two writes can wait out the client's delayed ACK, ~40 ms).
-    let listener = ServeListener(tls::Listener::new(listener, tls));
+    let listener = ServeListener(tls::Listener::new(
+        listener,
+        tls.map(|t| (t, ClientCert::Required)),
+    ));
     let server = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(async move {
             shutdown.await;

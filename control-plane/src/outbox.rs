@@ -165,7 +165,12 @@ enum Outcome {
 }
 
 impl Outbox {
-    pub fn new(config: &Config, client: HttpClient) -> Result<Self, String> {
+    /// `client` posts SMS; `webhooks` (the SSRF-guarded client) delivers webhooks.
+    pub fn new(
+        config: &Config,
+        client: HttpClient,
+        webhooks: crate::webhooks::WebhookClient,
+    ) -> Result<Self, String> {
         let mailer = config
             .smtp_url
             .as_deref()
@@ -187,7 +192,7 @@ impl Outbox {
                 mailer,
                 from: config.mail_from.clone(),
                 sms,
-                webhooks: crate::webhooks::client(config.webhook_allow_private)?,
+                webhooks,
                 webhook_allow_private: config.webhook_allow_private,
             }),
         })

@@ -13,7 +13,7 @@ use crate::policy::Policy;
 
 pub use portcullis_common::env::{ConfigError, Env, ProcessEnv};
 use portcullis_common::redis_conn::{REDIS_SENTINELS, RedisConfig};
-use portcullis_common::tls::{self, TlsFiles};
+use portcullis_common::tls::{self, ReloadingConfig};
 
 fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::new(var, message)
@@ -33,7 +33,7 @@ pub struct Config {
     /// `None` when set to `off`.
     pub grpc_listen: Option<SocketAddr>,
     /// TLS on both listeners; with a client CA, ext_authz callers need its certificates.
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<std::sync::Arc<ReloadingConfig>>,
     pub source: KeySource,
     pub settings: Settings,
     pub cookie: Option<String>,

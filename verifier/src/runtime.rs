@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use portcullis_common::tls::{self, ClientAuth, ReloadingConfig};
+use portcullis_common::tls::{self, ClientCert};
 use tokio::net::TcpListener;
 
 use crate::config::{Config, KeySource};
@@ -76,27 +76,15 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    // The HTTP port lets probes in without a client certificate (and refuses checks
-    // without one); the gRPC port refuses such callers in the handshake.
-    let mut tls_for = |required| -> anyhow::Result<_> {
-        let Some(files) = &config.tls else {
-            return Ok(None);
-        };
-        let auth = match &files.client_ca {
-            Some(ca) => ClientAuth::Ca {
-                ca: ca.clone(),
-                required,
-            },
-            None => ClientAuth::None,
-        };
-        let reloading = ReloadingConfig::load(files.clone(), auth)?;
-        background.spawn(reloading.clone().watch());
-        Ok(Some(reloading))
-    };
-    let http_tls = tls_for(false)?;
-    let grpc_tls = tls_for(true)?;
+    // One configuration for both ports, reloaded by one task. The HTTP port lets probes
+    // in without a client certificate (and refuses checks without one); the gRPC port
+    // refuses such callers in the handshake.
+    if let Some(tls) = &config.tls {
+        background.spawn(tls.clone().watch());
+    }
+    let tls_with = |mode| config.tls.clone().map(|t| (t, mode));
     let grpc = listeners.grpc.map(|l| {
-        let listener = tls::Listener::new(l, grpc_tls);
+        let listener = tls::Listener::new(l, tls_with(ClientCert::Required));
         tokio::spawn(serve::grpc::serve(
             listener,
             app.clone(),
@@ -107,9 +95,9 @@ pub async fn run(
     let limits = serve::http::Limits {
         max_connections: config.max_connections,
         drain_timeout: config.drain_timeout,
-        client_cert_required: config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        client_cert_required: config.tls.as_ref().is_some_and(|t| t.checks_clients()),
     };
-    let http = tls::Listener::new(listeners.http, http_tls);
+    let http = tls::Listener::new(listeners.http, tls_with(ClientCert::Optional));
     serve::http::serve(http, app, limits, stopped(stop_rx)).await;
     if let Some(grpc) = grpc
         && let Ok(Err(e)) = grpc.await

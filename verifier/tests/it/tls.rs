@@ -452,7 +452,8 @@ async fn replaced_certificates_are_served_and_a_broken_replacement_is_ignored() 
         200
     );
 
-    // Garbage in the certificate file: both listeners refuse it and keep serving.
+    // Garbage in the certificate file: refused (one configuration serves both listeners),
+    // and both keep serving.
     let refused = r#"portcullis_tls_reloads_total{outcome="refused"}"#;
     let metrics = |client| async move {
         https(http_port, client, "/metrics", &[])
@@ -466,7 +467,7 @@ async fn replaced_certificates_are_served_and_a_broken_replacement_is_ignored() 
         "-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n",
     );
     eventually(15 * SECOND, || async {
-        sample(&metrics(http_client(&second, None)).await, refused) >= before + 2.0
+        sample(&metrics(http_client(&second, None)).await, refused) >= before + 1.0
     })
     .await;
     assert!(serves(&second).await, "{}", v.log());
