@@ -48,19 +48,17 @@ use anyhow::{Context, Result};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use rand::Rng as _;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use crate::percent_encode;
 pub use crate::sink::Recorded;
+use crate::sink::accept;
 
 /// GitHub's codes expire after ten minutes.
 const CODE_TTL: Duration = Duration::from_secs(10 * 60);
@@ -175,7 +173,10 @@ impl GitHubStandIn {
             .name(format!("github-{}", addr.port()))
             // The runtime is dropped on this thread when `accept` returns, which drops
             // the listener and the connection tasks.
-            .spawn(move || runtime.block_on(accept(listener, serving, stopped)))
+            .spawn(move || {
+                let handle = move |request| serve(request, Arc::clone(&serving));
+                runtime.block_on(accept(listener, handle, stopped))
+            })
             .context("spawning the GitHub stand-in's thread")?;
         Ok(Self {
             addr,
@@ -231,67 +232,26 @@ impl Drop for GitHubStandIn {
     }
 }
 
-/// Accepts connections until `stopped` fires (or its sender is dropped).
-async fn accept(
-    listener: tokio::net::TcpListener,
-    state: Arc<State>,
-    mut stopped: oneshot::Receiver<()>,
-) {
-    loop {
-        let stream = tokio::select! {
-            _ = &mut stopped => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => {
-                    // E.g. out of file descriptors: wait instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let service = service_fn(move |request| serve(request, Arc::clone(&state)));
-            // A broken connection only concerns its client.
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
 /// Records `request`, then answers it as GitHub would.
 async fn serve(
     request: Request<Incoming>,
     state: Arc<State>,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
-    let (parts, body) = request.into_parts();
-    let body = body.collect().await?.to_bytes();
-    let recorded = Recorded {
-        method: parts.method.as_str().to_owned(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| parts.uri.to_string(), |path| path.as_str().to_owned()),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(name, value)| {
-                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-                (name.as_str().to_owned(), value)
-            })
-            .collect(),
-        body: body.to_vec(),
-    };
+    let recorded = Recorded::read(request).await?;
     state.lock().requests.push(recorded.clone());
-    let query = parse_form(parts.uri.query().unwrap_or(""));
-    Ok(match (recorded.method.as_str(), parts.uri.path()) {
+    let (path, query) = recorded
+        .path
+        .split_once('?')
+        .unwrap_or((recorded.path.as_str(), ""));
+    let query = parse_form(query);
+    let body = &recorded.body;
+    Ok(match (recorded.method.as_str(), path) {
         ("GET", "/login/oauth/authorize") => state.authorize(&query),
         ("POST", "/login/oauth/access_token") => {
             let json = recorded
                 .header("accept")
                 .is_some_and(|accept| accept.contains("application/json"));
-            state.access_token(&parse_form(&String::from_utf8_lossy(&body)), json)
+            state.access_token(&parse_form(&String::from_utf8_lossy(body)), json)
         }
         ("GET", path @ ("/api/v3/user" | "/api/v3/user/emails")) => state.api(path, &recorded),
         _ => answer(
@@ -406,9 +366,8 @@ impl State {
                 "The redirect_uri MUST match the registered callback URL for this application.",
             );
         }
-        let verified = param("code_verifier").is_some_and(|verifier| {
-            URL_SAFE_NO_PAD.encode(sha256(verifier.as_bytes())) == grant.challenge
-        });
+        let verified = param("code_verifier")
+            .is_some_and(|verifier| challenge_of(verifier) == grant.challenge);
         if !verified {
             return bad_code();
         }
@@ -591,78 +550,10 @@ fn form_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// SHA-256 (FIPS 180-4), for the PKCE check: the harness does not depend on a hash crate,
-/// and a stand-in computing the challenge independently of the code under test is the
-/// point. Checked against the FIPS and RFC 7636 vectors below.
-fn sha256(data: &[u8]) -> [u8; 32] {
-    const K: [u32; 64] = [
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
-        0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
-        0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
-        0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
-        0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
-        0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
-        0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-        0xc67178f2,
-    ];
-    let mut h: [u32; 8] = [
-        0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
-        0x5be0cd19,
-    ];
-    let bits = u64::try_from(data.len())
-        .unwrap_or(u64::MAX)
-        .wrapping_mul(8);
-    let mut message = data.to_vec();
-    message.push(0x80);
-    while message.len() % 64 != 56 {
-        message.push(0);
-    }
-    message.extend_from_slice(&bits.to_be_bytes());
-    for block in message.chunks_exact(64) {
-        let mut w = [0u32; 64];
-        for (word, bytes) in w.iter_mut().zip(block.chunks_exact(4)) {
-            *word = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        }
-        for i in 16..64 {
-            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
-            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
-            w[i] = w[i - 16]
-                .wrapping_add(s0)
-                .wrapping_add(w[i - 7])
-                .wrapping_add(s1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh] = h;
-        for (k, w) in K.iter().zip(w) {
-            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
-            let choice = (e & f) ^ (!e & g);
-            let t1 = hh
-                .wrapping_add(s1)
-                .wrapping_add(choice)
-                .wrapping_add(*k)
-                .wrapping_add(w);
-            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
-            let majority = (a & b) ^ (a & c) ^ (b & c);
-            let t2 = s0.wrapping_add(majority);
-            hh = g;
-            g = f;
-            f = e;
-            e = d.wrapping_add(t1);
-            d = c;
-            c = b;
-            b = a;
-            a = t1.wrapping_add(t2);
-        }
-        for (state, add) in h.iter_mut().zip([a, b, c, d, e, f, g, hh]) {
-            *state = state.wrapping_add(add);
-        }
-    }
-    let mut out = [0u8; 32];
-    for (chunk, word) in out.chunks_exact_mut(4).zip(h) {
-        chunk.copy_from_slice(&word.to_be_bytes());
-    }
-    out
+/// The S256 challenge of a PKCE verifier (RFC 7636 §4.2).
+fn challenge_of(verifier: &str) -> String {
+    use sha2::Digest as _;
+    URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
 }
 
 #[cfg(test)]
@@ -675,13 +566,6 @@ mod tests {
     const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
     const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
     const CALLBACK: &str = "http://app.test/cb?x=1";
-
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().fold(String::new(), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
-    }
 
     fn form(pairs: &[(&str, &str)]) -> String {
         pairs
@@ -768,26 +652,8 @@ mod tests {
     }
 
     #[test]
-    fn sha256_matches_the_standard_vectors() {
-        assert_eq!(
-            hex(&sha256(b"")),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-        assert_eq!(
-            hex(&sha256(b"abc")),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        // Two blocks (the padding spills over).
-        assert_eq!(
-            hex(&sha256(
-                b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"
-            )),
-            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
-        );
-        assert_eq!(
-            URL_SAFE_NO_PAD.encode(sha256(VERIFIER.as_bytes())),
-            CHALLENGE
-        );
+    fn challenges_are_rfc_7636_s256() {
+        assert_eq!(challenge_of(VERIFIER), CHALLENGE);
     }
 
     #[test]

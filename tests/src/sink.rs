@@ -46,6 +46,28 @@ pub struct Recorded {
 }
 
 impl Recorded {
+    /// Reads a whole request into a record (the body collected).
+    pub(crate) async fn read(request: Request<Incoming>) -> Result<Self, hyper::Error> {
+        let (parts, body) = request.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Self {
+            method: parts.method.as_str().to_owned(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.to_string(), |path| path.as_str().to_owned()),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                    (name.as_str().to_owned(), value)
+                })
+                .collect(),
+            body: body.to_vec(),
+        })
+    }
+
     /// The body as JSON (`Null` when it is not JSON).
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
@@ -226,7 +248,10 @@ impl HttpSink {
             .name(format!("http-sink-{}", self.addr.port()))
             // The runtime is dropped on this thread when `accept` returns, which drops
             // the listener and the connection tasks.
-            .spawn(move || runtime.block_on(accept(listener, state, stopped)))
+            .spawn(move || {
+                let handle = move |request| record(request, Arc::clone(&state));
+                runtime.block_on(accept(listener, handle, stopped))
+            })
             .context("spawning the HTTP sink's thread")?;
         self.server = Some(Server { shutdown, thread });
         Ok(())
@@ -246,12 +271,16 @@ impl State {
     }
 }
 
-/// Accepts connections until `stopped` fires (or its sender is dropped).
-async fn accept(
+/// Accepts connections until `stopped` fires (or its sender is dropped), each request
+/// answered by `handle` (the loop of every HTTP stand-in in this crate).
+pub(crate) async fn accept<F, Fut>(
     listener: tokio::net::TcpListener,
-    state: Arc<State>,
+    handle: F,
     mut stopped: oneshot::Receiver<()>,
-) {
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Full<Bytes>>, hyper::Error>> + Send + 'static,
+{
     loop {
         let stream = tokio::select! {
             _ = &mut stopped => return,
@@ -264,12 +293,11 @@ async fn accept(
                 }
             },
         };
-        let state = Arc::clone(&state);
+        let handle = handle.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| record(request, Arc::clone(&state)));
             // A broken connection only concerns its client.
             let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(stream), service_fn(handle))
                 .await;
         });
     }
@@ -280,26 +308,8 @@ async fn record(
     request: Request<Incoming>,
     state: Arc<State>,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
-    let (parts, body) = request.into_parts();
-    let body = body.collect().await?.to_bytes();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.to_string(), |path| path.as_str().to_owned());
-    let headers = parts
-        .headers
-        .iter()
-        .map(|(name, value)| {
-            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-            (name.as_str().to_owned(), value)
-        })
-        .collect();
-    state.lock_requests().push(Recorded {
-        method: parts.method.as_str().to_owned(),
-        path,
-        headers,
-        body: body.to_vec(),
-    });
+    let recorded = Recorded::read(request).await?;
+    state.lock_requests().push(recorded);
 
     let status = StatusCode::from_u16(state.status.load(Ordering::SeqCst))
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
