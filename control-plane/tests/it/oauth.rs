@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use portcullis_tests::oidc::{OidcAccount, OidcClient, OidcProvider};
 use serde_json::json;
 
-use crate::support::{PASSWORD, Reply, Stack, claims_of, request};
+use crate::support::{PASSWORD, Reply, Stack, claims_of, header, query_of, request};
 
 const DONE: &str = "https://app.example/done";
 const CLIENT_SECRET: &str = "op-client-secret-0123456789";
@@ -50,18 +50,6 @@ async fn world(accounts: &[OidcAccount], auto_link: bool) -> World {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     World { s, op, app, owner }
-}
-
-fn query_of(url: &str) -> HashMap<String, String> {
-    let query = url.split_once('?').map_or("", |(_, q)| q);
-    serde_urlencoded::from_str(query).unwrap()
-}
-
-fn header<'a>(r: &'a Reply, name: &str) -> &'a str {
-    r.headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
 }
 
 /// `GET …/authorize`: the provider URL and the binding cookie (`name=value`).

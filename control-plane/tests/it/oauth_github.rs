@@ -12,7 +12,7 @@ use portcullis_tests::github::{GitHubStandIn, GitHubUser};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::support::{Reply, Stack, claims_of, request};
+use crate::support::{Reply, Stack, claims_of, header, query_of, request};
 
 const DONE: &str = "https://app.example/done";
 const CLIENT_ID: &str = "Iv1.portcullis";
@@ -71,18 +71,6 @@ async fn world(client_secret: &str) -> World {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     World { s, gh, app }
-}
-
-fn query_of(url: &str) -> HashMap<String, String> {
-    let query = url.split_once('?').map_or("", |(_, q)| q);
-    serde_urlencoded::from_str(query).unwrap()
-}
-
-fn header<'a>(r: &'a Reply, name: &str) -> &'a str {
-    r.headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
 }
 
 fn callback_url(w: &World) -> String {

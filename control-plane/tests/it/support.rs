@@ -536,3 +536,17 @@ impl Stack {
         .await
     }
 }
+
+/// The query of a URL (`…?a=1&b=2`), decoded.
+pub fn query_of(url: &str) -> HashMap<String, String> {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    serde_urlencoded::from_str(query).unwrap()
+}
+
+/// A response header as text (empty when absent).
+pub fn header<'a>(r: &'a Reply, name: &str) -> &'a str {
+    r.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
