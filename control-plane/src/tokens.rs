@@ -114,10 +114,12 @@ pub async fn authenticate(
         &state.verifier
     };
     let verified = verifier
-        .verify(token.as_bytes(), now, &snapshot, &mut scratch)
+        .verify_with_payload(token.as_bytes(), now, &snapshot, &mut scratch)
         .map_err(|r| ApiError::unauthenticated(r.code))?;
-    let claims: AccessTokenClaims = serde_json::from_str(verified.payload)
-        .map_err(|_| ApiError::unauthenticated(ErrorCode::InvalidToken))?;
+    let claims: AccessTokenClaims = verified
+        .payload
+        .and_then(|p| serde_json::from_str(p).ok())
+        .ok_or(ApiError::unauthenticated(ErrorCode::InvalidToken))?;
     if claims.aud != audience {
         return Err(ApiError::unauthenticated(ErrorCode::InvalidAudience));
     }

@@ -6,7 +6,9 @@
 //! - [`verify`]: the whole `Verifier::verify` against a snapshot holding one fixed Ed25519
 //!   key. Besides never panicking, it must accept only the tokens [`seeds`] minted with
 //!   that key: the fuzzer cannot sign, and every other byte string (a re-encoded
-//!   signature, a changed claim, a cache hit on a look-alike) must be refused.
+//!   signature, a changed claim, a cache hit on a look-alike) must be refused. And the
+//!   verified-token cache must change nothing: a verifier with a cache answers every
+//!   input, seen once or twice, exactly as one without (same verdict, same identity).
 //!
 //! Everything is deterministic (fixed key, fixed `now`, Ed25519 signatures are
 //! deterministic), so the seed files in `fuzz/seeds/` are exactly what [`seeds`] returns.
@@ -26,7 +28,8 @@ use portcullis_verifier::core::jose::{
 use portcullis_verifier::core::json::{self, JsonStr, Value};
 use portcullis_verifier::core::revocations::parse_uuid;
 use portcullis_verifier::core::{
-    KeySet, RevocationsBuilder, Scratch, Settings, Snapshot, Trust, Verifier,
+    Id, Identity, KeySet, RevocationsBuilder, Scratch, Settings, Snapshot, Trust, Verified,
+    Verifier,
 };
 
 /// The `now` every verification runs at.
@@ -40,7 +43,10 @@ const CUT_OFF_USER: &str = "0b9e8a52-1111-4000-8000-0000000000c0";
 
 /// The verifier, snapshot and accepted tokens, built (and self-checked) on first use.
 struct Fixture {
+    /// With a verified-token cache.
     verifier: Verifier,
+    /// Without one: the reference the cached verifier must agree with.
+    uncached: Verifier,
     snapshot: Snapshot,
     /// The only inputs `verify` may accept.
     accepted: Vec<Vec<u8>>,
@@ -175,7 +181,8 @@ impl Fixture {
             typs: vec!["at+jwt".to_owned()],
         };
         // Cache on: a fuzz input equal to an accepted seed is a cache hit.
-        let verifier = Verifier::new(settings, 1024);
+        let verifier = Verifier::new(settings.clone(), 1024);
+        let uncached = Verifier::new(settings, 0);
 
         // Self-check, so a verifier change that makes the seeds meaningless is loud.
         let mut accepted = Vec::new();
@@ -192,6 +199,7 @@ impl Fixture {
         }
         Self {
             verifier,
+            uncached,
             snapshot,
             accepted,
         }
@@ -209,7 +217,7 @@ pub fn jose(data: &[u8]) {
         touch_header(&h);
     }
     if let Ok(c) = parse_claims(data) {
-        touch_claims(&c);
+        touch_claims(&c, data.len());
     }
 
     // The input as a compact token.
@@ -224,22 +232,68 @@ pub fn jose(data: &[u8]) {
         touch_header(&h);
     }
     if let Ok(Ok(c)) = b64_decode(seg.payload, &mut buf).map(parse_claims) {
-        touch_claims(&c);
+        touch_claims(&c, jose::MAX_PAYLOAD_LEN);
     }
     let _ = b64_decode(seg.signature, &mut buf[..jose::MAX_SIGNATURE_LEN]);
 }
 
-/// Target `verify`: the whole verification, which must refuse all but the minted tokens.
+/// Target `verify`: the whole verification, which must refuse all but the minted tokens,
+/// and answer the same with the cache as without it.
 pub fn verify(data: &[u8]) {
     let f = &*FIXTURE;
-    let mut scratch = Scratch::default();
-    if let Ok(v) = f.verifier.verify(data, NOW, &f.snapshot, &mut scratch) {
+    let (mut a, mut b, mut c) = (Scratch::default(), Scratch::default(), Scratch::default());
+    let reference = f.uncached.verify(data, NOW, &f.snapshot, &mut a);
+    let first = f.verifier.verify(data, NOW, &f.snapshot, &mut b);
+    let second = f.verifier.verify(data, NOW, &f.snapshot, &mut c);
+    for got in [&first, &second] {
+        assert_eq!(
+            summary(got),
+            summary(&reference),
+            "the cache changed a verdict: {:?}",
+            String::from_utf8_lossy(data)
+        );
+    }
+    if let Ok(v) = reference {
         assert!(
             f.accepted.iter().any(|t| t == data),
             "accepted a token the fixed key never signed: {:?}",
             String::from_utf8_lossy(data)
         );
-        touch_claims(&v.claims);
+        touch_identity(&v.identity);
+        let claims = parse_claims(v.payload.expect("an uncached verdict has its payload").as_bytes())
+            .expect("accepted claims parse");
+        touch_claims(&claims, jose::MAX_PAYLOAD_LEN);
+    }
+}
+
+/// A verdict as comparable data: the error code, or every identity field.
+fn summary(v: &Result<Verified<'_>, portcullis_verifier::core::Reject>) -> Result<String, ErrorCode> {
+    match v {
+        Ok(v) => {
+            let who = &v.identity;
+            Ok(format!(
+                "{:?} {:?} {:?} {:?} {:?} {:?}",
+                who.sub(),
+                who.sid(),
+                who.app(),
+                who.roles_header(),
+                who.scope(),
+                who.facts()
+            ))
+        }
+        Err(r) => Err(r.code),
+    }
+}
+
+fn touch_identity(who: &Identity<'_>) {
+    assert!(who.roles().all(|r| !r.is_empty() && !r.contains(',')));
+    assert!(who.scopes().all(|s| !s.is_empty() && !s.contains(' ')));
+    let revocations = &FIXTURE.snapshot.revocations;
+    if let Some(sid) = who.sid() {
+        let _ = revocations.session_revoked(Id::parse(sid));
+    }
+    if let Some(sub) = who.sub() {
+        let _ = revocations.user_cutoff(Id::parse(sub));
     }
 }
 
@@ -252,7 +306,8 @@ fn touch_header(h: &Header<'_>) {
     }
 }
 
-fn touch_claims(c: &Claims<'_>) {
+/// `doc_len`: the length of the document the claims were read from.
+fn touch_claims(c: &Claims<'_>, doc_len: usize) {
     for s in [c.iss, c.sub, c.client_id, c.sid, c.jti, c.scope]
         .into_iter()
         .flatten()
@@ -272,13 +327,10 @@ fn touch_claims(c: &Claims<'_>) {
     }
     c.roles().for_each(touch_str);
     assert!(c.scopes().all(|s| !s.is_empty() && !s.contains(' ')));
-    let revocations = &FIXTURE.snapshot.revocations;
-    if let Some(sid) = c.sid {
-        let _ = revocations.session_revoked(sid);
-    }
-    if let Some(sub) = c.sub {
-        let _ = revocations.user_cutoff(sub);
-    }
+    // Any claims set renders an identity into a buffer as long as its document.
+    let mut buf = vec![0u8; doc_len];
+    let who = Identity::from_claims(c, &mut buf).expect("an identity fits a payload-sized buffer");
+    touch_identity(&who);
 }
 
 fn touch_value(v: Value<'_>) {

@@ -31,7 +31,7 @@
 
 use serde::Deserialize;
 
-use crate::core::Claims;
+use crate::core::Identity;
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,19 +140,19 @@ impl Policy {
         }
     }
 
-    /// Whether a caller with these claims may make this request.
-    pub fn permits(&self, path: &str, method: &str, claims: &Claims<'_>) -> bool {
+    /// Whether this caller may make this request.
+    pub fn permits(&self, path: &str, method: &str, who: &Identity<'_>) -> bool {
         let Some(rule) = self.rule_for(path, method) else {
             return true;
         };
         let role_ok = rule.any_role.is_empty()
-            || claims
+            || who
                 .roles()
-                .any(|have| rule.any_role.iter().any(|want| have.eq_str(want)));
+                .any(|have| rule.any_role.iter().any(|want| have == want));
         let scopes_ok = rule
             .all_scopes
             .iter()
-            .all(|want| claims.scopes().any(|have| have == want));
+            .all(|want| who.scopes().any(|have| have == want));
         role_ok && scopes_ok
     }
 }
@@ -187,6 +187,12 @@ fn is_normalized(path: &str) -> bool {
 mod tests {
     use super::*;
     use crate::core::jose::parse_claims;
+
+    fn with_identity(claims: &str, f: impl FnOnce(&Identity<'_>)) {
+        let claims = parse_claims(claims.as_bytes()).unwrap();
+        let mut buf = [0u8; 256];
+        f(&Identity::from_claims(&claims, &mut buf).unwrap());
+    }
 
     const POLICY: &str = r#"
         [[rule]]
@@ -230,22 +236,37 @@ mod tests {
     #[test]
     fn rules_match_first_and_on_segments() {
         let p = Policy::from_toml(POLICY).unwrap();
-        let admin = parse_claims(br#"{"roles":["ops","admin"],"scope":"users:read"}"#).unwrap();
-        let ops = parse_claims(br#"{"roles":["ops"],"scope":"users:read users:write"}"#).unwrap();
         assert_eq!(p.gate("/health", "GET"), Gate::Public);
         assert_eq!(p.gate("/healthcheck", "GET"), Gate::Token);
-        assert!(p.permits("/admin/x", "POST", &admin));
-        assert!(!p.permits("/admin/x", "post", &ops));
-        assert!(
-            p.permits("/admin/x", "GET", &ops),
-            "method not covered by the rule"
+        with_identity(
+            r#"{"roles":["ops","admin"],"scope":"users:read"}"#,
+            |admin| {
+                assert!(p.permits("/admin/x", "POST", admin));
+                assert!(!p.permits("/users/1", "GET", admin), "needs both scopes");
+            },
         );
-        assert!(
-            p.permits("/administrator", "POST", &ops),
-            "not a segment match"
+        with_identity(
+            r#"{"roles":["ops"],"scope":"users:read users:write"}"#,
+            |ops| {
+                assert!(!p.permits("/admin/x", "post", ops));
+                assert!(
+                    p.permits("/admin/x", "GET", ops),
+                    "method not covered by the rule"
+                );
+                assert!(
+                    p.permits("/administrator", "POST", ops),
+                    "not a segment match"
+                );
+                assert!(p.permits("/users/1?x=1", "GET", ops));
+            },
         );
-        assert!(p.permits("/users/1?x=1", "GET", &ops));
-        assert!(!p.permits("/users/1", "GET", &admin), "needs both scopes");
+        // Escaped role names are compared decoded; a role with a comma is no role at all.
+        with_identity(r#"{"roles":["\u0061dmin"]}"#, |admin| {
+            assert!(p.permits("/admin/x", "POST", admin));
+        });
+        with_identity(r#"{"roles":["x,admin"]}"#, |comma| {
+            assert!(!p.permits("/admin/x", "POST", comma));
+        });
     }
 
     #[test]

@@ -4,12 +4,15 @@
 //! only `RS256`, a P-256 key only `ES256`. Keys from the Portcullis control plane must be
 //! Ed25519; RSA and EC keys are accepted only from a foreign issuer's JWKS.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::constants::ED25519_BASEPOINT_TABLE;
+use curve25519_dalek::edwards::EdwardsBasepointTable;
 use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::BasepointTable;
 use ed25519_dalek::VerifyingKey;
 use portcullis_common::jwk::{Jwk, Jwks};
 use sha2::{Digest, Sha512};
@@ -36,12 +39,12 @@ impl Alg {
 
 #[derive(Clone, Debug)]
 enum Material {
-    Ed25519 {
-        compressed: [u8; 32],
-        minus_a: EdwardsPoint,
-    },
+    Ed25519(Ed25519Key),
     /// Big-endian modulus and exponent.
-    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
     /// Uncompressed SEC1 point `04 || x || y`.
     P256(Vec<u8>),
 }
@@ -64,17 +67,14 @@ impl Key {
     }
 
     /// Verifies `signature` over `message`. EdDSA allocates nothing, for valid and invalid
-    /// signatures alike (see [`ed25519_verify_strict`]).
+    /// signatures alike (see [`Ed25519Key::verify_strict`]).
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         match &self.material {
-            Material::Ed25519 {
-                compressed,
-                minus_a,
-            } => {
+            Material::Ed25519(key) => {
                 let Ok(sig) = <&[u8; 64]>::try_from(signature) else {
                     return false;
                 };
-                ed25519_verify_strict(compressed, minus_a, message, sig)
+                key.verify_strict(message, sig)
             }
             Material::Rsa { n, e } => ring::signature::RsaPublicKeyComponents { n, e }
                 .verify(
@@ -93,42 +93,72 @@ impl Key {
     }
 }
 
-/// Ed25519 verification (RFC 8032 §5.1.7) with exactly the checks of ed25519-dalek's
-/// `VerifyingKey::verify_strict`: `S` canonical (`S < L`), `R` a valid encoding and not of
-/// small order, `A` not of small order (checked when the key is loaded), and
-/// `[S]B - [k]A` compared with `R` in its encoded form.
-///
-/// Written here on curve25519-dalek, the library ed25519-dalek itself computes with,
-/// because `verify_strict` reports a refusal through an error that boxes its source when
-/// ed25519-dalek's `std`/`alloc` feature is on, and any crate in the build enabling it
-/// (jsonwebtoken does) would make every refused signature allocate. The
-/// `matches_ed25519_dalek_verify_strict` test holds the two equal.
-pub fn ed25519_verify_strict(
-    a: &[u8; 32],
-    minus_a: &EdwardsPoint,
-    message: &[u8],
-    sig: &[u8; 64],
-) -> bool {
-    let mut r = [0u8; 32];
-    let mut s = [0u8; 32];
-    r.copy_from_slice(&sig[..32]);
-    s.copy_from_slice(&sig[32..]);
-    let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s)) else {
-        return false;
-    };
-    let r = CompressedEdwardsY(r);
-    match r.decompress() {
-        Some(point) if !point.is_small_order() => {}
-        _ => return false,
+/// An Ed25519 public key made ready for verification: its encoding (hashed into every
+/// challenge) and a table of multiples of `-A`, built once when the key set loads.
+#[derive(Clone)]
+pub struct Ed25519Key {
+    compressed: [u8; 32],
+    /// Radix-16 multiples of `-A` (30 KiB): `[k](-A)` costs 64 additions and no doubling.
+    minus_a: Arc<EdwardsBasepointTable>,
+}
+
+impl std::fmt::Debug for Ed25519Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Ed25519Key").field(&self.compressed).finish()
     }
-    let hash: [u8; 64] = Sha512::new()
-        .chain_update(r.as_bytes())
-        .chain_update(a)
-        .chain_update(message)
-        .finalize()
-        .into();
-    let k = Scalar::from_bytes_mod_order_wide(&hash);
-    EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, minus_a, &s).compress() == r
+}
+
+impl Ed25519Key {
+    /// The key of an encoded public point; `None` when it is not a point or is of small
+    /// order (RFC 8032 keys never are; such a key would let one signature fit many
+    /// messages).
+    pub fn from_bytes(compressed: &[u8; 32]) -> Option<Self> {
+        let key = VerifyingKey::from_bytes(compressed).ok()?;
+        if key.is_weak() {
+            return None;
+        }
+        Some(Self {
+            compressed: *compressed,
+            minus_a: Arc::new(EdwardsBasepointTable::create(&-key.to_edwards())),
+        })
+    }
+
+    /// Ed25519 verification (RFC 8032 §5.1.7) accepting exactly what ed25519-dalek's
+    /// `VerifyingKey::verify_strict` accepts: `S` canonical (`S < L`), `R` a canonical
+    /// encoding of a point not of small order, `A` not of small order (checked when the
+    /// key is built), and `[S]B - [k]A` encoding to `R`.
+    ///
+    /// Written here on curve25519-dalek, the library ed25519-dalek itself computes with,
+    /// for two reasons, both measured in `benches/README.md`:
+    /// - speed: `[S]B - [k]A` as two fixed-base multiplications over precomputed tables
+    ///   (the basepoint's, and this key's, built once at load) instead of a variable-base
+    ///   double multiplication that rebuilds `A`'s table and doubles 253 times per call;
+    ///   and `R` is never decompressed: `compress(P) == R` already proves `R` is a
+    ///   canonical encoding of the point `P`, so `R`'s small-order check is `P`'s;
+    /// - no allocation: `verify_strict` reports a refusal through an error that boxes its
+    ///   source when ed25519-dalek's `std`/`alloc` feature is on, which jsonwebtoken
+    ///   enables in this build.
+    ///
+    /// `tests::matches_ed25519_dalek_verify_strict`, the Wycheproof vectors and the
+    /// crafted small-order and non-canonical cases hold the two equal.
+    pub fn verify_strict(&self, message: &[u8], sig: &[u8; 64]) -> bool {
+        let mut r = [0u8; 32];
+        let mut s = [0u8; 32];
+        r.copy_from_slice(&sig[..32]);
+        s.copy_from_slice(&sig[32..]);
+        let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s)) else {
+            return false;
+        };
+        let hash: [u8; 64] = Sha512::new()
+            .chain_update(r)
+            .chain_update(self.compressed)
+            .chain_update(message)
+            .finalize()
+            .into();
+        let k = Scalar::from_bytes_mod_order_wide(&hash);
+        let p = ED25519_BASEPOINT_TABLE * &s + self.minus_a.mul_base(&k);
+        p.compress().to_bytes() == r && !p.is_small_order()
+    }
 }
 
 /// Which keys a source may supply.
@@ -268,17 +298,8 @@ fn key_from_jwk(jwk: &Jwk, trust: Trust) -> Result<Key, String> {
             let x: [u8; 32] = b64(&jwk.x, "x")?
                 .try_into()
                 .map_err(|_| "x is not 32 bytes")?;
-            let key = VerifyingKey::from_bytes(&x).map_err(|_| "x is not a curve point")?;
-            if key.is_weak() {
-                return Err("small-order public key".into());
-            }
-            (
-                Alg::EdDSA,
-                Material::Ed25519 {
-                    compressed: x,
-                    minus_a: -key.to_edwards(),
-                },
-            )
+            let key = Ed25519Key::from_bytes(&x).ok_or("x is not a curve point of large order")?;
+            (Alg::EdDSA, Material::Ed25519(key))
         }
         _ if trust == Trust::Portcullis => {
             return Err("only Ed25519 keys come from Portcullis".into());
@@ -380,6 +401,13 @@ mod tests {
         assert_eq!(set.skipped().len(), 2);
     }
 
+    fn dalek_strict(a: &[u8; 32], m: &[u8], s: &[u8; 64]) -> bool {
+        VerifyingKey::from_bytes(a).is_ok_and(|vk| {
+            vk.verify_strict(m, &ed25519_dalek::Signature::from_bytes(s))
+                .is_ok()
+        })
+    }
+
     /// The hand-written strict check agrees with ed25519-dalek's `verify_strict` on valid
     /// signatures and on every single-bit corruption of signature and message.
     #[test]
@@ -387,7 +415,7 @@ mod tests {
         use ed25519_dalek::Signer;
         let sk = ed25519_dalek::SigningKey::from_bytes(&[5u8; 32]);
         let vk = sk.verifying_key();
-        let minus_a = -vk.to_edwards();
+        let key = Ed25519Key::from_bytes(vk.as_bytes()).unwrap();
         for len in [0usize, 1, 33, 200] {
             let msg: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let sig = sk.sign(&msg).to_bytes();
@@ -403,13 +431,90 @@ mod tests {
                 cases.push((m, sig));
             }
             for (m, s) in cases {
-                let ours = ed25519_verify_strict(vk.as_bytes(), &minus_a, &m, &s);
-                let theirs = vk
-                    .verify_strict(&m, &ed25519_dalek::Signature::from_bytes(&s))
-                    .is_ok();
-                assert_eq!(ours, theirs, "len {len}");
+                assert_eq!(
+                    key.verify_strict(&m, &s),
+                    dalek_strict(vk.as_bytes(), &m, &s),
+                    "len {len}"
+                );
             }
         }
+    }
+
+    /// Signatures built by hand where strictness matters: keys with a torsion component,
+    /// `R` of small or mixed order, `R` and `S` in non-canonical encodings. Every case gets
+    /// the same answer as `verify_strict`, and the valid ones are accepted.
+    #[test]
+    fn crafted_edge_cases_match_verify_strict() {
+        use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+        use curve25519_dalek::edwards::EdwardsPoint;
+        let b = ED25519_BASEPOINT_POINT;
+        let secret = Scalar::from_bytes_mod_order([3u8; 32]);
+        let challenge = |r: &[u8; 32], a: &[u8; 32], m: &[u8]| {
+            let h: [u8; 64] = Sha512::new()
+                .chain_update(r)
+                .chain_update(a)
+                .chain_update(m)
+                .finalize()
+                .into();
+            Scalar::from_bytes_mod_order_wide(&h)
+        };
+        // y = 1 + p: a non-canonical encoding of the identity.
+        let mut identity_noncanonical = [0xffu8; 32];
+        identity_noncanonical[0] = 0xee;
+        identity_noncanonical[31] = 0x7f;
+        let l_bytes = (Scalar::ZERO - Scalar::ONE).to_bytes(); // L - 1
+        let (mut accepted, mut cases) = (0, 0);
+        for torsion in EIGHT_TORSION {
+            let point: EdwardsPoint = b * secret + torsion;
+            let a = point.compress().to_bytes();
+            let Some(key) = Ed25519Key::from_bytes(&a) else {
+                continue;
+            };
+            for m in [&b""[..], b"m", b"another message of some length"] {
+                let mut sigs: Vec<[u8; 64]> = Vec::new();
+                for r_point in [
+                    b * Scalar::from(7u64),
+                    b * Scalar::from(7u64) + EIGHT_TORSION[1],
+                    EdwardsPoint::default(),
+                    EIGHT_TORSION[2],
+                ] {
+                    let r = r_point.compress().to_bytes();
+                    let k = challenge(&r, &a, m);
+                    // S = r + k*a for R = [7]B (+ T): valid when the torsion cancels.
+                    let s = Scalar::from(7u64) + k * secret;
+                    let mut sig = [0u8; 64];
+                    sig[..32].copy_from_slice(&r);
+                    sig[32..].copy_from_slice(&s.to_bytes());
+                    sigs.push(sig);
+                    // S + L: the same scalar, non-canonical.
+                    let mut big = sig;
+                    let mut carry = 0u16;
+                    let l_plus_one = (Scalar::ONE).to_bytes();
+                    for i in 0..32 {
+                        let v = u16::from(big[32 + i])
+                            + u16::from(l_bytes[i])
+                            + u16::from(l_plus_one[i])
+                            + carry;
+                        big[32 + i] = v as u8;
+                        carry = v >> 8;
+                    }
+                    sigs.push(big);
+                }
+                // The identity as R in its non-canonical encoding, with S = k*a.
+                let k = challenge(&identity_noncanonical, &a, m);
+                let mut sig = [0u8; 64];
+                sig[..32].copy_from_slice(&identity_noncanonical);
+                sig[32..].copy_from_slice(&(k * secret).to_bytes());
+                sigs.push(sig);
+                for sig in sigs {
+                    let ours = key.verify_strict(m, &sig);
+                    assert_eq!(ours, dalek_strict(&a, m, &sig), "{torsion:?} {m:?}");
+                    accepted += usize::from(ours);
+                    cases += 1;
+                }
+            }
+        }
+        assert!(accepted > 0 && accepted < cases, "{accepted} of {cases}");
     }
 
     #[test]

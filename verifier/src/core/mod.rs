@@ -6,11 +6,14 @@
 //! benchmarkable and testable for allocations without a socket (see `tests/alloc.rs`).
 //!
 //! Order of checks (RFC 8725): size caps, form, header, `typ`, key by `kid` with the
-//! algorithm pinned by the key, signature (or a verified-cache hit), then claims: `exp`,
-//! `nbf`, `iat`, `iss`, `aud`, and revocation by session and by per-user cutoff. Claims are
-//! only read after the signature holds.
+//! algorithm pinned by the key, signature, then claims: `exp`, `nbf`, `iat`, `iss`, `aud`,
+//! and revocation by session and by per-user cutoff. Claims are only read after the
+//! signature holds. A token seen before is a verified-cache hit instead: one keyed hash
+//! finds what its checks concluded, and only the times, the key-set generation and the
+//! revocations are checked again (see [`cache`]).
 
 pub mod cache;
+pub mod identity;
 pub mod jose;
 pub mod json;
 pub mod keys;
@@ -21,9 +24,10 @@ use std::sync::Arc;
 use portcullis_common::ErrorCode;
 
 pub use self::cache::VerifiedCache;
+pub use self::identity::{Facts, Identity};
 pub use self::jose::{Audience, Claims, FormError, MAX_TOKEN_LEN};
 pub use self::keys::{Alg, KeySet, KeysError, Trust};
-pub use self::revocations::{Revocations, RevocationsBuilder};
+pub use self::revocations::{Id, Revocations, RevocationsBuilder};
 
 /// Everything a verification reads that changes over time, swapped atomically as a whole.
 #[derive(Clone, Debug)]
@@ -83,17 +87,20 @@ impl From<FormError> for Reject {
     }
 }
 
-/// Caller-owned buffer the payload is decoded into; claims borrow from it. Keep one per
-/// worker thread or task and reuse it.
+/// Caller-owned buffers: the payload is decoded into one, the caller's identity rendered
+/// (or copied from the cache) into the other, and the result borrows both. Keep one per
+/// worker thread and reuse it.
 #[derive(Debug)]
 pub struct Scratch {
     payload: [u8; jose::MAX_PAYLOAD_LEN],
+    identity: [u8; identity::MAX_IDENTITY_LEN],
 }
 
 impl Scratch {
     pub const fn new() -> Self {
         Self {
             payload: [0; jose::MAX_PAYLOAD_LEN],
+            identity: [0; identity::MAX_IDENTITY_LEN],
         }
     }
 }
@@ -107,10 +114,13 @@ impl Default for Scratch {
 /// An accepted token.
 #[derive(Clone, Copy, Debug)]
 pub struct Verified<'s> {
-    pub claims: Claims<'s>,
-    /// The decoded claims JSON (valid UTF-8, one object).
-    pub payload: &'s str,
-    /// Whether the signature check was skipped thanks to the verified-token cache.
+    /// Who is calling, as the transports pass it on and the route policy reads it.
+    pub identity: Identity<'s>,
+    /// The decoded claims JSON (valid UTF-8, one object): always there from
+    /// [`Verifier::verify_with_payload`]; from [`Verifier::verify`] only when the token
+    /// was not a cache hit.
+    pub payload: Option<&'s str>,
+    /// Whether this was a verified-cache hit (no signature, base64 or JSON work).
     pub cached: bool,
 }
 
@@ -122,7 +132,21 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    pub fn new(mut settings: Settings, cache_entries: usize) -> Self {
+    /// A verifier whose cache is keyed with fresh operating-system randomness.
+    pub fn new(settings: Settings, cache_entries: usize) -> Self {
+        let mut key = [0u8; 16];
+        // Without randomness the cache could be keyed predictably: run without one.
+        let entries =
+            match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key) {
+                Ok(()) => cache_entries,
+                Err(_) => 0,
+            };
+        Self::with_cache_key(settings, entries, key)
+    }
+
+    /// A verifier whose cache is keyed with `key`, which must be secret and random (tests
+    /// and benches pass a fixed one).
+    pub fn with_cache_key(mut settings: Settings, cache_entries: usize, key: [u8; 16]) -> Self {
         settings.typs = settings
             .typs
             .iter()
@@ -130,7 +154,7 @@ impl Verifier {
             .collect();
         Self {
             settings,
-            cache: VerifiedCache::new(cache_entries),
+            cache: VerifiedCache::new(cache_entries, key),
         }
     }
 
@@ -146,6 +170,55 @@ impl Verifier {
         snap: &Snapshot,
         scratch: &'s mut Scratch,
     ) -> Result<Verified<'s>, Reject> {
+        self.check(token, now, snap, scratch, false)
+    }
+
+    /// [`Verifier::verify`], with the claims JSON decoded even on a cache hit.
+    pub fn verify_with_payload<'s>(
+        &self,
+        token: &[u8],
+        now: i64,
+        snap: &Snapshot,
+        scratch: &'s mut Scratch,
+    ) -> Result<Verified<'s>, Reject> {
+        self.check(token, now, snap, scratch, true)
+    }
+
+    fn check<'s>(
+        &self,
+        token: &[u8],
+        now: i64,
+        snap: &Snapshot,
+        scratch: &'s mut Scratch,
+        want_payload: bool,
+    ) -> Result<Verified<'s>, Reject> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(FormError::TooLong.into());
+        }
+        let Scratch { payload, identity } = scratch;
+        let probe = self.cache.probe(token);
+        let generation = snap.keys.generation();
+        // No keys means generation 0, which no entry carries: the full path answers.
+        if let Some(facts) = self.cache.get(&probe, token, generation, identity) {
+            // The slot's seqlock guarantees these are the bytes of one insertion, which
+            // were an identity's text: a failure here is a bug, refused rather than served.
+            const UNREADABLE: Reject = reject(ErrorCode::InvalidToken, "cache entry unreadable");
+            let text =
+                std::str::from_utf8(&identity[..facts.text_len()]).map_err(|_| UNREADABLE)?;
+            let who = Identity::new(facts, text).ok_or(UNREADABLE)?;
+            self.check_times(facts.exp, facts.nbf, facts.iat, now)?;
+            check_revocations(&who, snap)?;
+            let payload = match want_payload {
+                true => Some(decode_payload(jose::split(token)?.payload, payload)?),
+                false => None,
+            };
+            return Ok(Verified {
+                identity: who,
+                payload,
+                cached: true,
+            });
+        }
+
         let segments = jose::split(token)?;
         if snap.keys.is_empty() {
             return Err(reject(
@@ -153,30 +226,35 @@ impl Verifier {
                 "no verification keys loaded",
             ));
         }
-        // A hit means these exact bytes passed every header check and the signature under
-        // this key-set generation, with this verifier's (immutable) settings: all of that
-        // depends on nothing else, so only the claims are read again.
-        let digest = cache::digest(token);
-        let cached = self.cache.contains(&digest, snap.keys.generation());
-        if !cached {
-            self.check_header_and_signature(&segments, snap)?;
-        }
-
-        let payload = jose::b64_decode(segments.payload, &mut scratch.payload)?;
-        let payload = std::str::from_utf8(payload)
-            .map_err(|_| reject(ErrorCode::InvalidToken, "payload is not UTF-8"))?;
+        self.check_header_and_signature(&segments, snap)?;
+        let payload = decode_payload(segments.payload, payload)?;
         let claims = jose::parse_claims_str(payload)?;
-        self.check_claims(&claims, now, snap)?;
-        if !cached {
-            self.cache.insert(&digest, snap.keys.generation());
-        }
+        self.check_times(
+            claims
+                .exp
+                .ok_or(reject(ErrorCode::InvalidToken, "exp missing"))?,
+            claims.nbf,
+            claims.iat,
+            now,
+        )?;
+        self.check_issuer_and_audience(&claims)?;
+        // Cannot fail: the buffer is as long as the longest payload.
+        let who = Identity::from_claims(&claims, identity)
+            .ok_or(reject(ErrorCode::InvalidToken, "claims too large"))?;
+        check_revocations(&who, snap)?;
+        self.cache.insert(
+            &probe,
+            token,
+            generation,
+            who.facts(),
+            who.text().as_bytes(),
+        );
         Ok(Verified {
-            claims,
-            payload,
-            cached,
+            identity: who,
+            payload: Some(payload),
+            cached: false,
         })
     }
-
     /// Header (`typ`, `kid`, `alg` pinned by the key) and signature: the work a cache hit
     /// skips.
     fn check_header_and_signature(
@@ -231,20 +309,29 @@ impl Verifier {
             .any(|t| t.eq_ignore_ascii_case(typ))
     }
 
-    fn check_claims(&self, c: &Claims<'_>, now: i64, snap: &Snapshot) -> Result<(), Reject> {
+    fn check_times(
+        &self,
+        exp: i64,
+        nbf: Option<i64>,
+        iat: Option<i64>,
+        now: i64,
+    ) -> Result<(), Reject> {
         let leeway = self.settings.leeway_secs;
-        let exp = c
-            .exp
-            .ok_or(reject(ErrorCode::InvalidToken, "exp missing"))?;
         if now >= exp.saturating_add(leeway) {
             return Err(reject(ErrorCode::TokenExpired, "exp has passed"));
         }
-        if c.nbf.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
+        if nbf.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
             return Err(reject(ErrorCode::NotYetValid, "nbf is in the future"));
         }
-        if c.iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+        if iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
             return Err(reject(ErrorCode::NotYetValid, "iat is in the future"));
         }
+        Ok(())
+    }
+
+    /// Checks that depend only on the token and this verifier's fixed settings: a cache
+    /// hit has passed them already.
+    fn check_issuer_and_audience(&self, c: &Claims<'_>) -> Result<(), Reject> {
         let iss = c
             .iss
             .ok_or(reject(ErrorCode::InvalidIssuer, "iss missing"))?;
@@ -264,19 +351,35 @@ impl Verifier {
                 return Err(reject(ErrorCode::InvalidAudience, "aud not accepted"));
             }
         }
-        if c.sid
-            .is_some_and(|sid| snap.revocations.session_revoked(sid))
-        {
-            return Err(reject(ErrorCode::TokenRevoked, "session revoked"));
-        }
-        if let Some(cutoff) = c.sub.and_then(|sub| snap.revocations.user_cutoff(sub)) {
-            // A token without `iat` cannot prove it postdates the cutoff: fail closed.
-            if c.iat.is_none_or(|iat| iat <= cutoff) {
-                return Err(reject(ErrorCode::TokenRevoked, "user tokens revoked"));
-            }
-        }
         Ok(())
     }
+}
+
+/// Revocation by session, then by per-user cutoff: checked on every acceptance.
+fn check_revocations(who: &Identity<'_>, snap: &Snapshot) -> Result<(), Reject> {
+    if who
+        .sid_key()
+        .is_some_and(|sid| snap.revocations.session_revoked(sid))
+    {
+        return Err(reject(ErrorCode::TokenRevoked, "session revoked"));
+    }
+    if let Some(cutoff) = who
+        .sub_key()
+        .and_then(|sub| snap.revocations.user_cutoff(sub))
+    {
+        // A token without `iat` cannot prove it postdates the cutoff: fail closed.
+        if who.facts().iat().is_none_or(|iat| iat <= cutoff) {
+            return Err(reject(ErrorCode::TokenRevoked, "user tokens revoked"));
+        }
+    }
+    Ok(())
+}
+
+/// The payload segment decoded into `buf`, as UTF-8.
+fn decode_payload<'b>(segment: &[u8], buf: &'b mut [u8]) -> Result<&'b str, Reject> {
+    let payload = jose::b64_decode(segment, buf)?;
+    std::str::from_utf8(payload)
+        .map_err(|_| reject(ErrorCode::InvalidToken, "payload is not UTF-8"))
 }
 
 /// `typ` may be written with or without the `application/` prefix (RFC 7515 §4.1.9).

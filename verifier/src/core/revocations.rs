@@ -12,8 +12,6 @@
 use std::collections::HashMap as StdHashMap;
 use std::sync::Arc;
 
-use super::json::JsonStr;
-
 /// Deltas kept in the overlay before it is folded into the base.
 pub const OVERLAY_LIMIT: usize = 4096;
 
@@ -21,24 +19,20 @@ pub const OVERLAY_LIMIT: usize = 4096;
 /// non-DoS-resistant hasher is safe here (lookups with hostile ids only miss).
 type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::FixedState>;
 
-/// An id as looked up: parsed once, then probed in every map.
-#[derive(Clone, Copy, Debug)]
-enum Id<'t> {
+/// An id as looked up: parsed once (a UUID as its 128-bit value), then probed in every map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Id<'t> {
     Uuid(u128),
     Other(&'t str),
 }
 
 impl<'t> Id<'t> {
-    /// The id of a claim; escaped strings are decoded into `buf`.
-    fn of(claim: JsonStr<'t>, buf: &'t mut [u8; 128]) -> Option<Self> {
-        let text = match claim.as_plain() {
-            Some(t) => t,
-            None => claim.decode_into(buf)?,
-        };
-        Some(match parse_uuid(text) {
+    /// The lookup key of a decoded id.
+    pub fn parse(text: &'t str) -> Self {
+        match parse_uuid(text) {
             Some(u) => Id::Uuid(u),
             None => Id::Other(text),
-        })
+        }
     }
 }
 
@@ -201,24 +195,21 @@ impl Revocations {
     }
 
     /// Whether session `sid` is revoked.
-    pub fn session_revoked(&self, sid: JsonStr<'_>) -> bool {
+    pub fn session_revoked(&self, sid: Id<'_>) -> bool {
         let (overlay, base) = (&self.overlay.sessions, &self.base.sessions);
         if overlay.is_empty() && base.is_empty() {
             return false;
         }
-        let mut buf = [0u8; 128];
-        Id::of(sid, &mut buf).is_some_and(|id| overlay.get(id).is_some() || base.get(id).is_some())
+        overlay.get(sid).is_some() || base.get(sid).is_some()
     }
 
     /// The user's cutoff, if any (the later of base and overlay).
-    pub fn user_cutoff(&self, uid: JsonStr<'_>) -> Option<i64> {
+    pub fn user_cutoff(&self, uid: Id<'_>) -> Option<i64> {
         let (overlay, base) = (&self.overlay.users, &self.base.users);
         if overlay.is_empty() && base.is_empty() {
             return None;
         }
-        let mut buf = [0u8; 128];
-        let id = Id::of(uid, &mut buf)?;
-        match (overlay.get(id), base.get(id)) {
+        match (overlay.get(uid), base.get(uid)) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         }
@@ -237,17 +228,9 @@ impl Revocations {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::core::json::{self, Value};
 
-    fn js(text: &'static str) -> JsonStr<'static> {
-        let doc: &'static str = Box::leak(format!("{{\"v\":\"{text}\"}}").into_boxed_str());
-        let mut out = None;
-        json::for_each_member(doc.as_bytes(), |_, v: Value<'static>| {
-            out = v.as_str();
-            Ok(())
-        })
-        .unwrap();
-        out.unwrap()
+    fn js(text: &str) -> Id<'_> {
+        Id::parse(text)
     }
 
     #[test]
@@ -280,10 +263,6 @@ mod tests {
         assert!(
             r2.session_revoked(js("0190A1B2-0000-7000-8000-000000000001")),
             "uuid case-insensitive"
-        );
-        assert!(
-            r2.session_revoked(js("legacy\\u002dsid")),
-            "escaped ids are decoded"
         );
         let r3 = r2
             .with_user_cutoff("u1", 70, 10)

@@ -18,7 +18,10 @@ use std::task::{Context, Poll};
 use portcullis_common::tls::{self, Conn};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{App, Credentials, Decision, challenge, for_each_identity, problem_body, with_scratch};
+use super::{
+    App, Credentials, Decision, IDENTITY_HEADERS, challenge, identity_headers, problem_body,
+    with_scratch,
+};
 
 /// The Authorization service.
 #[derive(Debug, Clone)]
@@ -69,9 +72,11 @@ impl ExtAuthz {
             Decision::Allow(v) => {
                 app.metrics.allowed();
                 let mut ok = OkHttpResponseBuilder::new();
-                for_each_identity(&v, |name, value| {
-                    ok.add_header(name, value, None, true);
-                });
+                for (name, value) in IDENTITY_HEADERS.iter().zip(identity_headers(&v)) {
+                    if let Some(value) = value {
+                        ok.add_header(*name, value, None, true);
+                    }
+                }
                 let mut response = CheckResponse::with_status(tonic::Status::ok(""));
                 response.set_http_response(ok);
                 response

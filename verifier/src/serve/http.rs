@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -26,7 +26,10 @@ use portcullis_common::ErrorCode;
 use portcullis_common::tls::{self, Conn};
 use tokio::sync::Semaphore;
 
-use super::{App, Credentials, Decision, challenge, for_each_identity, problem_body, with_scratch};
+use super::{
+    App, Credentials, Decision, IDENTITY_HEADERS, challenge, identity_headers, problem_body,
+    with_scratch,
+};
 use crate::core::{Reject, Verified};
 use crate::state::unix_now;
 
@@ -131,9 +134,58 @@ pub async fn serve(
     }
 }
 
+/// The request headers the verifier acts on, found in one pass over the header map
+/// (instead of a hashed lookup per name).
+#[derive(Default)]
+struct Heads<'r> {
+    authorization: Option<&'r HeaderValue>,
+    cookie: Option<&'r HeaderValue>,
+    request_id: Option<&'r HeaderValue>,
+    /// `X-Original-URI` (nginx), else `X-Forwarded-Uri` (Traefik).
+    original_uri: Option<&'r HeaderValue>,
+    forwarded_uri: Option<&'r HeaderValue>,
+    original_method: Option<&'r HeaderValue>,
+    forwarded_method: Option<&'r HeaderValue>,
+}
+
+impl<'r> Heads<'r> {
+    fn scan(headers: &'r HeaderMap) -> Self {
+        let mut h = Heads::default();
+        // The first of each, as `HeaderMap::get` would return.
+        let first = |slot: &mut Option<&'r HeaderValue>, v| {
+            slot.get_or_insert(v);
+        };
+        for (name, value) in headers {
+            if *name == header::AUTHORIZATION {
+                first(&mut h.authorization, value);
+            } else if *name == header::COOKIE {
+                first(&mut h.cookie, value);
+            } else {
+                match name.as_str() {
+                    "x-request-id" => first(&mut h.request_id, value),
+                    "x-original-uri" => first(&mut h.original_uri, value),
+                    "x-forwarded-uri" => first(&mut h.forwarded_uri, value),
+                    "x-original-method" => first(&mut h.original_method, value),
+                    "x-forwarded-method" => first(&mut h.forwarded_method, value),
+                    _ => {}
+                }
+            }
+        }
+        h
+    }
+
+    fn credentials(&self) -> Credentials<'r> {
+        Credentials {
+            authorization: self.authorization.map(HeaderValue::as_bytes),
+            cookies: self.cookie.map(HeaderValue::as_bytes),
+        }
+    }
+}
+
 /// Answers one request.
 pub fn handle<B>(app: &App, req: Request<B>) -> Response<Body> {
     let started = Instant::now();
+    let heads = Heads::scan(req.headers());
     let path = req.uri().path();
     let mut response = match (path, req.method()) {
         ("/healthz", _) => json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned()),
@@ -142,57 +194,55 @@ pub fn handle<B>(app: &App, req: Request<B>) -> Response<Body> {
             .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
             .body(Body::from(app.metrics.render(&app.shared)))
             .unwrap_or_default(),
-        ("/v1/verify", &Method::GET | &Method::POST) => verify(app, req.headers()),
+        ("/v1/verify", &Method::GET | &Method::POST) => verify(app, &heads),
         ("/v1/verify", _) => {
             let mut r = json(StatusCode::METHOD_NOT_ALLOWED, String::new());
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
             r
         }
-        _ => ext_authz(app, &req),
+        _ => ext_authz(app, &req, &heads),
     };
-    response
-        .headers_mut()
-        .insert(REQUEST_ID, request_id(req.headers()));
+    let headers = response.headers_mut();
+    if !headers.contains_key(REQUEST_ID) {
+        headers.insert(REQUEST_ID, request_id(heads.request_id));
+    }
     app.metrics.latency.record(started.elapsed());
     response
 }
 
-const REQUEST_ID: &str = "x-request-id";
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The caller's `x-request-id` when it is a sane token, else a fresh random one.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    headers
-        .get(REQUEST_ID)
-        .filter(|v| {
-            (1..=128).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
-        })
-        .cloned()
-        .unwrap_or_else(|| {
-            let id = rand::random::<u128>();
-            HeaderValue::from_str(&format!("{id:032x}")).unwrap_or(HeaderValue::from_static("0"))
-        })
+fn request_id(theirs: Option<&HeaderValue>) -> HeaderValue {
+    if let Some(v) = theirs.filter(|v| {
+        (1..=128).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    }) {
+        return v.clone();
+    }
+    let mut id = [0u8; 32];
+    hex(rand::random::<u128>(), &mut id);
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
-fn credentials(headers: &HeaderMap) -> Credentials<'_> {
-    Credentials {
-        authorization: headers
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes),
-        cookies: headers.get(header::COOKIE).map(HeaderValue::as_bytes),
+/// `value` as 32 lower-case hex digits.
+fn hex(value: u128, out: &mut [u8; 32]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = DIGITS[((value >> (124 - 4 * i)) & 0xf) as usize];
     }
 }
 
-fn verify(app: &App, headers: &HeaderMap) -> Response<Body> {
+fn verify(app: &App, heads: &Heads<'_>) -> Response<Body> {
     with_scratch(
-        |scratch| match app.authenticate(credentials(headers), scratch) {
+        |scratch| match app.authenticate(heads.credentials(), scratch, true) {
             Ok(v) => {
                 app.metrics.allowed();
                 let mut r = json(
                     StatusCode::OK,
-                    format!(r#"{{"valid":true,"claims":{}}}"#, v.payload),
+                    format!(r#"{{"valid":true,"claims":{}}}"#, v.payload.unwrap_or("{}")),
                 );
-                add_identity(r.headers_mut(), &v);
+                add_identity(r.headers_mut(), &v, heads.request_id);
                 r
             }
             Err(reject) => deny(app, &reject),
@@ -200,10 +250,11 @@ fn verify(app: &App, headers: &HeaderMap) -> Response<Body> {
     )
 }
 
-fn ext_authz<B>(app: &App, req: &Request<B>) -> Response<Body> {
-    let headers = req.headers();
-    let original = |names: [&str; 2]| names.iter().find_map(|n| headers.get(*n)?.to_str().ok());
-    let path = original(["x-original-uri", "x-forwarded-uri"]).unwrap_or_else(|| {
+fn ext_authz<B>(app: &App, req: &Request<B>, heads: &Heads<'_>) -> Response<Body> {
+    fn text(v: Option<&HeaderValue>) -> Option<&str> {
+        v.and_then(|v| v.to_str().ok())
+    }
+    let path = text(heads.original_uri.or(heads.forwarded_uri)).unwrap_or_else(|| {
         let p = req.uri().path();
         match p.strip_prefix(EXT_AUTHZ_PREFIX) {
             Some("") => "/",
@@ -212,13 +263,13 @@ fn ext_authz<B>(app: &App, req: &Request<B>) -> Response<Body> {
         }
     });
     let method =
-        original(["x-original-method", "x-forwarded-method"]).unwrap_or(req.method().as_str());
+        text(heads.original_method.or(heads.forwarded_method)).unwrap_or(req.method().as_str());
     with_scratch(
-        |scratch| match app.decide(credentials(headers), path, method, scratch) {
+        |scratch| match app.decide(heads.credentials(), path, method, scratch) {
             Decision::Allow(v) => {
                 app.metrics.allowed();
                 let mut r = Response::new(Body::default());
-                add_identity(r.headers_mut(), &v);
+                add_identity(r.headers_mut(), &v, heads.request_id);
                 r
             }
             Decision::Public => {
@@ -230,12 +281,36 @@ fn ext_authz<B>(app: &App, req: &Request<B>) -> Response<Body> {
     )
 }
 
-fn add_identity(headers: &mut HeaderMap, verified: &Verified<'_>) {
-    for_each_identity(verified, |name, value| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name, v);
+/// [`IDENTITY_HEADERS`] as header names, built at compile time.
+const IDENTITY_NAMES: [HeaderName; 5] = [
+    HeaderName::from_static(IDENTITY_HEADERS[0]),
+    HeaderName::from_static(IDENTITY_HEADERS[1]),
+    HeaderName::from_static(IDENTITY_HEADERS[2]),
+    HeaderName::from_static(IDENTITY_HEADERS[3]),
+    HeaderName::from_static(IDENTITY_HEADERS[4]),
+];
+
+/// The `x-auth-*` headers (and `x-request-id`) of an allowed request. Every value is a
+/// slice of one buffer: one allocation per answer, not one per header.
+fn add_identity(headers: &mut HeaderMap, verified: &Verified<'_>, theirs: Option<&HeaderValue>) {
+    let values = identity_headers(verified);
+    let mut buf = bytes::BytesMut::with_capacity(values.iter().flatten().map(|v| v.len()).sum());
+    for v in values.iter().flatten() {
+        buf.extend_from_slice(v.as_bytes());
+    }
+    let buf = buf.freeze();
+    headers.reserve(IDENTITY_NAMES.len() + 1);
+    let mut at = 0;
+    for (name, value) in IDENTITY_NAMES.iter().zip(values) {
+        let Some(value) = value else { continue };
+        let slice = buf.slice(at..at + value.len());
+        at += value.len();
+        // Values that are not valid header text are dropped.
+        if let Ok(v) = HeaderValue::from_maybe_shared(slice) {
+            headers.insert(name.clone(), v);
         }
-    });
+    }
+    headers.insert(REQUEST_ID, request_id(theirs));
 }
 
 fn deny(app: &App, reject: &Reject) -> Response<Body> {

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use portcullis_common::ErrorCode;
 
-use crate::core::json::JsonStr;
-use crate::core::{Audience, Reject, Scratch, Verified, Verifier};
+use crate::core::{Reject, Scratch, Verified, Verifier};
 use crate::policy::{Gate, Policy};
 use crate::state::{Shared, unix_now};
 
@@ -77,22 +76,30 @@ impl App {
             Gate::Deny => return Decision::Deny(UNNORMALIZED),
             Gate::Token => {}
         }
-        match self.authenticate(creds, scratch) {
-            Ok(v) if policy.permits(path, method, &v.claims) => Decision::Allow(v),
+        match self.authenticate(creds, scratch, false) {
+            Ok(v) if policy.permits(path, method, &v.identity) => Decision::Allow(v),
             Ok(_) => Decision::Deny(FORBIDDEN),
             Err(reject) => Decision::Deny(reject),
         }
     }
 
-    /// Finds and verifies the caller's token, without any route policy (`/v1/verify`).
+    /// Finds and verifies the caller's token, without any route policy (`/v1/verify`);
+    /// `with_payload` asks for the claims JSON even on a cache hit.
     pub fn authenticate<'s>(
         &self,
         creds: Credentials<'_>,
         scratch: &'s mut Scratch,
+        with_payload: bool,
     ) -> Result<Verified<'s>, Reject> {
         let token = self.token(creds).ok_or(MISSING)?;
         let snapshot = self.shared.load();
-        let result = self.verifier.verify(token, unix_now(), &snapshot, scratch);
+        let now = unix_now();
+        let result = match with_payload {
+            true => self
+                .verifier
+                .verify_with_payload(token, now, &snapshot, scratch),
+            false => self.verifier.verify(token, now, &snapshot, scratch),
+        };
         match &result {
             Ok(v) => self.metrics.cache(v.cached),
             Err(reject) if reject.code == ErrorCode::UnknownKey => {
@@ -141,49 +148,29 @@ pub fn cookie<'r>(header: &'r [u8], name: &[u8]) -> Option<&'r [u8]> {
     })
 }
 
-/// Calls `sink` with each `x-auth-*` header an allowed request carries upstream. Values
-/// are borrowed from the token where they can be (no copy for plain strings); the
-/// transport decides how to store them and drops values that are not valid header text.
-pub fn for_each_identity(v: &Verified<'_>, mut sink: impl FnMut(&'static str, &str)) {
-    fn text(s: JsonStr<'_>, out: &mut dyn FnMut(&str)) {
-        match s.as_plain() {
-            Some(plain) => out(plain),
-            None => out(&s.chars().collect::<String>()),
-        }
-    }
-    let c = &v.claims;
-    if let Some(sub) = c.sub {
-        text(sub, &mut |t| sink("x-auth-user-id", t));
-    }
-    if let Some(sid) = c.sid {
-        text(sid, &mut |t| sink("x-auth-session-id", t));
-    }
-    let app = c.client_id.or(match c.aud {
-        Some(Audience::One(s)) => Some(s),
-        _ => None,
-    });
-    if let Some(app) = app {
-        text(app, &mut |t| sink("x-auth-app-id", t));
-    }
-    let mut roles = String::with_capacity(64);
-    for role in c.roles() {
-        if !roles.is_empty() {
-            roles.push(',');
-        }
-        match role.as_plain() {
-            Some(plain) => roles.push_str(plain),
-            None => roles.extend(role.chars()),
-        }
-    }
-    sink("x-auth-roles", &roles);
-    let mut scope = String::with_capacity(64);
-    for s in c.scopes() {
-        if !scope.is_empty() {
-            scope.push(' ');
-        }
-        scope.push_str(s);
-    }
-    sink("x-auth-scope", &scope);
+/// Names of the headers an allowed request carries upstream, in [`identity_headers`]'
+/// order.
+pub const IDENTITY_HEADERS: [&str; 5] = [
+    "x-auth-user-id",
+    "x-auth-session-id",
+    "x-auth-app-id",
+    "x-auth-roles",
+    "x-auth-scope",
+];
+
+/// The values of [`IDENTITY_HEADERS`] for an allowed request (`None`: the token lacks the
+/// claim, and the header is left out). They were rendered when the token was verified
+/// (or come from the cache): nothing is copied or allocated here; the transport decides
+/// how to store them and drops values that are not valid header text.
+pub fn identity_headers<'s>(v: &Verified<'s>) -> [Option<&'s str>; 5] {
+    let who = &v.identity;
+    [
+        who.sub(),
+        who.sid(),
+        who.app(),
+        Some(who.roles_header()),
+        Some(who.scope()),
+    ]
 }
 
 thread_local! {

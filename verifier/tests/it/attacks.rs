@@ -33,17 +33,25 @@ fn a_good_token_verifies_and_exposes_claims() {
         .verify(token.as_bytes(), NOW, &snap, &mut scratch)
         .unwrap();
     assert!(!ok.cached);
-    assert!(ok.claims.sub.unwrap().eq_str(SUB));
-    assert_eq!(
-        ok.claims.roles().map(|r| r.raw()).collect::<Vec<_>>(),
-        ["admin", "ops"]
-    );
-    let claims: serde_json::Value = serde_json::from_str(ok.payload).unwrap();
+    assert_eq!(ok.identity.sub(), Some(SUB));
+    assert_eq!(ok.identity.roles().collect::<Vec<_>>(), ["admin", "ops"]);
+    let claims: serde_json::Value = serde_json::from_str(ok.payload.unwrap()).unwrap();
     assert_eq!(claims["sid"], SID);
+    let first = format!("{:?}", ok.identity);
     let again = v
         .verify(token.as_bytes(), NOW, &snap, &mut scratch)
         .unwrap();
     assert!(again.cached, "second sight is a cache hit");
+    assert_eq!(format!("{:?}", again.identity), first, "the same identity");
+    assert!(again.payload.is_none(), "a hit decodes nothing");
+    let with_payload = v
+        .verify_with_payload(token.as_bytes(), NOW, &snap, &mut scratch)
+        .unwrap();
+    assert!(with_payload.cached);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(with_payload.payload.unwrap()).unwrap(),
+        claims
+    );
 }
 
 #[test]
@@ -573,5 +581,76 @@ fn tokens_minted_by_jsonwebtoken_verify() {
     let ok = verifier()
         .verify(token.as_bytes(), NOW, &snapshot(&[&key]), &mut scratch)
         .unwrap();
-    assert!(ok.claims.sid.unwrap().eq_str(SID));
+    assert_eq!(ok.identity.sid(), Some(SID));
+}
+
+/// The verified-token cache changes no verdict: a cached verifier, asked about valid
+/// tokens and about every single-byte change of them (many times over, at different
+/// times and revocation states), answers exactly as a verifier without a cache, and
+/// hands out the same identity.
+#[test]
+fn the_cache_agrees_with_the_uncached_path() {
+    let key = signing_key(1);
+    let cached = verifier();
+    let reference = Verifier::new(cached.settings().clone(), 0);
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = claims();
+        f(&mut c);
+        mint(&key, &header(&key), &c)
+    };
+    let valid = [
+        good_token(&key),
+        with(&|c| c["roles"] = json!(["a,b", "\u{e9}t\u{e9}", "x"])),
+        with(&|c| c["scope"] = json!("s1  s2 s3")),
+        with(&|c| {
+            c.as_object_mut().unwrap().remove("sid");
+        }),
+        with(&|c| c["sub"] = json!("not-a-uuid")),
+        with(&|c| c["roles"] = json!(vec!["r"; 200])), // too long to cache
+    ];
+    let mut tokens: Vec<String> = valid.to_vec();
+    for t in &valid[..2] {
+        for i in (0..t.len()).step_by(3) {
+            let mut b = t.clone().into_bytes();
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            tokens.push(String::from_utf8(b).unwrap());
+        }
+    }
+    let snaps = {
+        let plain = snapshot(&[&key]);
+        let mut revoked = plain.clone();
+        revoked.revocations = Revocations::default()
+            .with_session(SID, NOW + 900, NOW)
+            .with_user_cutoff("not-a-uuid", NOW, NOW);
+        [plain, revoked]
+    };
+    let verdict = |v: &Verifier, t: &str, now: i64, snap: &Snapshot| {
+        let mut scratch = Scratch::default();
+        v.verify(t.as_bytes(), now, snap, &mut scratch)
+            .map(|ok| format!("{:?}", ok.identity))
+            .map_err(|r| r.code)
+    };
+    let mut hits = 0;
+    for round in 0..3 {
+        for now in [NOW, NOW + 2000] {
+            for snap in &snaps {
+                for t in &tokens {
+                    let want = verdict(&reference, t, now, snap);
+                    assert_eq!(verdict(&cached, t, now, snap), want, "round {round}: {t}");
+                    let mut scratch = Scratch::default();
+                    hits += cached
+                        .verify(t.as_bytes(), now, snap, &mut scratch)
+                        .is_ok_and(|v| v.cached) as usize;
+                }
+            }
+        }
+    }
+    assert!(hits > 0, "the cache was used");
+    let mut scratch = Scratch::default();
+    let long = &valid[5];
+    assert!(
+        cached
+            .verify(long.as_bytes(), NOW, &snaps[0], &mut scratch)
+            .is_ok_and(|v| !v.cached)
+    );
 }
