@@ -26,40 +26,6 @@ methods = ["POST"]
 all_scopes = ["reports:write"]
 "#;
 
-struct FileSetup {
-    dir: std::path::PathBuf,
-}
-
-impl FileSetup {
-    fn new(jwks: &str, policy: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("portcullis-verifier-it-{}", new_id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("jwks.json"), jwks).unwrap();
-        std::fs::write(dir.join("policy.toml"), policy).unwrap();
-        Self { dir }
-    }
-    fn vars(&self) -> Vec<(&'static str, String)> {
-        vec![
-            (
-                "PORTCULLIS_VERIFIER_JWKS_FILE",
-                self.dir.join("jwks.json").display().to_string(),
-            ),
-            (
-                "PORTCULLIS_VERIFIER_POLICY_FILE",
-                self.dir.join("policy.toml").display().to_string(),
-            ),
-            ("PORTCULLIS_VERIFIER_AUDIENCE", AUD.into()),
-            ("PORTCULLIS_VERIFIER_COOKIE", "pc_at".into()),
-        ]
-    }
-}
-
-impl Drop for FileSetup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }

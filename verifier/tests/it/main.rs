@@ -17,4 +17,5 @@ mod sidecar;
 mod support;
 mod tls;
 mod topology;
+mod wire;
 mod wycheproof;

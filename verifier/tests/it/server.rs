@@ -11,6 +11,8 @@ use portcullis_verifier::{Listeners, run};
 use redis::AsyncCommands;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::support::{AUD, new_id};
+
 /// A verifier running in this process.
 pub struct Running {
     pub http: SocketAddr,
@@ -66,6 +68,41 @@ pub async fn start(vars: &[(&str, String)]) -> Running {
         grpc: grpc_addr,
         stop: Some(stop),
         task,
+    }
+}
+
+/// A JWKS file and a route policy file in a fresh directory, and the settings that use them.
+pub struct FileSetup {
+    pub dir: std::path::PathBuf,
+}
+
+impl FileSetup {
+    pub fn new(jwks: &str, policy: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("portcullis-verifier-it-{}", new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("jwks.json"), jwks).unwrap();
+        std::fs::write(dir.join("policy.toml"), policy).unwrap();
+        Self { dir }
+    }
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "PORTCULLIS_VERIFIER_JWKS_FILE",
+                self.dir.join("jwks.json").display().to_string(),
+            ),
+            (
+                "PORTCULLIS_VERIFIER_POLICY_FILE",
+                self.dir.join("policy.toml").display().to_string(),
+            ),
+            ("PORTCULLIS_VERIFIER_AUDIENCE", AUD.into()),
+            ("PORTCULLIS_VERIFIER_COOKIE", "pc_at".into()),
+        ]
+    }
+}
+
+impl Drop for FileSetup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
