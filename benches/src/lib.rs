@@ -1,14 +1,12 @@
 //! Shared pieces of the Portcullis benchmarks: minting realistic access tokens and key
-//! sets, the verifier settings they satisfy, a strict compact-JWS signature check for the
-//! "hyper + one `verify_strict`" baseline, and the bare hyper server loop both HTTP
-//! baselines run on.
+//! sets, the verifier settings they satisfy, a strict compact-JWS signature check (the
+//! criterion floor), and the keep-alive client of the latency probes.
 //!
 //! Nothing here is measured by itself: the criterion bench (`benches/verify.rs`) measures
 //! the verify core against `ed25519-dalek` and `jsonwebtoken`, and the binaries in
-//! `src/bin/` are the HTTP baselines, the token minter and the revocation-latency probe
+//! `src/bin/` are the HTTP peer (`axum-jwt`), the token minter and the latency probes
 //! that `scripts/bench` drives. See `benches/README.md`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -17,13 +15,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap};
-use hyper::server::conn::http1;
-use hyper::{Request, Response, StatusCode};
+use hyper::header;
+use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use portcullis_common::jwk::Jwks;
 use portcullis_tests::tokens;
 use portcullis_verifier::core::{KeySet, Revocations, Settings, Snapshot, Trust};
 
@@ -39,29 +33,6 @@ pub const LEEWAY_SECS: i64 = 30;
 pub use portcullis_tests::tokens::{
     jwks_json, kid, new_id as random_uuid, random_signing_key, signing_key, unix_now,
 };
-
-/// The first Ed25519 key of a JWKS document.
-///
-/// # Errors
-///
-/// Fails when the document is not a JWKS or holds no usable Ed25519 key.
-pub fn first_ed25519_key(jwks: &[u8]) -> anyhow::Result<VerifyingKey> {
-    let jwks: Jwks = serde_json::from_slice(jwks).context("not a JWKS document")?;
-    let x = jwks
-        .keys
-        .iter()
-        .find(|k| k.kty == "OKP" && k.crv.as_deref() == Some("Ed25519"))
-        .and_then(|k| k.x.as_deref())
-        .context("the JWKS holds no Ed25519 key")?;
-    let bytes: [u8; 32] = URL_SAFE_NO_PAD
-        .decode(x)
-        .context("`x` is not base64url")?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("`x` is not 32 bytes"))?;
-    // Mapped by hand: ed25519-dalek's error implements `std::error::Error` only with its
-    // `std` feature, which the benches' own build does not enable.
-    VerifyingKey::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("not an Ed25519 public key: {e}"))
-}
 
 /// Mints the benches' tokens: [`portcullis_tests::tokens::Minter`] with the benches'
 /// claim shape (issued 10 s ago, valid [`TOKEN_TTL_SECS`], a fixed user, the given `jti`
@@ -150,74 +121,6 @@ pub fn verify_compact_strict(key: &VerifyingKey, token: &[u8]) -> bool {
     sig.copy_from_slice(&buf[..64]);
     key.verify_strict(signing_input, &Signature::from_bytes(&sig))
         .is_ok()
-}
-
-/// The bearer token of an `Authorization` header, if any.
-pub fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .as_bytes()
-        .strip_prefix(b"Bearer ")
-}
-
-/// Runs a bare hyper 1 HTTP/1.1 server (keep-alive, `TCP_NODELAY` as the verifier sets it)
-/// on a Tokio multi-thread runtime with the default worker count (one per core, as the
-/// verifier), answering every request with `respond(headers)` and an empty body. Never
-/// returns unless the listener cannot be bound.
-///
-/// # Errors
-///
-/// Fails when the runtime cannot start or `addr` cannot be bound.
-pub fn serve_http1<F>(addr: SocketAddr, respond: F) -> anyhow::Result<()>
-where
-    F: Fn(&HeaderMap) -> StatusCode + Send + Sync + 'static,
-{
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the Tokio runtime")?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
-        let respond = Arc::new(respond);
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    eprintln!("accept failed: {e}");
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let respond = respond.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let mut response = Response::new(Empty::<Bytes>::new());
-                    *response.status_mut() = respond(req.headers());
-                    std::future::ready(Ok::<_, Infallible>(response))
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    })
-}
-
-/// The listen address from the first command-line argument, else `default`.
-///
-/// # Errors
-///
-/// Fails when the argument is not a socket address.
-pub fn listen_addr_arg(default: &str) -> anyhow::Result<SocketAddr> {
-    let text = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| default.to_owned());
-    match text.parse() {
-        Ok(addr) => Ok(addr),
-        Err(_) => bail!("{text:?} is not a host:port socket address"),
-    }
 }
 
 /// One keep-alive HTTP/1.1 client connection (the latency probes' view of a server).
