@@ -122,7 +122,7 @@ impl Config {
             return Err(err("PORTCULLIS_DATABASE_URL", "must be a postgres:// URL"));
         }
         // The URL may carry a password: the reason names the parameter, never the URL.
-        crate::db_tls::DbTarget::parse(&database_url)
+        crate::infra::db_tls::DbTarget::parse(&database_url)
             .map_err(|reason| err("PORTCULLIS_DATABASE_URL", reason))?;
         let redis = RedisConfig::from_env(env)?.ok_or_else(|| {
             err(
@@ -181,7 +181,7 @@ impl Config {
         };
         let smtp_url = optional("PORTCULLIS_SMTP_URL");
         if let Some(url) = &smtp_url {
-            crate::outbox::check_smtp_url(url).map_err(|e| err("PORTCULLIS_SMTP_URL", e))?;
+            crate::infra::outbox::check_smtp_url(url).map_err(|e| err("PORTCULLIS_SMTP_URL", e))?;
         }
         let mail_from = match optional("PORTCULLIS_MAIL_FROM") {
             Some(from) => from,
@@ -193,7 +193,7 @@ impl Config {
             }
             None => "portcullis@localhost".to_owned(),
         };
-        if !crate::users::check_email(&mail_from).is_ok_and(|m| m == mail_from) {
+        if !crate::domain::users::check_email(&mail_from).is_ok_and(|m| m == mail_from) {
             return Err(err("PORTCULLIS_MAIL_FROM", "must be an email address"));
         }
         let webhook_allow_private = match optional("PORTCULLIS_WEBHOOK_ALLOW_PRIVATE").as_deref() {

@@ -9,33 +9,13 @@
 //! writer (and the reconciler); `limits` the shared rate limits; `crypto` the Argon2id pool,
 //! the AEAD for secrets at rest and token digests; `store` the pool and migrations.
 
-pub mod apps;
-pub mod audit;
-pub mod captcha;
-pub mod clock;
 pub mod config;
-pub mod crypto;
-pub mod db_tls;
+pub mod domain;
 pub mod error;
+pub mod flows;
 pub mod http;
-pub mod keys;
-pub mod limits;
-pub mod messages;
-pub mod metrics;
-pub mod mfa;
-pub mod oauth;
-pub mod outbox;
-pub mod passwords;
-pub mod publish;
-pub mod recovery;
-pub mod roles;
-pub mod sessions;
-pub mod settings;
+pub mod infra;
 pub mod state;
-pub mod store;
-pub mod tokens;
-pub mod users;
-pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,14 +25,14 @@ use portcullis_common::tls::{self, ClientCert};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::publish::Publisher;
+use crate::infra::publish::Publisher;
 use crate::state::AppState;
 
 /// Why the control plane could not start. Each names the setting to look at.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("PORTCULLIS_DATABASE_URL: {0}")]
-    Database(#[from] store::StoreError),
+    Database(#[from] infra::store::StoreError),
     #[error("PORTCULLIS_REDIS_URL: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("PORTCULLIS_KEY_ENCRYPTION_KEY: {0}")]
@@ -66,11 +46,11 @@ pub enum StartError {
 
 /// Connects to PostgreSQL (retrying while it starts) and applies the migrations.
 pub async fn migrate(config: &Config) -> Result<deadpool_postgres::Pool, StartError> {
-    let pool = store::pool(&config.database_url, config.db_pool_size)?;
+    let pool = infra::store::pool(&config.database_url, config.db_pool_size)?;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match store::migrate(&pool).await {
+        match infra::store::migrate(&pool).await {
             Ok(applied) => {
                 if !applied.is_empty() {
                     tracing::info!(?applied, "schema migrations applied");
@@ -93,22 +73,23 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     portcullis_common::tls::install_provider();
-    metrics::install();
+    infra::metrics::install();
     let tls = config.tls.clone();
     let pool = migrate(&config).await?;
     let publisher = Publisher::new(&config.redis)?;
-    let client = outbox::http_client().map_err(StartError::Messages)?;
+    let client = infra::outbox::http_client().map_err(StartError::Messages)?;
     // One guarded client (the system roots read once) for webhooks, CAPTCHA and identity
     // providers.
-    let guarded = webhooks::client(config.webhook_allow_private).map_err(StartError::Messages)?;
-    let outbox =
-        outbox::Outbox::new(&config, client, guarded.clone()).map_err(StartError::Messages)?;
-    let captcha = captcha::Captcha::new(
+    let guarded =
+        domain::webhooks::client(config.webhook_allow_private).map_err(StartError::Messages)?;
+    let outbox = infra::outbox::Outbox::new(&config, client, guarded.clone())
+        .map_err(StartError::Messages)?;
+    let captcha = infra::captcha::Captcha::new(
         guarded.clone(),
         config.webhook_allow_private,
         publisher.connection(),
     );
-    let oauth = oauth::OAuth::new(guarded, config.webhook_allow_private);
+    let oauth = flows::oauth::OAuth::new(guarded, config.webhook_allow_private);
     let state = AppState::new(config, pool, publisher, outbox, captcha, oauth);
     // A key that does not open means the wrong encryption key: refuse to start.
     match state.keys.refresh().await {
@@ -166,11 +147,11 @@ pub async fn run(
 /// sessions, delivered messages and expired one-time tokens.
 async fn prune(state: &AppState, with_audit: bool) -> Result<(), error::ApiError> {
     let client = state.pool.get().await?;
-    sessions::prune(&client, clock::unix_now()).await?;
-    oauth::prune(&client, clock::unix_now()).await?;
-    outbox::prune(&client).await?;
+    domain::sessions::prune(&client, infra::clock::unix_now()).await?;
+    flows::oauth::prune(&client, infra::clock::unix_now()).await?;
+    infra::outbox::prune(&client).await?;
     if with_audit {
-        audit::prune(&client).await?;
+        domain::audit::prune(&client).await?;
     }
     Ok(())
 }
@@ -188,7 +169,7 @@ async fn maintain(state: AppState) {
         tick.tick().await;
         // One replica at a time: a pass started while another replica's runs is skipped
         // (every replica ticks, so the work still happens once per interval).
-        let _lease = match store::try_singleton(&state.pool, MAINTENANCE_LOCK).await {
+        let _lease = match infra::store::try_singleton(&state.pool, MAINTENANCE_LOCK).await {
             Ok(Some(lease)) => lease,
             Ok(None) => {
                 ::metrics::counter!("portcullis_maintenance_skipped_total").increment(1);
@@ -227,7 +208,7 @@ async fn maintenance_pass(state: &AppState, last_audit_prune: &mut Option<std::t
     }
     match state
         .publisher
-        .reconcile(&state.pool, &state.keys, clock::unix_now())
+        .reconcile(&state.pool, &state.keys, infra::clock::unix_now())
         .await
     {
         Ok(repaired) if repaired.any() => {

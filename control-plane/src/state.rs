@@ -6,15 +6,15 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use portcullis_verifier::core::{Settings, Verifier};
 
-use crate::apps::AppCache;
-use crate::captcha::Captcha;
 use crate::config::Config;
-use crate::crypto::{PasswordHasherPool, Secrets};
-use crate::keys::KeyRing;
-use crate::limits::Limiter;
-use crate::outbox::Outbox;
-use crate::publish::Publisher;
-use crate::tokens::OWNER_TOKEN_TYP;
+use crate::domain::apps::AppCache;
+use crate::domain::keys::KeyRing;
+use crate::domain::tokens::OWNER_TOKEN_TYP;
+use crate::infra::captcha::Captcha;
+use crate::infra::crypto::{PasswordHasherPool, Secrets};
+use crate::infra::limits::Limiter;
+use crate::infra::outbox::Outbox;
+use crate::infra::publish::Publisher;
 
 /// Clock skew tolerated when the control plane checks its own tokens.
 pub const LEEWAY_SECS: i64 = 30;
@@ -32,7 +32,7 @@ pub struct AppState {
     pub outbox: Outbox,
     pub captcha: Captcha,
     /// Social-login providers (HTTP through the SSRF guard, discovery and keys cached).
-    pub oauth: crate::oauth::OAuth,
+    pub oauth: crate::flows::oauth::OAuth,
     /// The sidecar's verify core, for user tokens presented to the control plane itself.
     pub verifier: Arc<Verifier>,
     /// The same for owner tokens, which carry their own `typ`.
@@ -46,7 +46,7 @@ impl AppState {
         publisher: Publisher,
         outbox: Outbox,
         captcha: Captcha,
-        oauth: crate::oauth::OAuth,
+        oauth: crate::flows::oauth::OAuth,
     ) -> Self {
         let secrets = Secrets::new(&config.key_encryption_key);
         let verifier = |typ: &str| {

@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use hyper::{Method, StatusCode};
 use portcullis_benches::{Client, ms, percentile};
-use portcullis_control_plane::crypto::PasswordHasherPool;
+use portcullis_control_plane::infra::crypto::PasswordHasherPool;
 use serde_json::{Value, json};
 
 const REVOCATION_TIMEOUT: Duration = Duration::from_secs(5);

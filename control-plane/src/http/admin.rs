@@ -15,14 +15,16 @@ use uuid::Uuid;
 use serde_json::{Value, json};
 
 use super::{JsonBody, auth, created};
-use crate::audit::{self, Actor, Event};
-use crate::crypto::random_token;
+use crate::domain::audit::{self, Actor, Event};
+use crate::domain::passwords;
+use crate::domain::sessions::{self, Ctx};
+use crate::domain::users::{
+    self, Changes, NewUser, USER_COLUMNS, User, UserView, canonical, check_roles,
+};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::passwords;
-use crate::sessions::{self, Ctx};
+use crate::infra::crypto::random_token;
+use crate::infra::store::Prepared as _;
 use crate::state::AppState;
-use crate::store::Prepared as _;
-use crate::users::{self, Changes, NewUser, USER_COLUMNS, User, UserView, canonical, check_roles};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -245,7 +247,7 @@ async fn patch(
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
     let updated = users::update(&tx, user.id, &changes).await?;
-    let now = crate::clock::at(ctx.now);
+    let now = crate::infra::clock::at(ctx.now);
     let newly_disabled = updated.disabled(now) && !user.disabled(now);
     let revoke = newly_disabled || (body.revoke_tokens && body.roles.is_some());
     let cutoff = match revoke {

@@ -13,15 +13,15 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{JsonBody, auth, created};
-use crate::apps::{self, APP_COLUMNS, App, AppView};
-use crate::audit::{self, Event};
-use crate::crypto::{digest, random_token};
+use crate::domain::apps::{self, APP_COLUMNS, App, AppView};
+use crate::domain::audit::{self, Event};
+use crate::domain::sessions::{self, AppsOf, Ctx};
+use crate::domain::settings::AppSettings;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::sessions::{self, AppsOf, Ctx};
-use crate::settings::AppSettings;
+use crate::infra::crypto::{digest, random_token};
+use crate::infra::store::Prepared as _;
+use crate::infra::store::is_unique_violation;
 use crate::state::AppState;
-use crate::store::Prepared as _;
-use crate::store::is_unique_violation;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -303,7 +303,7 @@ async fn settings_put(
     let tx = client.transaction().await?;
     let app = apps::lock(&tx, app.id).await?;
     let mut settings = app.settings.merged(&patch)?;
-    crate::oauth::seal_secrets(&mut settings.oauth_providers, &state.secrets, app.id);
+    crate::flows::oauth::seal_secrets(&mut settings.oauth_providers, &state.secrets, app.id);
     let json = serde_json::to_value(&settings).map_err(|e| ApiError::internal(&e))?;
     tx.exec(
         "UPDATE apps SET settings = $2 WHERE id = $1",

@@ -13,9 +13,9 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::auth;
-use crate::audit::{self, EventView, Filter};
+use crate::domain::audit::{self, EventView, Filter};
+use crate::domain::sessions::Ctx;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::sessions::Ctx;
 use crate::state::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {

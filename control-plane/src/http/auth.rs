@@ -5,12 +5,12 @@ use portcullis_common::ErrorCode;
 use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 
-use crate::apps::{self, APP_COLUMNS, App};
-use crate::crypto::digest;
+use crate::domain::apps::{self, APP_COLUMNS, App};
+use crate::domain::tokens::{self, OWNER_AUDIENCE, Principal};
 use crate::error::ApiError;
+use crate::infra::crypto::digest;
+use crate::infra::store::Prepared as _;
 use crate::state::AppState;
-use crate::store::Prepared as _;
-use crate::tokens::{self, OWNER_AUDIENCE, Principal};
 
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     tokens::bearer(headers).ok_or_else(|| ApiError::unauthenticated(ErrorCode::MissingToken))

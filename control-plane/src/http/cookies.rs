@@ -14,10 +14,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use portcullis_common::ErrorCode;
 
-use crate::apps::App;
+use crate::domain::apps::App;
+use crate::domain::tokens::Tokens;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::tokens::Tokens;
 
 /// The value of cookie `name` in the request's `Cookie` headers.
 pub(super) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -121,7 +121,10 @@ pub(super) async fn csrf_guard(
     let headers = request.headers();
     // Only a bearer token is no ambient credential: with any other `Authorization` the
     // routes still fall back to the cookie.
-    if safe || crate::tokens::bearer(headers).is_some() || !headers.contains_key(header::COOKIE) {
+    if safe
+        || crate::domain::tokens::bearer(headers).is_some()
+        || !headers.contains_key(header::COOKIE)
+    {
         return next.run(request).await;
     }
     let Some(segment) = request
@@ -136,7 +139,7 @@ pub(super) async fn csrf_guard(
     let own = |o: &str| o == origin_of(&state.config.public_url);
     let allowed = match state
         .apps
-        .live(&state.pool, segment, crate::clock::unix_now())
+        .live(&state.pool, segment, crate::infra::clock::unix_now())
         .await
     {
         Ok(app) => {

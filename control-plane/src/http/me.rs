@@ -16,18 +16,18 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{JsonBody, auth};
-use crate::apps::App;
-use crate::audit::{self, Actor, Event};
+use crate::domain::apps::App;
+use crate::domain::audit::{self, Actor, Event};
+use crate::domain::passwords;
+use crate::domain::sessions::{self, Ctx, SessionView, Which};
+use crate::domain::tokens::Principal;
+use crate::domain::users::{self, Changes, User, UserView};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::limits::Scope;
-use crate::mfa::{self, Proof};
-use crate::passwords;
-use crate::recovery::{self, Purpose};
-use crate::sessions::{self, Ctx, SessionView, Which};
+use crate::flows::mfa::{self, Proof};
+use crate::flows::recovery::{self, Purpose};
+use crate::infra::limits::Scope;
+use crate::infra::store::Prepared as _;
 use crate::state::AppState;
-use crate::store::Prepared as _;
-use crate::tokens::Principal;
-use crate::users::{self, Changes, User, UserView};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -50,7 +50,7 @@ pub(super) async fn signed_in(
     let user = users::find(&client, app.id, principal.sub)
         .await?
         .ok_or_else(|| ApiError::unauthenticated(ErrorCode::TokenRevoked))?;
-    if user.disabled(crate::clock::at(ctx.now)) {
+    if user.disabled(crate::infra::clock::at(ctx.now)) {
         return Err(ApiError::new(
             ErrorCode::UserDisabled,
             "the user is disabled or expired",
@@ -64,7 +64,7 @@ pub(super) async fn signed_in(
 pub(super) struct MeView {
     #[serde(flatten)]
     user: UserView,
-    identities: Vec<crate::oauth::IdentityView>,
+    identities: Vec<crate::flows::oauth::IdentityView>,
 }
 
 /// The signed-in user's profile, with the providers linked to it.
@@ -78,7 +78,7 @@ async fn me_get(
 ) -> ApiResult<Json<MeView>> {
     let (_, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
     let client = state.pool.get().await?;
-    let identities = crate::oauth::identities(&client, user.id).await?;
+    let identities = crate::flows::oauth::identities(&client, user.id).await?;
     Ok(Json(MeView {
         user: user.view(),
         identities,

@@ -13,12 +13,12 @@ use utoipa_axum::routes;
 use super::JsonBody;
 use super::me::signed_in;
 use super::users::app_for;
+use crate::domain::sessions::{self, Ctx, Subject};
+use crate::domain::tokens::Tokens;
+use crate::domain::users;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::mfa::{self, Channel, Enrolled, Method, Proof};
-use crate::sessions::{self, Ctx, Subject};
+use crate::flows::mfa::{self, Channel, Enrolled, Method, Proof};
 use crate::state::AppState;
-use crate::tokens::Tokens;
-use crate::users;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

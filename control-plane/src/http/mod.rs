@@ -22,9 +22,9 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::clock;
+use crate::domain::sessions::Ctx;
 use crate::error::ApiError;
-use crate::sessions::Ctx;
+use crate::infra::clock;
 use crate::state::AppState;
 
 mod admin;

@@ -1,5 +1,5 @@
 //! Social login (API.md §3 `/oauth/*`): authorize, callback, the code exchange, and
-//! linking and unlinking a provider. The flow itself is `crate::oauth`.
+//! linking and unlinking a provider. The flow itself is `crate::flows::oauth`.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -15,14 +15,14 @@ use super::JsonBody;
 use super::cookies::cookie;
 use super::me::signed_in;
 use super::users::{SignInOptions, app_for, maybe_cookies};
-use crate::audit::{self, Actor, Event};
+use crate::domain::audit::{self, Actor, Event};
+use crate::domain::sessions::Ctx;
+use crate::domain::users;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::mfa::{self, Proof, SignIn};
-use crate::oauth::{self, Answer, ProviderKind};
-use crate::recovery::{self, Purpose};
-use crate::sessions::Ctx;
+use crate::flows::mfa::{self, Proof, SignIn};
+use crate::flows::oauth::{self, Answer, ProviderKind};
+use crate::flows::recovery::{self, Purpose};
 use crate::state::AppState;
-use crate::users;
 use portcullis_common::token::Amr;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {

@@ -13,10 +13,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth;
-use crate::audit::{self, Actor, Event};
+use crate::domain::audit::{self, Actor, Event};
+use crate::domain::keys::KeyInfo;
+use crate::domain::sessions::Ctx;
 use crate::error::{ApiResult, Problem};
-use crate::keys::KeyInfo;
-use crate::sessions::Ctx;
 use crate::state::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -79,7 +79,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn metrics_text() -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(),
+        crate::infra::metrics::render(),
     )
         .into_response()
 }

@@ -15,14 +15,14 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{JsonBody, auth, created};
+use crate::domain::passwords;
+use crate::domain::sessions::{self, Ctx};
+use crate::domain::tokens::{self, Grant, OWNER_AUDIENCE};
+use crate::domain::users::{canonical, check_email};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::passwords;
-use crate::sessions::{self, Ctx};
+use crate::infra::store::Prepared as _;
+use crate::infra::store::is_unique_violation;
 use crate::state::AppState;
-use crate::store::Prepared as _;
-use crate::store::is_unique_violation;
-use crate::tokens::{self, Grant, OWNER_AUDIENCE};
-use crate::users::{canonical, check_email};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -107,7 +107,7 @@ async fn create(
     state
         .limiter
         .hit(
-            crate::limits::Scope::Ip {
+            crate::infra::limits::Scope::Ip {
                 app: "owners",
                 route: "register",
                 ip: ctx.ip,
@@ -164,7 +164,7 @@ async fn login(
     state
         .limiter
         .hit(
-            crate::limits::Scope::Ip {
+            crate::infra::limits::Scope::Ip {
                 app: "owners",
                 route: "login",
                 ip: ctx.ip,
@@ -172,7 +172,7 @@ async fn login(
             60,
         )
         .await?;
-    let failures = crate::limits::Scope::AccountFailures {
+    let failures = crate::infra::limits::Scope::AccountFailures {
         app: "owners",
         account: &account,
     };

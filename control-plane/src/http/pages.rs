@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
 use super::JsonBody;
+use crate::domain::messages::escape;
 use crate::error::ApiError;
-use crate::messages::escape;
 
 /// A body sent as JSON (API clients) or as an HTML form (the pages below). `html` says
 /// which, so the handler answers in kind.

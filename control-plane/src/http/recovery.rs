@@ -21,17 +21,17 @@ use super::JsonBody;
 use super::me::signed_in;
 use super::pages::{Form, Submitted, answer, page, problem_page};
 use super::users::app_for;
-use crate::apps::App;
-use crate::audit::{self, Actor, Event};
+use crate::domain::apps::App;
+use crate::domain::audit::{self, Actor, Event};
+use crate::domain::passwords;
+use crate::domain::sessions::{self, Ctx};
+use crate::domain::users::{self, User, canonical, check_email};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::limits::Scope;
-use crate::mfa::{self, SignIn};
-use crate::passwords;
-use crate::recovery::{self, Mailing, Purpose};
-use crate::sessions::{self, Ctx};
+use crate::flows::mfa::{self, SignIn};
+use crate::flows::recovery::{self, Mailing, Purpose};
+use crate::infra::limits::Scope;
+use crate::infra::store::Prepared as _;
 use crate::state::AppState;
-use crate::store::Prepared as _;
-use crate::users::{self, User, canonical, check_email};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -85,7 +85,7 @@ async fn recipient(
 ) -> Result<Option<User>, ApiError> {
     let client = state.pool.get().await?;
     let user = users::find_by_login(&client, app.id, email).await?;
-    Ok(user.filter(|u| !u.guest && !u.disabled(crate::clock::at(now)) && u.email.is_some()))
+    Ok(user.filter(|u| !u.guest && !u.disabled(crate::infra::clock::at(now)) && u.email.is_some()))
 }
 
 /// Makes the token and queues the mail in a task of its own (see the module docs).
@@ -546,7 +546,7 @@ async fn magic_sign_in(
     if user.email.as_deref().map(canonical).as_deref() != mailed_to {
         return Err(expired_or_used());
     }
-    if user.disabled(crate::clock::at(ctx.now)) {
+    if user.disabled(crate::infra::clock::at(ctx.now)) {
         return Err(ApiError::new(
             ErrorCode::UserDisabled,
             "the user is disabled or expired",

@@ -13,12 +13,12 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{JsonBody, auth, created};
-use crate::audit::{self, Event};
+use crate::domain::audit::{self, Event};
+use crate::domain::roles::{self, Role};
+use crate::domain::sessions::{self, Ctx};
+use crate::domain::users::check_roles;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::roles::{self, Role};
-use crate::sessions::{self, Ctx};
 use crate::state::AppState;
-use crate::users::check_roles;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

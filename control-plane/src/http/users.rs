@@ -18,18 +18,18 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{JsonBody, auth, cookies, created};
-use crate::apps::App;
-use crate::audit::{self, Actor, Event};
-use crate::crypto::random_token;
+use crate::domain::apps::App;
+use crate::domain::audit::{self, Actor, Event};
+use crate::domain::passwords;
+use crate::domain::sessions::{self, Ctx, Subject, Which};
+use crate::domain::tokens::{self, Tokens};
+use crate::domain::users::{self, Changes, NewUser, UserView, canonical, check_device};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::limits::Scope;
-use crate::mfa::{self, SignIn};
-use crate::passwords;
-use crate::recovery::Mailing;
-use crate::sessions::{self, Ctx, Subject, Which};
+use crate::flows::mfa::{self, SignIn};
+use crate::flows::recovery::Mailing;
+use crate::infra::crypto::random_token;
+use crate::infra::limits::Scope;
 use crate::state::AppState;
-use crate::tokens::{self, Tokens};
-use crate::users::{self, Changes, NewUser, UserView, canonical, check_device};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

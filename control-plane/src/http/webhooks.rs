@@ -13,11 +13,11 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{JsonBody, auth, created};
-use crate::audit::{self, Event};
+use crate::domain::audit::{self, Event};
+use crate::domain::sessions::Ctx;
+use crate::domain::webhooks::{self, Delivery, Webhook};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::sessions::Ctx;
 use crate::state::AppState;
-use crate::webhooks::{self, Delivery, Webhook};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -275,9 +275,9 @@ async fn filters_pages_access_and_retention() {
     assert_eq!(r.code(), "invalid_request");
     s.sql("UPDATE audit_events SET created_at = now() - interval '2 days' WHERE event = 'user.created'")
         .await;
-    let pool = portcullis_control_plane::store::pool(&s.db_url, 1).unwrap();
+    let pool = portcullis_control_plane::infra::store::pool(&s.db_url, 1).unwrap();
     let client = pool.get().await.unwrap();
-    let pruned = portcullis_control_plane::audit::prune(&client)
+    let pruned = portcullis_control_plane::domain::audit::prune(&client)
         .await
         .unwrap();
     assert_eq!(pruned, 2);

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use portcullis_control_plane::{MAINTENANCE_LOCK, store};
+use portcullis_control_plane::MAINTENANCE_LOCK;
+use portcullis_control_plane::infra::store;
 use portcullis_tests::tls::TestCa;
 use portcullis_tests::{PostgresServer, RedisCluster, RedisSentinelGroup, RedisServer, Secured};
 use serde_json::{Value, json};

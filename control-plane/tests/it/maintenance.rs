@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use portcullis_control_plane::crypto::Secrets;
-use portcullis_control_plane::keys::KeyRing;
-use portcullis_control_plane::publish::Publisher;
-use portcullis_control_plane::{clock, sessions, store};
+use portcullis_control_plane::domain::keys::KeyRing;
+use portcullis_control_plane::domain::sessions;
+use portcullis_control_plane::infra::crypto::Secrets;
+use portcullis_control_plane::infra::publish::Publisher;
+use portcullis_control_plane::infra::{clock, store};
 use portcullis_tests::{PostgresServer, RedisServer};
 
 async fn database() -> (PostgresServer, deadpool_postgres::Pool) {
@@ -20,7 +21,7 @@ async fn database() -> (PostgresServer, deadpool_postgres::Pool) {
     (pg, pool)
 }
 
-fn states(keys: &[portcullis_control_plane::keys::KeyInfo]) -> Vec<String> {
+fn states(keys: &[portcullis_control_plane::domain::keys::KeyInfo]) -> Vec<String> {
     let mut s: Vec<String> = keys.iter().map(|k| k.state.clone()).collect();
     s.sort();
     s

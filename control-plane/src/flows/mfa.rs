@@ -22,20 +22,20 @@ use totp_rs::{Algorithm, TOTP};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::apps::App;
-use crate::audit::{self, Actor, Event};
-use crate::clock;
-use crate::crypto::{digest, random_digits, recovery_code};
+use crate::domain::apps::App;
+use crate::domain::audit::{self, Actor, Event};
+use crate::domain::messages;
+use crate::domain::sessions::Ctx;
+use crate::domain::settings::MfaPolicy;
+use crate::domain::users::User;
 use crate::error::ApiError;
-use crate::limits::Scope;
-use crate::messages;
-use crate::outbox;
-use crate::recovery::{self, Purpose};
-use crate::sessions::Ctx;
-use crate::settings::MfaPolicy;
+use crate::flows::recovery::{self, Purpose};
+use crate::infra::clock;
+use crate::infra::crypto::{digest, random_digits, recovery_code};
+use crate::infra::limits::Scope;
+use crate::infra::outbox;
+use crate::infra::store::Prepared as _;
 use crate::state::AppState;
-use crate::store::Prepared as _;
-use crate::users::User;
 
 const TOTP_STEP: u64 = 30;
 const CODE_TTL: i64 = 600;
@@ -226,7 +226,7 @@ pub async fn challenge(
 #[derive(Clone, Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum SignIn {
-    Tokens(crate::tokens::Tokens),
+    Tokens(crate::domain::tokens::Tokens),
     Mfa(Challenge),
 }
 
@@ -254,10 +254,10 @@ pub async fn after_first_factor(
             challenge(state, app, user, methods, &amr, device, ctx).await?,
         )),
         None => {
-            let (_, tokens) = crate::sessions::start(
+            let (_, tokens) = crate::domain::sessions::start(
                 state,
                 app,
-                crate::sessions::Subject::Existing(user),
+                crate::domain::sessions::Subject::Existing(user),
                 device,
                 ctx,
                 amr,
@@ -754,7 +754,7 @@ pub async fn send_for_step_up(
             "this channel is not offered for this sign-in",
         ));
     }
-    let user = crate::users::find(&client, app.id, found.user)
+    let user = crate::domain::users::find(&client, app.id, found.user)
         .await?
         .ok_or_else(invalid_mfa_token)?;
     drop(client);
@@ -1039,7 +1039,7 @@ pub async fn reauthenticate_in(
     if let Some(password) = password {
         count_attempt(state, app, user.id).await?;
         let hash = (!user.guest).then_some(user.password_hash.as_str());
-        if crate::passwords::check_shape(password).is_err()
+        if crate::domain::passwords::check_shape(password).is_err()
             || !state.hasher.verify(hash, password).await?
         {
             return Err(ApiError::invalid_credentials());

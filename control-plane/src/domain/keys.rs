@@ -17,9 +17,9 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
-use crate::crypto::Secrets;
 use crate::error::ApiError;
-use crate::store::Prepared as _;
+use crate::infra::crypto::Secrets;
+use crate::infra::store::Prepared as _;
 
 /// Advisory lock key serializing key changes across replicas ("keyrotat").
 const KEY_LOCK: i64 = 0x6b65_7972_6f74_6174;
@@ -29,7 +29,7 @@ const KEY_LOCK: i64 = 0x6b65_7972_6f74_6174;
 const CACHE_FOR: Duration = Duration::from_secs(2);
 /// A retired key stays published this long: the longest access-token lifetime an
 /// application may set, plus clock leeway.
-pub const RETIRED_PUBLISHED_SECS: i64 = crate::tokens::MAX_ACCESS_TTL + 300;
+pub const RETIRED_PUBLISHED_SECS: i64 = crate::domain::tokens::MAX_ACCESS_TTL + 300;
 
 /// The signing key and the published key set, as one replica sees them.
 #[derive(Debug)]

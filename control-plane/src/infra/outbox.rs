@@ -26,9 +26,9 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::crypto::Secrets;
 use crate::error::ApiError;
-use crate::store::Prepared as _;
+use crate::infra::crypto::Secrets;
+use crate::infra::store::Prepared as _;
 
 /// How long a transport may take for one message.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -113,7 +113,7 @@ struct Inner {
     mailer: Option<AsyncSmtpTransport<Tokio1Executor>>,
     from: String,
     sms: Option<Sms>,
-    webhooks: crate::webhooks::WebhookClient,
+    webhooks: crate::domain::webhooks::WebhookClient,
     webhook_allow_private: bool,
 }
 
@@ -169,7 +169,7 @@ impl Outbox {
     pub fn new(
         config: &Config,
         client: HttpClient,
-        webhooks: crate::webhooks::WebhookClient,
+        webhooks: crate::domain::webhooks::WebhookClient,
     ) -> Result<Self, String> {
         let mailer = config
             .smtp_url
@@ -365,18 +365,18 @@ impl Outbox {
         let (Ok(webhook), Some(body)) = (recipient.parse::<Uuid>(), body) else {
             return Outcome::Failed("a webhook delivery without its webhook or body".to_owned());
         };
-        let (url, secret) = match crate::webhooks::target(client, secrets, webhook).await {
+        let (url, secret) = match crate::domain::webhooks::target(client, secrets, webhook).await {
             Ok(Some(target)) => target,
             Ok(None) => return Outcome::Failed("the webhook was deleted".to_owned()),
             Err(e) => return Outcome::Retry(e.to_string()),
         };
         let body = body.to_string();
-        let sent = crate::webhooks::post(
+        let sent = crate::domain::webhooks::post(
             &self.inner.webhooks,
             &url,
             &secret,
             &format!("msg_{}", id.simple()),
-            crate::clock::unix_now(),
+            crate::infra::clock::unix_now(),
             body.as_bytes(),
             self.inner.webhook_allow_private,
         )

@@ -5,8 +5,8 @@
 //! message carries the code as the only run of six digits in its text. Values from owners
 //! (the application's name) are escaped in HTML.
 
-use crate::apps::App;
-use crate::outbox::Message;
+use crate::domain::apps::App;
+use crate::infra::outbox::Message;
 
 /// `{public_url}/v1/apps/{app}/{page}?token={token}`; the token is base64url, so it needs no
 /// escaping in a URL.
@@ -162,7 +162,7 @@ pub fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::AppSettings;
+    use crate::domain::settings::AppSettings;
 
     fn app(name: &str) -> App {
         App {

@@ -34,9 +34,9 @@ use tokio_postgres::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::crypto::Secrets;
 use crate::error::ApiError;
-use crate::store::Prepared as _;
+use crate::infra::crypto::Secrets;
+use crate::infra::store::Prepared as _;
 
 /// How long an endpoint may take to answer.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -201,11 +201,11 @@ fn from_row(row: &Row) -> Webhook {
 pub fn check_events(events: &[String]) -> Result<Vec<String>, ApiError> {
     if let Some(unknown) = events
         .iter()
-        .find(|e| *e != "*" && !crate::audit::EVENTS.contains(&e.as_str()))
+        .find(|e| *e != "*" && !crate::domain::audit::EVENTS.contains(&e.as_str()))
     {
         return Err(ApiError::bad_request(format!(
             "unknown event {unknown:?}; events are {} or \"*\"",
-            crate::audit::EVENTS.join(", ")
+            crate::domain::audit::EVENTS.join(", ")
         )));
     }
     if events.is_empty() {

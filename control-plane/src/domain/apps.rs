@@ -11,10 +11,10 @@ use tokio_postgres::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::clock;
+use crate::domain::settings::AppSettings;
 use crate::error::ApiError;
-use crate::settings::AppSettings;
-use crate::store::Prepared as _;
+use crate::infra::clock;
+use crate::infra::store::Prepared as _;
 
 pub const APP_COLUMNS: &str = "id, owner_id, name, settings, expires_at, created_at";
 

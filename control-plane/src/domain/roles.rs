@@ -12,8 +12,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::store::Prepared as _;
-use crate::store::is_unique_violation;
+use crate::infra::store::Prepared as _;
+use crate::infra::store::is_unique_violation;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Role {

@@ -14,9 +14,9 @@ use portcullis_common::redis_layout::{
 };
 use redis::AsyncCommands as _;
 
+use crate::domain::keys::KeyRing;
 use crate::error::ApiError;
-use crate::keys::KeyRing;
-use crate::store::Prepared as _;
+use crate::infra::store::Prepared as _;
 
 /// `HSET key field value` unless the field already holds a larger cutoff: two writers (a
 /// revocation and a reconcile on another replica) never move a cutoff backwards.

@@ -35,16 +35,16 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::apps::App;
-use crate::audit::{self, Actor, Event};
-use crate::captcha::SECRET_MASK;
-use crate::clock;
-use crate::crypto::{Secrets, digest, random_token};
+use crate::domain::apps::App;
+use crate::domain::audit::{self, Actor, Event};
+use crate::domain::sessions::Ctx;
+use crate::domain::users::{self, NewUser, User};
+use crate::domain::webhooks::WebhookClient;
 use crate::error::ApiError;
-use crate::sessions::Ctx;
-use crate::store::Prepared as _;
-use crate::users::{self, NewUser, User};
-use crate::webhooks::WebhookClient;
+use crate::infra::captcha::SECRET_MASK;
+use crate::infra::clock;
+use crate::infra::crypto::{Secrets, digest, random_token};
+use crate::infra::store::Prepared as _;
 use portcullis_common::ErrorCode;
 
 /// How long a started sign-in may take at the provider.
@@ -333,7 +333,7 @@ impl OAuth {
         if !(https || (self.allow_private && uri.scheme_str() == Some("http"))) {
             return Err(down(&"provider URLs must be https://"));
         }
-        if crate::webhooks::literal_refused(&uri, self.allow_private) {
+        if crate::domain::webhooks::literal_refused(&uri, self.allow_private) {
             return Err(down(&"a provider URL names a private address"));
         }
         Ok(uri)

@@ -11,17 +11,17 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::apps::App;
-use crate::audit::{self, Actor, Event};
-use crate::clock;
-use crate::crypto::{digest, random_token};
+use crate::domain::apps::App;
+use crate::domain::audit::{self, Actor, Event};
+use crate::domain::messages;
+use crate::domain::sessions::Ctx;
+use crate::domain::users::{User, canonical};
 use crate::error::ApiError;
-use crate::messages;
-use crate::outbox;
-use crate::sessions::Ctx;
+use crate::infra::clock;
+use crate::infra::crypto::{digest, random_token};
+use crate::infra::outbox;
+use crate::infra::store::Prepared as _;
 use crate::state::AppState;
-use crate::store::Prepared as _;
-use crate::users::{User, canonical};
 
 /// What a single-use token is for. Its lifetime comes with it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,8 +11,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::infra::store::Prepared as _;
 use crate::state::{AppState, LEEWAY_SECS};
-use crate::store::Prepared as _;
 
 /// The audience (and `client_id`) of owner tokens: never an application id, so an owner
 /// token is refused by every application's routes and a user token by the owner routes.

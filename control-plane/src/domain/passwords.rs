@@ -3,8 +3,8 @@
 
 use portcullis_common::ErrorCode;
 
+use crate::domain::settings::{MAX_PASSWORD_CHARS, PasswordPolicy};
 use crate::error::ApiError;
-use crate::settings::{MAX_PASSWORD_CHARS, PasswordPolicy};
 
 /// The most common passwords of at least 8 characters in public breach corpora (top of
 /// the SecLists "10k most common" list), compared case-insensitively.

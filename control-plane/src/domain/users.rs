@@ -11,8 +11,8 @@ use uuid::Uuid;
 use portcullis_common::ErrorCode;
 
 use crate::error::ApiError;
-use crate::store::Prepared as _;
-use crate::store::is_unique_violation;
+use crate::infra::store::Prepared as _;
+use crate::infra::store::is_unique_violation;
 
 /// Every column `User::from_row` reads, in order. The last two are derived: the user's
 /// revocation cutoff, if any (see `User::cutoff`), and the permissions of their roles as a

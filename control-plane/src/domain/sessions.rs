@@ -12,16 +12,16 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::apps::App;
-use crate::audit::{self, Actor, Event};
-use crate::clock;
-use crate::crypto::{digest, random_token};
+use crate::domain::apps::App;
+use crate::domain::audit::{self, Actor, Event};
+use crate::domain::tokens::{self, Grant, Tokens};
+use crate::domain::users::{self, NewUser, USER_COLUMNS, User};
 use crate::error::ApiError;
+use crate::infra::clock;
+use crate::infra::crypto::{digest, random_token};
+use crate::infra::store::Prepared as _;
+use crate::infra::store::is_unique_violation;
 use crate::state::AppState;
-use crate::store::Prepared as _;
-use crate::store::is_unique_violation;
-use crate::tokens::{self, Grant, Tokens};
-use crate::users::{self, NewUser, USER_COLUMNS, User};
 
 /// Where a request came from, and when.
 #[derive(Clone, Debug)]
@@ -192,7 +192,7 @@ pub async fn publish_users(state: &AppState, users: &[Uuid], before: i64) {
 pub enum Subject<'a> {
     /// A user being created: inserted in the same transaction as the session (and the
     /// mails of its registration), so a failure leaves none of them.
-    New(&'a NewUser, &'a [crate::recovery::Mailing]),
+    New(&'a NewUser, &'a [crate::flows::recovery::Mailing]),
     /// A signed-in user; refused with `403 user_disabled` if disabled meanwhile.
     Existing(&'a User),
 }
@@ -220,7 +220,7 @@ pub async fn start(
             Subject::New(new, mailings) => {
                 let user = users::insert(&tx, app.id, new).await?;
                 for mailing in mailings {
-                    crate::recovery::mail_in(&tx, state, app, &user, mailing, ctx).await?;
+                    crate::flows::recovery::mail_in(&tx, state, app, &user, mailing, ctx).await?;
                     mailed = true;
                 }
                 user

@@ -14,9 +14,9 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::domain::sessions::Ctx;
 use crate::error::ApiError;
-use crate::sessions::Ctx;
-use crate::store::Prepared as _;
+use crate::infra::store::Prepared as _;
 
 /// Every event name the log records (what webhooks subscribe to).
 pub const EVENTS: &[&str] = &[
@@ -156,7 +156,7 @@ pub async fn record(client: &impl GenericClient, e: Event<'_>) -> Result<(), Api
                 &e.ctx.user_agent,
                 &e.ctx.request_id,
                 &details,
-                &crate::clock::at(e.ctx.now),
+                &crate::infra::clock::at(e.ctx.now),
             ],
         )
         .await?;
@@ -241,7 +241,7 @@ pub async fn page(
 /// Deletes events older than their application's `audit_retention_days`, and those of
 /// deleted applications (or of none) after the default.
 pub async fn prune(client: &impl GenericClient) -> Result<u64, ApiError> {
-    let default = crate::settings::DEFAULT_AUDIT_RETENTION_DAYS;
+    let default = crate::domain::settings::DEFAULT_AUDIT_RETENTION_DAYS;
     Ok(client
         .exec(
             "DELETE FROM audit_events e

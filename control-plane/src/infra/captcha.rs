@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use crate::apps::App;
+use crate::domain::apps::App;
+use crate::domain::webhooks::WebhookClient;
 use crate::error::ApiError;
-use crate::webhooks::WebhookClient;
 
 /// How long the provider may take.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -187,7 +187,7 @@ impl Captcha {
         ])
         .map_err(|e| ApiError::internal(&e))?;
         let uri: http::Uri = url.parse().map_err(|e| ApiError::internal(&e))?;
-        if crate::webhooks::literal_refused(&uri, self.allow_private) {
+        if crate::domain::webhooks::literal_refused(&uri, self.allow_private) {
             count(provider, "unavailable");
             return Err(ApiError::unavailable(
                 "the CAPTCHA provider",

@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
-use crate::db_tls::DbTarget;
+use crate::infra::db_tls::DbTarget;
 
 /// Embedded migrations, applied in order; a migration never changes once shipped.
 const MIGRATIONS: &[(i32, &str)] = &[
-    (1, include_str!("../migrations/0001_init.sql")),
-    (2, include_str!("../migrations/0002_recovery_mfa.sql")),
-    (3, include_str!("../migrations/0003_roles.sql")),
-    (4, include_str!("../migrations/0004_webhooks.sql")),
-    (5, include_str!("../migrations/0005_oauth.sql")),
+    (1, include_str!("../../migrations/0001_init.sql")),
+    (2, include_str!("../../migrations/0002_recovery_mfa.sql")),
+    (3, include_str!("../../migrations/0003_roles.sql")),
+    (4, include_str!("../../migrations/0004_webhooks.sql")),
+    (5, include_str!("../../migrations/0005_oauth.sql")),
 ];
 
 /// Advisory lock key for migrations ("portcull" in ASCII).

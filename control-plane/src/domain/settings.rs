@@ -5,9 +5,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::captcha::{CaptchaSettings, SECRET_MASK};
 use crate::error::ApiError;
-use crate::oauth::{self, OAuthProvider};
+use crate::flows::oauth::{self, OAuthProvider};
+use crate::infra::captcha::{CaptchaSettings, SECRET_MASK};
 
 /// Everything an application can tune in this release. Fields of later features are
 /// ignored (unknown JSON fields are, by the contract).
@@ -225,7 +225,7 @@ impl AppSettings {
             }
         };
         check(
-            (60..=crate::tokens::MAX_ACCESS_TTL).contains(&self.access_token_ttl),
+            (60..=crate::domain::tokens::MAX_ACCESS_TTL).contains(&self.access_token_ttl),
             "access_token_ttl must be 60..=86400 seconds",
         )?;
         check(
