@@ -104,6 +104,16 @@ fn http_url(var: &'static str, value: String) -> Result<String, ConfigError> {
 }
 
 impl Config {
+    /// Where messages go.
+    pub fn transports(&self) -> crate::infra::outbox::Transports {
+        crate::infra::outbox::Transports {
+            smtp_url: self.smtp_url.clone(),
+            mail_from: self.mail_from.clone(),
+            sms_url: self.sms_webhook_url.clone(),
+            sms_token: self.sms_webhook_token.clone(),
+        }
+    }
+
     pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
         let listen = env
             .get("PORTCULLIS_LISTEN")

@@ -7,6 +7,12 @@ use axum::response::{IntoResponse, Response};
 use portcullis_common::ErrorCode;
 use serde::Serialize;
 
+use crate::domain::webhooks::WebhookError;
+use crate::infra::captcha::CaptchaError;
+use crate::infra::crypto::HashError;
+use crate::infra::limits::LimitError;
+use crate::infra::store::DbError;
+
 /// A refused or failed request.
 #[derive(Debug, thiserror::Error)]
 #[error("{code}: {detail}")]
@@ -75,25 +81,62 @@ impl ApiError {
     }
 }
 
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(cause) => Self::unavailable("database", &cause),
+            DbError::Failed(cause) => Self::internal(&cause),
+        }
+    }
+}
+
 impl From<tokio_postgres::Error> for ApiError {
     fn from(e: tokio_postgres::Error) -> Self {
-        // A lost connection, a network error or a server shutting down is an outage (503);
-        // anything else (a constraint, a type error, a missing row) is a bug (500).
-        let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
-        let outage_class = e
-            .as_db_error()
-            .is_some_and(|db| matches!(&db.code().code()[..2], "08" | "57" | "53"));
-        if e.is_closed() || io || outage_class {
-            Self::unavailable("database", &e)
-        } else {
-            Self::internal(&e)
-        }
+        DbError::from(e).into()
     }
 }
 
 impl From<deadpool_postgres::PoolError> for ApiError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        Self::unavailable("database", &e)
+        DbError::from(e).into()
+    }
+}
+
+impl From<LimitError> for ApiError {
+    fn from(e: LimitError) -> Self {
+        match e {
+            LimitError::Limited { retry_after } => Self::rate_limited(retry_after),
+            LimitError::Unavailable => Self::unavailable("rate limiter", &"Redis unreachable"),
+        }
+    }
+}
+
+impl From<HashError> for ApiError {
+    fn from(e: HashError) -> Self {
+        match e {
+            HashError::Busy => Self::unavailable("password hashing", &"queue is full"),
+            HashError::Failed(cause) => Self::internal(&cause),
+        }
+    }
+}
+
+impl From<CaptchaError> for ApiError {
+    fn from(e: CaptchaError) -> Self {
+        match e {
+            CaptchaError::Required => Self::new(ErrorCode::CaptchaRequired, e.to_string()),
+            CaptchaError::Refused => Self::new(ErrorCode::CaptchaInvalid, e.to_string()),
+            CaptchaError::Unavailable(cause) => Self::unavailable("the CAPTCHA provider", &cause),
+        }
+    }
+}
+
+impl From<WebhookError> for ApiError {
+    fn from(e: WebhookError) -> Self {
+        match e {
+            WebhookError::Invalid(detail) => Self::bad_request(detail),
+            WebhookError::NotFound(what) => Self::not_found(what),
+            WebhookError::Db(e) => e.into(),
+        }
     }
 }
 

@@ -80,17 +80,13 @@ pub async fn run(
     let client = infra::outbox::http_client().map_err(StartError::Messages)?;
     // One guarded client (the system roots read once) for webhooks, CAPTCHA and identity
     // providers.
-    let guarded =
-        domain::webhooks::client(config.webhook_allow_private).map_err(StartError::Messages)?;
-    let outbox = infra::outbox::Outbox::new(&config, client, guarded.clone())
-        .map_err(StartError::Messages)?;
-    let captcha = infra::captcha::Captcha::new(
-        guarded.clone(),
-        config.webhook_allow_private,
-        publisher.connection(),
-    );
-    let oauth = flows::oauth::OAuth::new(guarded, config.webhook_allow_private);
-    let state = AppState::new(config, pool, publisher, outbox, captcha, oauth);
+    let egress =
+        infra::egress::Egress::new(config.webhook_allow_private).map_err(StartError::Messages)?;
+    let outbox =
+        infra::outbox::Outbox::new(&config.transports(), client).map_err(StartError::Messages)?;
+    let captcha = infra::captcha::Captcha::new(egress.clone(), publisher.connection());
+    let oauth = flows::oauth::OAuth::new(egress.clone());
+    let state = AppState::new(config, pool, publisher, outbox, captcha, oauth, egress);
     // A key that does not open means the wrong encryption key: refuse to start.
     match state.keys.refresh().await {
         Ok(_) => {}
@@ -102,12 +98,12 @@ pub async fn run(
         Err(e) => return Err(StartError::Keys(e.detail)),
     }
     let maintenance = tokio::spawn(maintain(state.clone()));
-    let delivery = tokio::spawn(
-        state
-            .outbox
-            .clone()
-            .run(state.pool.clone(), state.secrets.clone()),
-    );
+    let delivery = tokio::spawn(flows::delivery::run(
+        state.outbox.clone(),
+        state.pool.clone(),
+        state.secrets.clone(),
+        state.egress.clone(),
+    ));
     tracing::info!(addr = %listener.local_addr()?, "control plane listening");
     let app = http::router(state.clone());
     let drain = state.config.drain_timeout;

@@ -12,6 +12,7 @@ use crate::domain::keys::KeyRing;
 use crate::domain::tokens::OWNER_TOKEN_TYP;
 use crate::infra::captcha::Captcha;
 use crate::infra::crypto::{PasswordHasherPool, Secrets};
+use crate::infra::egress::Egress;
 use crate::infra::limits::Limiter;
 use crate::infra::outbox::Outbox;
 use crate::infra::publish::Publisher;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub secrets: Secrets,
     pub outbox: Outbox,
     pub captcha: Captcha,
+    /// The SSRF-guarded client of calls to tenant-chosen addresses.
+    pub egress: Egress,
     /// Social-login providers (HTTP through the SSRF guard, discovery and keys cached).
     pub oauth: crate::flows::oauth::OAuth,
     /// The sidecar's verify core, for user tokens presented to the control plane itself.
@@ -47,6 +50,7 @@ impl AppState {
         outbox: Outbox,
         captcha: Captcha,
         oauth: crate::flows::oauth::OAuth,
+        egress: Egress,
     ) -> Self {
         let secrets = Secrets::new(&config.key_encryption_key);
         let verifier = |typ: &str| {
@@ -79,6 +83,7 @@ impl AppState {
             outbox,
             captcha,
             oauth,
+            egress,
             verifier,
             owner_verifier,
         }

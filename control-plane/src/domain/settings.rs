@@ -254,7 +254,7 @@ impl AppSettings {
             "rate_limits.messages_per_account_per_hour and mfa_failures_per_hour must be at least 1",
         )?;
         if let Some(captcha) = &self.captcha {
-            captcha.validate()?;
+            captcha.validate().map_err(ApiError::bad_request)?;
         }
         oauth::validate(&self.oauth_providers)?;
         let c = &self.cookies;

@@ -7,13 +7,9 @@
 //! (`audit::record`), retried with backoff for a day, then kept as dead letters that can be
 //! listed and replayed. Targets that resolve to loopback, private, link-local, CGNAT or
 //! metadata addresses are refused (at creation, and again at every connection, so a DNS
-//! answer that changes cannot reach them) unless `PORTCULLIS_WEBHOOK_ALLOW_PRIVATE`;
-//! redirects are never followed.
+//! answer that changes cannot reach them: `infra::egress`) unless
+//! `PORTCULLIS_WEBHOOK_ALLOW_PRIVATE`; redirects are never followed.
 
-use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -22,10 +18,6 @@ use bytes::Bytes;
 use deadpool_postgres::GenericClient;
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::Sha256;
@@ -34,141 +26,34 @@ use tokio_postgres::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::error::ApiError;
 use crate::infra::crypto::Secrets;
-use crate::infra::store::Prepared as _;
+use crate::infra::egress::{Egress, EgressError};
+use crate::infra::store::{DbError, Prepared as _};
 
 /// How long an endpoint may take to answer.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Whether `ip` is an address a webhook must not reach: loopback, private (RFC 1918, ULA),
-/// link-local (the cloud metadata services live there), CGNAT, unspecified, multicast,
-/// broadcast, documentation, or an IPv4 address mapped into IPv6 that is one of those.
-pub fn forbidden(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(a) => {
-            let [first, second, third, _] = a.octets();
-            a.is_loopback()
-                || a.is_private()
-                || a.is_link_local()
-                || a.is_unspecified()
-                || a.is_broadcast()
-                || a.is_multicast()
-                || a.is_documentation()
-                || first == 0
-                || first >= 240
-                || (first == 100 && (second & 0xc0) == 64)
-                || (first == 198 && (second & 0xfe) == 18)
-                || (first == 192 && second == 0 && third == 0)
-        }
-        IpAddr::V6(a) => {
-            let s = a.segments();
-            let embedded = |hi: u16, lo: u16| {
-                let [a, b] = hi.to_be_bytes();
-                let [c, d] = lo.to_be_bytes();
-                forbidden(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)))
-            };
-            a.is_loopback()
-                || a.is_unspecified()
-                || a.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || a.to_ipv4_mapped().is_some_and(|v4| forbidden(IpAddr::V4(v4)))
-                // IPv4-compatible ::a.b.c.d (deprecated, still routed by some stacks).
-                || (s[..6] == [0; 6] && embedded(s[6], s[7]))
-                // NAT64: the well-known 64:ff9b::/96 by its embedded address, the local-use
-                // 64:ff9b:1::/48 whole.
-                || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && embedded(s[6], s[7]))
-                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
-                // 6to4: the IPv4 address in bits 16..48.
-                || (s[0] == 0x2002 && embedded(s[1], s[2]))
-        }
-    }
+/// What a webhook change was refused for.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// The request's fault; the text says what (for the client).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error(transparent)]
+    Db(#[from] DbError),
 }
 
-/// The DNS resolver of webhook connections: the system's, with forbidden addresses
-/// dropped, so what is connected to is what was checked.
-#[derive(Clone, Debug)]
-pub struct GuardedResolver {
-    allow_private: bool,
-}
+crate::db_error_from!(WebhookError);
 
-impl tower_service::Service<Name> for GuardedResolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let allow_private = self.allow_private;
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
-                .await?
-                .filter(|a| allow_private || !forbidden(a.ip()))
-                .collect();
-            if addrs.is_empty() {
-                return Err(std::io::Error::other(
-                    "the host resolves to no address a webhook may reach",
-                ));
-            }
-            Ok(addrs.into_iter())
-        })
-    }
-}
-
-pub type WebhookClient =
-    Client<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>;
-
-pub fn client(allow_private: bool) -> Result<WebhookClient, String> {
-    let mut http = HttpConnector::new_with_resolver(GuardedResolver { allow_private });
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(Duration::from_secs(5)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .map_err(|e| format!("no TLS root certificates: {e}"))?
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new()).build(https))
-}
-
-/// A target URL: absolute `http(s)`, at most 2,000 characters, no credentials; its host
-/// must not be (or resolve only to) forbidden addresses unless `allow_private`.
-pub async fn check_url(url: &str, allow_private: bool) -> Result<(), ApiError> {
-    let bad = |why: &str| ApiError::bad_request(format!("webhook url {why}"));
-    let uri: http::Uri = url.parse().map_err(|_| bad("is not a URL"))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || url.len() > 2000 {
-        return Err(bad("must be an http(s) URL of at most 2000 characters"));
-    }
-    let authority = uri.authority().ok_or_else(|| bad("has no host"))?;
-    if authority.as_str().contains('@') {
-        return Err(bad("must not carry credentials"));
-    }
-    if allow_private {
-        return Ok(());
-    }
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let port = authority.port_u16().unwrap_or(443);
-    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![ip],
-        Err(_) => tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|_| bad("does not resolve"))?
-            .map(|a| a.ip())
-            .collect(),
-    };
-    if addrs.is_empty() || addrs.iter().any(|ip| forbidden(*ip)) {
-        return Err(bad(
-            "resolves to a loopback, private, link-local or metadata address",
-        ));
-    }
-    Ok(())
+/// A target URL a tenant gives, checked through the guarded client (see
+/// [`Egress::check_url`]).
+pub async fn check_url(egress: &Egress, url: &str) -> Result<(), WebhookError> {
+    egress
+        .check_url(url)
+        .await
+        .map_err(|why| WebhookError::Invalid(format!("webhook url {why}")))
 }
 
 /// A webhook as the API shows it (the secret only when created).
@@ -198,19 +83,19 @@ fn from_row(row: &Row) -> Webhook {
 
 /// Event names the audit log records (`audit::EVENTS`), or `*`: a name that never occurs
 /// would be a subscription that silently never fires.
-pub fn check_events(events: &[String]) -> Result<Vec<String>, ApiError> {
+pub fn check_events(events: &[String]) -> Result<Vec<String>, WebhookError> {
     if let Some(unknown) = events
         .iter()
         .find(|e| *e != "*" && !crate::domain::audit::EVENTS.contains(&e.as_str()))
     {
-        return Err(ApiError::bad_request(format!(
+        return Err(WebhookError::Invalid(format!(
             "unknown event {unknown:?}; events are {} or \"*\"",
             crate::domain::audit::EVENTS.join(", ")
         )));
     }
     if events.is_empty() {
-        return Err(ApiError::bad_request(
-            "events must name at least one event, or \"*\"",
+        return Err(WebhookError::Invalid(
+            "events must name at least one event, or \"*\"".into(),
         ));
     }
     let mut out = events.to_vec();
@@ -220,7 +105,7 @@ pub fn check_events(events: &[String]) -> Result<Vec<String>, ApiError> {
 }
 
 /// A `whsec_` secret: the given one (at least 24 bytes once decoded) or a new one.
-pub fn secret(given: Option<&str>) -> Result<String, ApiError> {
+pub fn secret(given: Option<&str>) -> Result<String, WebhookError> {
     match given {
         Some(s) => {
             let key = s
@@ -229,8 +114,8 @@ pub fn secret(given: Option<&str>) -> Result<String, ApiError> {
                 .filter(|k| (24..=64).contains(&k.len()));
             match key {
                 Some(_) => Ok(s.to_owned()),
-                None => Err(ApiError::bad_request(
-                    "secret must be whsec_ followed by 24..=64 bytes in base64",
+                None => Err(WebhookError::Invalid(
+                    "secret must be whsec_ followed by 24..=64 bytes in base64".into(),
                 )),
             }
         }
@@ -241,7 +126,7 @@ pub fn secret(given: Option<&str>) -> Result<String, ApiError> {
     }
 }
 
-pub async fn list(client: &impl GenericClient, app: Uuid) -> Result<Vec<Webhook>, ApiError> {
+pub async fn list(client: &impl GenericClient, app: Uuid) -> Result<Vec<Webhook>, DbError> {
     let sql = format!("SELECT {COLUMNS} FROM webhooks WHERE app_id = $1 ORDER BY id");
     Ok(client
         .q(&sql, &[&app])
@@ -258,7 +143,7 @@ pub async fn create(
     url: &str,
     events: &[String],
     secret: &str,
-) -> Result<Webhook, ApiError> {
+) -> Result<Webhook, WebhookError> {
     let id = Uuid::now_v7();
     let sql = format!(
         "INSERT INTO webhooks (id, app_id, url, events, secret_enc) VALUES ($1, $2, $3, $4, $5)
@@ -281,7 +166,7 @@ pub async fn update(
     url: &str,
     events: &[String],
     secret: Option<&str>,
-) -> Result<Webhook, ApiError> {
+) -> Result<Webhook, WebhookError> {
     let sealed = secret.map(|s| secrets.seal(s.as_bytes(), id.as_bytes()));
     let sql = format!(
         "UPDATE webhooks SET url = $3, events = $4, secret_enc = COALESCE($5, secret_enc)
@@ -291,10 +176,10 @@ pub async fn update(
         .q_opt(&sql, &[&app, &id, &url, &events, &sealed])
         .await?
         .map(|r| from_row(&r))
-        .ok_or_else(|| ApiError::not_found("webhook"))
+        .ok_or(WebhookError::NotFound("webhook"))
 }
 
-pub async fn delete(client: &impl GenericClient, app: Uuid, id: Uuid) -> Result<(), ApiError> {
+pub async fn delete(client: &impl GenericClient, app: Uuid, id: Uuid) -> Result<(), WebhookError> {
     let deleted = client
         .exec(
             "DELETE FROM webhooks WHERE app_id = $1 AND id = $2",
@@ -302,7 +187,7 @@ pub async fn delete(client: &impl GenericClient, app: Uuid, id: Uuid) -> Result<
         )
         .await?;
     if deleted == 0 {
-        return Err(ApiError::not_found("webhook"));
+        return Err(WebhookError::NotFound("webhook"));
     }
     Ok(())
 }
@@ -344,7 +229,7 @@ pub async fn deliveries(
     webhook: Uuid,
     state: Option<&str>,
     limit: i64,
-) -> Result<Vec<Delivery>, ApiError> {
+) -> Result<Vec<Delivery>, DbError> {
     let rows = client
         .q(
             "SELECT id, kind, state, attempts, last_error, created_at, body FROM outbox
@@ -374,7 +259,7 @@ pub async fn replay(
     app: Uuid,
     webhook: Uuid,
     delivery: Uuid,
-) -> Result<(), ApiError> {
+) -> Result<(), WebhookError> {
     let replayed = client
         .exec(
             "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = now(),
@@ -385,7 +270,7 @@ pub async fn replay(
         )
         .await?;
     if replayed == 0 {
-        return Err(ApiError::not_found("failed delivery"));
+        return Err(WebhookError::NotFound("failed delivery"));
     }
     Ok(())
 }
@@ -395,7 +280,7 @@ pub async fn target(
     client: &impl GenericClient,
     secrets: &Secrets,
     webhook: Uuid,
-) -> Result<Option<(String, String)>, ApiError> {
+) -> Result<Option<(String, String)>, DbError> {
     let row = client
         .q_opt(
             "SELECT url, secret_enc FROM webhooks WHERE id = $1",
@@ -409,34 +294,18 @@ pub async fn target(
     }))
 }
 
-/// Whether `uri` names a forbidden address literally: hyper connects to an IP literal
-/// without asking the resolver, so [`GuardedResolver`] never sees it. Every request through
-/// a [`WebhookClient`] checks this first.
-pub fn literal_refused(uri: &http::Uri, allow_private: bool) -> bool {
-    let host = uri
-        .host()
-        .unwrap_or("")
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    !allow_private && host.parse::<IpAddr>().is_ok_and(forbidden)
-}
-
 /// Posts `body` to `url`, signed; `Ok` on a 2xx. A redirect is a failure, never followed.
 pub async fn post(
-    client: &WebhookClient,
+    egress: &Egress,
     url: &str,
     secret: &str,
     id: &str,
     timestamp: i64,
     body: &[u8],
-    allow_private: bool,
 ) -> Result<(), String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|_| "the URL does not parse".to_owned())?;
-    if literal_refused(&uri, allow_private) {
-        return Err("the URL names an address a webhook may not reach".to_owned());
-    }
     let signature = sign(secret, id, timestamp, body).ok_or("the secret is unusable")?;
     let request = http::Request::post(uri)
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -446,11 +315,14 @@ pub async fn post(
         .header("webhook-signature", signature)
         .body(Full::new(Bytes::copy_from_slice(body)))
         .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(SEND_TIMEOUT, client.request(request)).await {
-        Err(_) => Err("the endpoint timed out".to_owned()),
-        Ok(Err(e)) => Err(format!("the endpoint: {e}")),
-        Ok(Ok(r)) if r.status().is_success() => Ok(()),
-        Ok(Ok(r)) => Err(format!("the endpoint answered {}", r.status())),
+    match egress.call(request, SEND_TIMEOUT, 0).await {
+        Err(EgressError::Refused) => {
+            Err("the URL names an address a webhook may not reach".to_owned())
+        }
+        Err(EgressError::Timeout) => Err("the endpoint timed out".to_owned()),
+        Err(EgressError::Failed(e)) => Err(format!("the endpoint: {e}")),
+        Ok(answer) if (200..300).contains(&answer.status) => Ok(()),
+        Ok(answer) => Err(format!("the endpoint answered {}", answer.status)),
     }
 }
 
@@ -458,41 +330,6 @@ pub async fn post(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn forbidden_addresses() {
-        for bad in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fd00:ec2::254",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "224.0.0.1",
-            "198.18.0.1",
-            "240.0.0.1",
-            "192.0.0.8",
-            "::10.0.0.1",
-            "64:ff9b::a00:1",
-            "64:ff9b:1::1",
-            "2002:a9fe:a9fe::1",
-        ] {
-            assert!(forbidden(bad.parse().unwrap()), "{bad}");
-        }
-        for good in [
-            "93.184.216.34",
-            "2606:2800:220:1::1",
-            "100.128.0.1",
-            "64:ff9b::5db8:d822",
-        ] {
-            assert!(!forbidden(good.parse().unwrap()), "{good}");
-        }
-    }
 
     /// The Standard Webhooks specification's example.
     #[test]

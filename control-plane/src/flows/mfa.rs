@@ -305,6 +305,7 @@ async fn count_attempt(state: &AppState, app: &App, user: Uuid) -> Result<(), Ap
             app.settings.rate_limits.mfa_failures_per_hour,
         )
         .await
+        .map_err(Into::into)
 }
 
 async fn forgive(state: &AppState, app: &App, user: Uuid) {

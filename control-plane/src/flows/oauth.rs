@@ -27,7 +27,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
 use deadpool_postgres::GenericClient;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -39,11 +39,11 @@ use crate::domain::apps::App;
 use crate::domain::audit::{self, Actor, Event};
 use crate::domain::sessions::Ctx;
 use crate::domain::users::{self, NewUser, User};
-use crate::domain::webhooks::WebhookClient;
 use crate::error::ApiError;
 use crate::infra::captcha::SECRET_MASK;
 use crate::infra::clock;
 use crate::infra::crypto::{Secrets, digest, random_token};
+use crate::infra::egress::{Egress, EgressError};
 use crate::infra::store::Prepared as _;
 use portcullis_common::ErrorCode;
 
@@ -293,8 +293,7 @@ struct Discovery {
 /// The provider client: HTTP through the SSRF guard, discovery and key sets cached.
 #[derive(Clone)]
 pub struct OAuth {
-    client: WebhookClient,
-    allow_private: bool,
+    egress: Egress,
     discovery: moka::sync::Cache<String, Arc<Discovery>>,
     keys: moka::sync::Cache<String, (Arc<jsonwebtoken::jwk::JwkSet>, std::time::Instant)>,
 }
@@ -310,10 +309,9 @@ fn down(what: &dyn std::fmt::Display) -> ApiError {
 }
 
 impl OAuth {
-    pub fn new(client: WebhookClient, allow_private: bool) -> Self {
+    pub fn new(egress: Egress) -> Self {
         Self {
-            client,
-            allow_private,
+            egress,
             discovery: moka::sync::Cache::builder()
                 .max_capacity(1000)
                 .time_to_live(CACHE_FOR)
@@ -330,30 +328,25 @@ impl OAuth {
             .parse()
             .map_err(|_| down(&format!("{url:?} is not a URL")))?;
         let https = uri.scheme_str() == Some("https");
-        if !(https || (self.allow_private && uri.scheme_str() == Some("http"))) {
+        if !(https || (self.egress.allows_private() && uri.scheme_str() == Some("http"))) {
             return Err(down(&"provider URLs must be https://"));
         }
-        if crate::domain::webhooks::literal_refused(&uri, self.allow_private) {
+        if self.egress.refuses(&uri) {
             return Err(down(&"a provider URL names a private address"));
         }
         Ok(uri)
     }
 
     async fn call(&self, request: http::Request<Full<Bytes>>) -> Result<(u16, Bytes), ApiError> {
-        let response = tokio::time::timeout(CALL_TIMEOUT, self.client.request(request))
+        match self
+            .egress
+            .call(request, CALL_TIMEOUT, MAX_ANSWER_BYTES)
             .await
-            .map_err(|_| down(&"timed out"))?
-            .map_err(|e| down(&e))?;
-        let status = response.status().as_u16();
-        let body = tokio::time::timeout(
-            CALL_TIMEOUT,
-            Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect(),
-        )
-        .await
-        .map_err(|_| down(&"timed out reading the answer"))?
-        .map_err(|e| down(&e))?
-        .to_bytes();
-        Ok((status, body))
+        {
+            Ok(answer) => Ok((answer.status, answer.body)),
+            Err(EgressError::Refused) => Err(down(&"a provider URL names a private address")),
+            Err(e) => Err(down(&e)),
+        }
     }
 
     async fn get_json(&self, url: &str, bearer: Option<&str>) -> Result<Value, ApiError> {

@@ -74,6 +74,7 @@ async fn count_message(state: &AppState, app: &App, address: &str) -> Result<(),
             app.settings.rate_limits.messages_per_account_per_hour,
         )
         .await
+        .map_err(Into::into)
 }
 
 /// The user a mail may go to: known, enabled, not a guest, with this address.

@@ -111,7 +111,10 @@ async fn register(
 ) -> ApiResult<Response> {
     let app = app_for(&state, &app, "register", &ctx).await?;
     let token = captcha_token(body.captcha_token.as_deref(), &headers);
-    state.captcha.check(&app, token, ctx.ip).await?;
+    state
+        .captcha
+        .check(app.id, app.settings.captcha.as_ref(), token, ctx.ip)
+        .await?;
     let profile = Changes::profile(
         Some(&body.email),
         body.username.as_deref(),
@@ -280,7 +283,10 @@ async fn login(
         let due = |n: Option<u64>| n.is_none_or(|n| n >= u64::from(captcha.login_after_failures));
         if due(state.limiter.count(failures).await) || due(state.limiter.count(ip_failures).await) {
             let token = captcha_token(body.captcha_token.as_deref(), &headers);
-            state.captcha.check(&app, token, ctx.ip).await?;
+            state
+                .captcha
+                .check(app.id, app.settings.captcha.as_ref(), token, ctx.ip)
+                .await?;
         }
     }
     state

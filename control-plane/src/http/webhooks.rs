@@ -70,7 +70,7 @@ async fn create(
 ) -> ApiResult<Response> {
     let app = auth::app_admin(&state, &headers, &app, ctx.now).await?;
     let events = webhooks::check_events(&body.events)?;
-    webhooks::check_url(&body.url, state.config.webhook_allow_private).await?;
+    webhooks::check_url(&state.egress, &body.url).await?;
     let secret = webhooks::secret(body.secret.as_deref())?;
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
@@ -110,7 +110,7 @@ async fn put(
     let app = auth::app_admin(&state, &headers, &app, ctx.now).await?;
     let id = webhook_id(&id)?;
     let events = webhooks::check_events(&body.events)?;
-    webhooks::check_url(&body.url, state.config.webhook_allow_private).await?;
+    webhooks::check_url(&state.egress, &body.url).await?;
     let secret = body
         .secret
         .as_deref()

@@ -11,17 +11,16 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use portcullis_common::ErrorCode;
+use http_body_util::Full;
 use portcullis_common::redis_conn::RedisConn;
 use redis::AsyncCommands as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use crate::domain::apps::App;
-use crate::domain::webhooks::WebhookClient;
-use crate::error::ApiError;
+use uuid::Uuid;
+
+use crate::infra::egress::{Egress, EgressError};
 
 /// How long the provider may take.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -78,18 +77,17 @@ const fn default_after() -> u32 {
 }
 
 impl CaptchaSettings {
-    pub fn validate(&self) -> Result<(), ApiError> {
+    /// What is wrong with these settings, if anything.
+    pub fn validate(&self) -> Result<(), &'static str> {
         if self.secret.is_empty() || self.secret.len() > 1024 || self.secret == SECRET_MASK {
-            return Err(ApiError::bad_request("captcha.secret is required"));
+            return Err("captcha.secret is required");
         }
         let url_ok = |url: &String| {
             (url.starts_with("https://") || url.starts_with("http://"))
                 && url.parse::<http::Uri>().is_ok()
         };
         if !self.verify_url.as_ref().is_none_or(url_ok) {
-            return Err(ApiError::bad_request(
-                "captcha.verify_url must be an http(s) URL",
-            ));
+            return Err("captcha.verify_url must be an http(s) URL");
         }
         Ok(())
     }
@@ -104,10 +102,21 @@ struct Verdict {
 /// The checker: an HTTP client for the providers and Redis to remember used tokens. The
 /// client is the webhooks' guarded one: `verify_url` is the owner's to set, so it must not
 /// reach loopback, private or metadata addresses either.
+/// Why a CAPTCHA check did not pass.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptchaError {
+    #[error("a CAPTCHA response is required (captcha_token or x-captcha-token)")]
+    Required,
+    #[error("the CAPTCHA response was refused")]
+    Refused,
+    /// The provider could not say (fails closed): the cause is for the log.
+    #[error("the CAPTCHA provider is unavailable: {0}")]
+    Unavailable(String),
+}
+
 #[derive(Clone)]
 pub struct Captcha {
-    client: WebhookClient,
-    allow_private: bool,
+    egress: Egress,
     redis: RedisConn,
 }
 
@@ -123,37 +132,31 @@ fn count(provider: Provider, outcome: &'static str) {
 }
 
 impl Captcha {
-    pub fn new(client: WebhookClient, allow_private: bool, redis: RedisConn) -> Self {
-        Self {
-            client,
-            allow_private,
-            redis,
-        }
+    pub fn new(egress: Egress, redis: RedisConn) -> Self {
+        Self { egress, redis }
     }
 
-    /// Verifies `token` with the application's provider; `Ok` when there is no provider.
-    pub async fn check(&self, app: &App, token: Option<&str>, ip: IpAddr) -> Result<(), ApiError> {
-        let Some(settings) = &app.settings.captcha else {
+    /// Checks `token` with the application's provider (`settings`; none: nothing to check).
+    /// A token passes once per application.
+    pub async fn check(
+        &self,
+        app: Uuid,
+        settings: Option<&CaptchaSettings>,
+        token: Option<&str>,
+        ip: IpAddr,
+    ) -> Result<(), CaptchaError> {
+        let Some(settings) = settings else {
             return Ok(());
         };
         let provider = settings.provider;
         let token = token.map(str::trim).filter(|t| !t.is_empty());
         let Some(token) = token else {
             count(provider, "missing");
-            return Err(ApiError::new(
-                ErrorCode::CaptchaRequired,
-                "a CAPTCHA response is required (captcha_token or x-captcha-token)",
-            ));
-        };
-        let invalid = || {
-            ApiError::new(
-                ErrorCode::CaptchaInvalid,
-                "the CAPTCHA response was refused",
-            )
+            return Err(CaptchaError::Required);
         };
         if token.len() > MAX_TOKEN_LEN {
             count(provider, "refused");
-            return Err(invalid());
+            return Err(CaptchaError::Refused);
         }
         // A token passes once: a second presentation is refused here, before the provider
         // (which would refuse it too, but only while it remembers).
@@ -161,7 +164,7 @@ impl Captcha {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        let key = format!("portcullis:captcha:{}:{hex}", app.id);
+        let key = format!("portcullis:captcha:{app}:{hex}");
         let mut redis = self.redis.clone();
         let first: Result<bool, _> = redis
             .set_options(
@@ -174,8 +177,12 @@ impl Captcha {
             .await;
         if matches!(first, Ok(false)) {
             count(provider, "reused");
-            return Err(invalid());
+            return Err(CaptchaError::Refused);
         }
+        let down = |why: String| {
+            count(provider, "unavailable");
+            CaptchaError::Unavailable(why)
+        };
         let url = settings
             .verify_url
             .as_deref()
@@ -185,50 +192,39 @@ impl Captcha {
             ("response", token),
             ("remoteip", &ip.to_string()),
         ])
-        .map_err(|e| ApiError::internal(&e))?;
-        let uri: http::Uri = url.parse().map_err(|e| ApiError::internal(&e))?;
-        if crate::domain::webhooks::literal_refused(&uri, self.allow_private) {
-            count(provider, "unavailable");
-            return Err(ApiError::unavailable(
-                "the CAPTCHA provider",
-                &"verify_url names a loopback, private or metadata address",
-            ));
-        }
+        .map_err(|e| down(e.to_string()))?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|_| down("verify_url does not parse".into()))?;
         let request = http::Request::post(uri)
             .header(
                 http::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
             )
             .body(Full::new(Bytes::from(form)))
-            .map_err(|e| ApiError::internal(&e))?;
-        let down = |why: &dyn std::fmt::Display| {
-            count(provider, "unavailable");
-            ApiError::unavailable("the CAPTCHA provider", why)
+            .map_err(|e| down(e.to_string()))?;
+        let answer = match self.egress.call(request, VERIFY_TIMEOUT, 64 * 1024).await {
+            Ok(answer) => answer,
+            Err(EgressError::Refused) => {
+                return Err(down(
+                    "verify_url names a loopback, private or metadata address".into(),
+                ));
+            }
+            Err(e) => return Err(down(e.to_string())),
         };
-        let response =
-            match tokio::time::timeout(VERIFY_TIMEOUT, self.client.request(request)).await {
-                Err(_) => return Err(down(&"timed out")),
-                Ok(Err(e)) => return Err(down(&e)),
-                Ok(Ok(r)) => r,
-            };
-        if !response.status().is_success() {
-            return Err(down(&format!("answered {}", response.status())));
+        if !(200..300).contains(&answer.status) {
+            return Err(down(format!("answered {}", answer.status)));
         }
-        let body = match tokio::time::timeout(VERIFY_TIMEOUT, response.into_body().collect()).await
-        {
-            Ok(Ok(body)) => body.to_bytes(),
-            _ => return Err(down(&"the answer could not be read")),
-        };
-        match serde_json::from_slice::<Verdict>(&body) {
+        match serde_json::from_slice::<Verdict>(&answer.body) {
             Ok(Verdict { success: true }) => {
                 count(provider, "passed");
                 Ok(())
             }
             Ok(Verdict { success: false }) => {
                 count(provider, "refused");
-                Err(invalid())
+                Err(CaptchaError::Refused)
             }
-            Err(_) => Err(down(&"the answer is not a siteverify verdict")),
+            Err(_) => Err(down("the answer is not a siteverify verdict".into())),
         }
     }
 }

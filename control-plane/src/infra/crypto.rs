@@ -15,8 +15,6 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::error::ApiError;
-
 /// Random bytes, base64url without padding: 32 bytes (256 bits) for refresh tokens and API
 /// keys.
 pub fn random_token(bytes: usize) -> String {
@@ -145,6 +143,16 @@ pub struct PasswordHasherPool {
     dummy: Arc<String>,
 }
 
+/// A password hash that could not be made or checked.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// Every hashing slot stayed busy for [`QUEUE_TIMEOUT`]: a storm (answered 503).
+    #[error("password hashing is saturated")]
+    Busy,
+    #[error("password hashing failed: {0}")]
+    Failed(String),
+}
+
 /// How long a request waits for a hashing slot before it is answered 503.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -163,31 +171,31 @@ impl PasswordHasherPool {
     async fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce(&Argon2<'static>) -> T + Send + 'static,
-    ) -> Result<T, ApiError> {
+    ) -> Result<T, HashError> {
         let permit = tokio::time::timeout(QUEUE_TIMEOUT, self.permits.clone().acquire_owned())
             .await
-            .map_err(|_| ApiError::unavailable("password hashing", &"queue is full"))?
-            .map_err(|e| ApiError::internal(&e))?;
+            .map_err(|_| HashError::Busy)?
+            .map_err(|e| HashError::Failed(e.to_string()))?;
         let argon = self.argon.clone();
         let out = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             job(&argon)
         })
         .await
-        .map_err(|e| ApiError::internal(&e))?;
+        .map_err(|e| HashError::Failed(e.to_string()))?;
         Ok(out)
     }
 
-    pub async fn hash(&self, password: &str) -> Result<String, ApiError> {
+    pub async fn hash(&self, password: &str) -> Result<String, HashError> {
         let password = password.to_owned();
         self.run(move |argon| hash_with(argon, &password))
             .await?
-            .map_err(|e| ApiError::internal(&e))
+            .map_err(|e| HashError::Failed(e.to_string()))
     }
 
     /// Checks `password` against `hash`, or against the dummy hash when there is no account,
     /// which always fails but takes the same time.
-    pub async fn verify(&self, hash: Option<&str>, password: &str) -> Result<bool, ApiError> {
+    pub async fn verify(&self, hash: Option<&str>, password: &str) -> Result<bool, HashError> {
         let known = hash.is_some();
         let hash = hash.map_or_else(|| self.dummy.as_str().to_owned(), str::to_owned);
         let password = password.to_owned();

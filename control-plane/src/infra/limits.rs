@@ -12,8 +12,6 @@ use portcullis_common::redis_conn::RedisConn;
 use redis::Script;
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
-
 /// Increments a window counter, starting its expiry on the first hit; returns the count
 /// and the seconds left in the window.
 const HIT: &str = r"
@@ -130,6 +128,15 @@ fn hashed(identifier: &str) -> String {
     h[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A limit reached, or (for the limits that fail closed) a count that cannot be kept.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error("too many requests; retry in {retry_after} s")]
+    Limited { retry_after: u64 },
+    #[error("the rate limiter is unavailable")]
+    Unavailable,
+}
+
 impl Limiter {
     pub fn new(conn: RedisConn) -> Self {
         Self {
@@ -159,20 +166,20 @@ impl Limiter {
     /// Counts one request or attempt; `429` once more than `limit` arrived in the window.
     /// Counting before the work is done means attempts in flight count too, so a burst
     /// cannot slip past the limit while its password checks are queued.
-    pub async fn hit(&self, scope: Scope<'_>, limit: u32) -> Result<(), ApiError> {
+    pub async fn hit(&self, scope: Scope<'_>, limit: u32) -> Result<(), LimitError> {
         match self.run(&self.hit, &scope).await {
-            Some((n, ttl)) if n > u64::from(limit) => Err(ApiError::rate_limited(ttl)),
+            Some((n, ttl)) if n > u64::from(limit) => Err(LimitError::Limited { retry_after: ttl }),
             _ => Ok(()),
         }
     }
 
     /// [`hit`](Self::hit), but `503` when the count cannot be kept: for limits that are
     /// the only defence (wrong second-factor codes), Redis down must not mean unlimited.
-    pub async fn hit_or_refuse(&self, scope: Scope<'_>, limit: u32) -> Result<(), ApiError> {
+    pub async fn hit_or_refuse(&self, scope: Scope<'_>, limit: u32) -> Result<(), LimitError> {
         match self.run(&self.hit, &scope).await {
-            Some((n, ttl)) if n > u64::from(limit) => Err(ApiError::rate_limited(ttl)),
+            Some((n, ttl)) if n > u64::from(limit) => Err(LimitError::Limited { retry_after: ttl }),
             Some(_) => Ok(()),
-            None => Err(ApiError::unavailable("rate limiter", &"Redis unreachable")),
+            None => Err(LimitError::Unavailable),
         }
     }
 

@@ -6,6 +6,7 @@ pub mod captcha;
 pub mod clock;
 pub mod crypto;
 pub mod db_tls;
+pub mod egress;
 pub mod limits;
 pub mod metrics;
 pub mod outbox;

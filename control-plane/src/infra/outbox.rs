@@ -1,6 +1,8 @@
 //! The message outbox: mail and SMS are committed as rows in the transaction that caused them
-//! ([`enqueue`]) and delivered by a background worker ([`Outbox::run`]) with retries and
-//! backoff, so an SMTP or SMS outage delays messages and loses none.
+//! ([`enqueue`]) and delivered by a background worker (`flows::delivery`, which claims rows
+//! with [`claim`], sends through [`Outbox::deliver`] and records each [`Outcome`]) with
+//! retries and backoff, so an SMTP or SMS outage delays messages and loses none. Webhook
+//! calls are outbox rows too (channel `webhook`), in a lane of their own.
 //!
 //! A message carries a secret (a link with a token, or a code), so its payload is sealed
 //! with the key-encryption key and erased once delivered or given up. With no transport
@@ -14,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_postgres::{GenericClient, Pool};
+use deadpool_postgres::GenericClient;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -25,10 +27,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::config::Config;
-use crate::error::ApiError;
 use crate::infra::crypto::Secrets;
-use crate::infra::store::Prepared as _;
+use crate::infra::store::{DbError, Prepared as _};
 
 /// How long a transport may take for one message.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,11 +39,9 @@ const LEASE_SECS: f64 = 120.0;
 /// The longest wait between two attempts.
 const MAX_BACKOFF_SECS: f64 = 300.0;
 /// After this long undelivered, a message is given up (`failed`).
-const GIVE_UP_SECS: i64 = 86_400;
-/// How often the worker looks for due messages when nothing woke it.
-const POLL: Duration = Duration::from_secs(1);
+pub const GIVE_UP_SECS: i64 = 86_400;
 /// Messages claimed per round, sent together (well within `LEASE_SECS`).
-const BATCH: i64 = 5;
+pub const BATCH: i64 = 5;
 
 /// What to send. Built by `messages.rs`; the payload stays sealed in the database.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -78,9 +76,9 @@ pub async fn enqueue(
     kind: &'static str,
     recipient: &str,
     message: &Message,
-) -> Result<(), ApiError> {
+) -> Result<(), DbError> {
     let id = Uuid::now_v7();
-    let plain = serde_json::to_vec(message).map_err(|e| ApiError::internal(&e))?;
+    let plain = serde_json::to_vec(message).map_err(|e| DbError::Failed(e.to_string()))?;
     let sealed = secrets.seal(&plain, id.as_bytes());
     tx.exec(
         "INSERT INTO outbox (id, app_id, channel, kind, recipient, payload)
@@ -113,8 +111,17 @@ struct Inner {
     mailer: Option<AsyncSmtpTransport<Tokio1Executor>>,
     from: String,
     sms: Option<Sms>,
-    webhooks: crate::domain::webhooks::WebhookClient,
-    webhook_allow_private: bool,
+}
+
+/// Where messages go (PORTCULLIS_SMTP_URL, _MAIL_FROM, _SMS_WEBHOOK_URL, _TOKEN).
+#[derive(Clone, Debug)]
+pub struct Transports {
+    /// `None`: mail is logged, not sent.
+    pub smtp_url: Option<String>,
+    pub mail_from: String,
+    /// `None`: SMS is logged, not sent.
+    pub sms_url: Option<String>,
+    pub sms_token: Option<String>,
 }
 
 struct Sms {
@@ -147,14 +154,16 @@ impl std::fmt::Debug for Outbox {
 }
 
 /// The two queues the worker serves apart.
-#[derive(Clone, Copy, Debug)]
-enum Lane {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// Mail and SMS.
     Messages,
     Webhooks,
 }
 
 /// How one delivery attempt ended.
-enum Outcome {
+#[derive(Debug)]
+pub enum Outcome {
     Sent,
     /// No transport for the channel: logged instead.
     Logged,
@@ -164,14 +173,129 @@ enum Outcome {
     Failed(String),
 }
 
+/// A row the worker leased: to deliver now, then [`record`].
+#[derive(Debug)]
+pub struct Claimed {
+    pub id: Uuid,
+    pub channel: String,
+    pub kind: String,
+    pub recipient: String,
+    /// Mail and SMS: the sealed message.
+    pub payload: Option<Vec<u8>>,
+    pub attempts: i32,
+    /// Seconds since the row was made.
+    pub age: i64,
+    /// Webhook calls: the event.
+    pub body: Option<serde_json::Value>,
+}
+
+/// Leases up to [`BATCH`] due rows of `lane` to this worker for [`LEASE_SECS`].
+pub async fn claim(client: &impl GenericClient, lane: Lane) -> Result<Vec<Claimed>, DbError> {
+    let channels: &[&str] = match lane {
+        Lane::Messages => &["email", "sms"],
+        Lane::Webhooks => &["webhook"],
+    };
+    let rows = client
+        .q(
+            "UPDATE outbox SET attempts = attempts + 1,
+                 next_attempt_at = now() + make_interval(secs => $1)
+             WHERE id IN (SELECT id FROM outbox
+                          WHERE state = 'pending' AND next_attempt_at <= now()
+                            AND channel = ANY($3)
+                          ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+             RETURNING id, channel, kind, recipient, payload, attempts,
+                 EXTRACT(EPOCH FROM now() - created_at)::bigint, body",
+            &[&LEASE_SECS, &BATCH, &channels],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| Claimed {
+            id: row.get(0),
+            channel: row.get(1),
+            kind: row.get(2),
+            recipient: row.get(3),
+            payload: row.get(4),
+            attempts: row.get(5),
+            age: row.get(6),
+            body: row.get(7),
+        })
+        .collect())
+}
+
+/// Records how the delivery of `row` ended: done (payload erased), due again after a
+/// backoff, or given up (payload erased; webhook bodies stay, as dead letters).
+pub async fn record(
+    client: &impl GenericClient,
+    row: &Claimed,
+    outcome: Outcome,
+) -> Result<(), DbError> {
+    let outcome = match outcome {
+        Outcome::Retry(why) if row.age >= GIVE_UP_SECS => {
+            Outcome::Failed(format!("gave up after {} attempts: {why}", row.attempts))
+        }
+        other => other,
+    };
+    let label = match &outcome {
+        Outcome::Sent => "sent",
+        Outcome::Logged => "logged",
+        Outcome::Retry(_) => "retry",
+        Outcome::Failed(_) => "failed",
+    };
+    let (id, channel, kind, attempts) = (
+        row.id,
+        row.channel.as_str(),
+        row.kind.as_str(),
+        row.attempts,
+    );
+    metrics::counter!("portcullis_outbox_messages_total", "channel" => channel.to_owned(), "outcome" => label)
+        .increment(1);
+    match outcome {
+        Outcome::Sent | Outcome::Logged => {
+            client
+                .exec(
+                    "UPDATE outbox SET state = $2, payload = NULL, last_error = NULL,
+                         done_at = now() WHERE id = $1",
+                    &[&id, &label],
+                )
+                .await?;
+        }
+        Outcome::Retry(why) => {
+            // Webhook endpoints get longer pauses (up to an hour) over their day.
+            let cap = if channel == "webhook" {
+                3600.0
+            } else {
+                MAX_BACKOFF_SECS
+            };
+            let backoff = 2f64.powi(attempts.clamp(1, 20) - 1).min(cap);
+            tracing::warn!(%id, channel, kind, attempts, retry_in_secs = backoff, error = %why,
+                "message not delivered; will retry");
+            client
+                .exec(
+                    "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2),
+                         last_error = $3 WHERE id = $1",
+                    &[&id, &backoff, &why],
+                )
+                .await?;
+        }
+        Outcome::Failed(why) => {
+            tracing::error!(%id, channel, kind, attempts, error = %why, "message given up");
+            client
+                .exec(
+                    "UPDATE outbox SET state = 'failed', payload = NULL, last_error = $2,
+                         done_at = now() WHERE id = $1",
+                    &[&id, &why],
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 impl Outbox {
-    /// `client` posts SMS; `webhooks` (the SSRF-guarded client) delivers webhooks.
-    pub fn new(
-        config: &Config,
-        client: HttpClient,
-        webhooks: crate::domain::webhooks::WebhookClient,
-    ) -> Result<Self, String> {
-        let mailer = config
+    /// `client` posts SMS.
+    pub fn new(transports: &Transports, client: HttpClient) -> Result<Self, String> {
+        let mailer = transports
             .smtp_url
             .as_deref()
             .map(|url| {
@@ -180,9 +304,9 @@ impl Outbox {
                     .map_err(|e| format!("PORTCULLIS_SMTP_URL: {e}"))
             })
             .transpose()?;
-        let sms = config.sms_webhook_url.as_ref().map(|url| Sms {
+        let sms = transports.sms_url.as_ref().map(|url| Sms {
             url: url.clone(),
-            token: config.sms_webhook_token.clone(),
+            token: transports.sms_token.clone(),
             client,
         });
         Ok(Self {
@@ -190,10 +314,8 @@ impl Outbox {
                 wake: Notify::new(),
                 wake_webhooks: Notify::new(),
                 mailer,
-                from: config.mail_from.clone(),
+                from: transports.mail_from.clone(),
                 sms,
-                webhooks,
-                webhook_allow_private: config.webhook_allow_private,
             }),
         })
     }
@@ -208,182 +330,24 @@ impl Outbox {
         self.inner.wake_webhooks.notify_one();
     }
 
-    /// The worker: delivers due messages until the task is dropped. Mail and SMS, and
-    /// webhook calls, are two lanes, so a slow or silent webhook endpoint (any tenant's)
-    /// never holds up a sign-in code or a reset link.
-    pub async fn run(self, pool: Pool, secrets: Secrets) {
-        tokio::join!(
-            self.lane(&pool, &secrets, Lane::Messages),
-            self.lane(&pool, &secrets, Lane::Webhooks)
-        );
-    }
-
-    async fn lane(&self, pool: &Pool, secrets: &Secrets, lane: Lane) {
-        let wake = match lane {
-            Lane::Messages => &self.inner.wake,
-            Lane::Webhooks => &self.inner.wake_webhooks,
-        };
-        loop {
-            match self.round(pool, secrets, lane).await {
-                // A full batch: there may be more due at once.
-                Ok(n) if n as i64 == BATCH => continue,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "outbox round failed; retrying"),
-            }
-            tokio::select! {
-                () = wake.notified() => {}
-                () = tokio::time::sleep(POLL) => {}
-            }
+    /// Resolves when a message of `lane` was committed on this replica.
+    pub async fn woken(&self, lane: Lane) {
+        match lane {
+            Lane::Messages => self.inner.wake.notified().await,
+            Lane::Webhooks => self.inner.wake_webhooks.notified().await,
         }
     }
 
-    /// Claims due messages (rows leased to this worker), delivers them, records the outcome.
-    async fn round(&self, pool: &Pool, secrets: &Secrets, lane: Lane) -> Result<usize, ApiError> {
-        let client = pool.get().await?;
-        let channels: &[&str] = match lane {
-            Lane::Messages => &["email", "sms"],
-            Lane::Webhooks => &["webhook"],
-        };
-        let claimed = client
-            .q(
-                "UPDATE outbox SET attempts = attempts + 1,
-                     next_attempt_at = now() + make_interval(secs => $1)
-                 WHERE id IN (SELECT id FROM outbox
-                              WHERE state = 'pending' AND next_attempt_at <= now()
-                                AND channel = ANY($3)
-                              ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-                 RETURNING id, channel, kind, recipient, payload, attempts,
-                     EXTRACT(EPOCH FROM now() - created_at)::bigint, body",
-                &[&LEASE_SECS, &BATCH, &channels],
-            )
-            .await?;
-        // The batch at once (one connection pipelines the updates): a slow recipient costs
-        // the batch one timeout, not one each.
-        let handled = futures_util::future::join_all(
-            claimed.iter().map(|row| self.handle(&client, secrets, row)),
-        )
-        .await;
-        handled.into_iter().collect::<Result<Vec<()>, ApiError>>()?;
-        Ok(claimed.len())
-    }
-
-    /// Delivers one claimed row and records the outcome.
-    async fn handle(
-        &self,
-        client: &impl GenericClient,
-        secrets: &Secrets,
-        row: &tokio_postgres::Row,
-    ) -> Result<(), ApiError> {
-        {
-            let id: Uuid = row.get(0);
-            let channel: &str = row.get(1);
-            let kind: &str = row.get(2);
-            let recipient: &str = row.get(3);
-            let payload: Option<Vec<u8>> = row.get(4);
-            let attempts: i32 = row.get(5);
-            let age: i64 = row.get(6);
-            let outcome = if channel == "webhook" {
-                let body: Option<serde_json::Value> = row.get(7);
-                self.call_webhook(client, secrets, id, recipient, body)
-                    .await
-            } else {
-                let message = payload
-                    .and_then(|sealed| secrets.open(&sealed, id.as_bytes()))
-                    .and_then(|plain| serde_json::from_slice::<Message>(&plain).ok());
-                match message {
-                    Some(message) => self.deliver(recipient, &message).await,
-                    None => Outcome::Failed("the payload does not open".to_owned()),
-                }
-            };
-            let outcome = match outcome {
-                Outcome::Retry(why) if age >= GIVE_UP_SECS => {
-                    Outcome::Failed(format!("gave up after {attempts} attempts: {why}"))
-                }
-                other => other,
-            };
-            let label = match &outcome {
-                Outcome::Sent => "sent",
-                Outcome::Logged => "logged",
-                Outcome::Retry(_) => "retry",
-                Outcome::Failed(_) => "failed",
-            };
-            metrics::counter!("portcullis_outbox_messages_total", "channel" => channel.to_owned(), "outcome" => label)
-                .increment(1);
-            match outcome {
-                Outcome::Sent | Outcome::Logged => {
-                    client
-                        .exec(
-                            "UPDATE outbox SET state = $2, payload = NULL, last_error = NULL,
-                                 done_at = now() WHERE id = $1",
-                            &[&id, &label],
-                        )
-                        .await?;
-                }
-                Outcome::Retry(why) => {
-                    // Webhook endpoints get longer pauses (up to an hour) over their day.
-                    let cap = if channel == "webhook" {
-                        3600.0
-                    } else {
-                        MAX_BACKOFF_SECS
-                    };
-                    let backoff = 2f64.powi(attempts.clamp(1, 20) - 1).min(cap);
-                    tracing::warn!(%id, channel, kind, attempts, retry_in_secs = backoff, error = %why,
-                        "message not delivered; will retry");
-                    client
-                        .exec(
-                            "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2),
-                                 last_error = $3 WHERE id = $1",
-                            &[&id, &backoff, &why],
-                        )
-                        .await?;
-                }
-                Outcome::Failed(why) => {
-                    tracing::error!(%id, channel, kind, attempts, error = %why, "message given up");
-                    client
-                        .exec(
-                            "UPDATE outbox SET state = 'failed', payload = NULL, last_error = $2,
-                                 done_at = now() WHERE id = $1",
-                            &[&id, &why],
-                        )
-                        .await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// One webhook call: the event `body` to the webhook `recipient` names, signed, with
-    /// the delivery's id as `webhook-id` (the same on every retry).
-    async fn call_webhook(
-        &self,
-        client: &impl GenericClient,
-        secrets: &Secrets,
-        id: Uuid,
-        recipient: &str,
-        body: Option<serde_json::Value>,
-    ) -> Outcome {
-        let (Ok(webhook), Some(body)) = (recipient.parse::<Uuid>(), body) else {
-            return Outcome::Failed("a webhook delivery without its webhook or body".to_owned());
-        };
-        let (url, secret) = match crate::domain::webhooks::target(client, secrets, webhook).await {
-            Ok(Some(target)) => target,
-            Ok(None) => return Outcome::Failed("the webhook was deleted".to_owned()),
-            Err(e) => return Outcome::Retry(e.to_string()),
-        };
-        let body = body.to_string();
-        let sent = crate::domain::webhooks::post(
-            &self.inner.webhooks,
-            &url,
-            &secret,
-            &format!("msg_{}", id.simple()),
-            crate::infra::clock::unix_now(),
-            body.as_bytes(),
-            self.inner.webhook_allow_private,
-        )
-        .await;
-        match sent {
-            Ok(()) => Outcome::Sent,
-            Err(why) => Outcome::Retry(why),
+    /// Opens a claimed mail or SMS row and sends it.
+    pub async fn deliver_claimed(&self, secrets: &Secrets, row: &Claimed) -> Outcome {
+        let message = row
+            .payload
+            .as_deref()
+            .and_then(|sealed| secrets.open(sealed, row.id.as_bytes()))
+            .and_then(|plain| serde_json::from_slice::<Message>(&plain).ok());
+        match message {
+            Some(message) => self.deliver(&row.recipient, &message).await,
+            None => Outcome::Failed("the payload does not open".to_owned()),
         }
     }
 
@@ -469,26 +433,12 @@ impl Sms {
     }
 }
 
-/// Deletes delivered or given-up rows after a week, and expired one-time tokens and codes
-/// a day after they expired.
-pub async fn prune(client: &impl GenericClient) -> Result<u64, ApiError> {
-    let mut pruned = client
+/// Deletes delivered or given-up rows after a week.
+pub async fn prune(client: &impl GenericClient) -> Result<u64, DbError> {
+    Ok(client
         .exec(
             "DELETE FROM outbox WHERE state <> 'pending' AND done_at < now() - interval '7 days'",
             &[],
         )
-        .await?;
-    pruned += client
-        .exec(
-            "DELETE FROM one_time_tokens WHERE expires_at < now() - interval '1 day'",
-            &[],
-        )
-        .await?;
-    pruned += client
-        .exec(
-            "DELETE FROM otp_codes WHERE expires_at < now() - interval '1 day'",
-            &[],
-        )
-        .await?;
-    Ok(pruned)
+        .await?)
 }

@@ -33,6 +33,57 @@ pub enum StoreError {
     Pool(#[from] deadpool_postgres::PoolError),
 }
 
+/// A database call that did not complete: the server is out of reach (an outage: worth a
+/// retry, answered 503) or the statement failed (a bug or a broken invariant, answered
+/// 500). The cause is for the log, never for a client.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database statement failed: {0}")]
+    Failed(String),
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // A lost connection, a network error or a server shutting down is an outage;
+        // anything else (a constraint, a type error, a missing row) is a failure.
+        let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        let outage_class = e
+            .as_db_error()
+            .is_some_and(|db| matches!(&db.code().code()[..2], "08" | "57" | "53"));
+        if e.is_closed() || io || outage_class {
+            Self::Unavailable(e.to_string())
+        } else {
+            Self::Failed(e.to_string())
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// `From` the database's errors for an error enum with a `Db(DbError)` variant, so `?`
+/// works on queries in its functions.
+#[macro_export]
+macro_rules! db_error_from {
+    ($($t:ty),+ $(,)?) => {$(
+        impl From<tokio_postgres::Error> for $t {
+            fn from(e: tokio_postgres::Error) -> Self {
+                Self::Db(e.into())
+            }
+        }
+        impl From<deadpool_postgres::PoolError> for $t {
+            fn from(e: deadpool_postgres::PoolError) -> Self {
+                Self::Db(e.into())
+            }
+        }
+    )+};
+}
+
 /// A pool whose connections time out instead of hanging when the server is gone, so routes
 /// answer 503 quickly and recover once it returns. TLS follows the URL's `sslmode`.
 pub fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
