@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use portcullis_common::ErrorCode;
 use serde::Serialize;
 
+use crate::domain::keys::KeyError;
 use crate::domain::webhooks::WebhookError;
 use crate::infra::captcha::CaptchaError;
 use crate::infra::crypto::HashError;
@@ -126,6 +127,19 @@ impl From<CaptchaError> for ApiError {
             CaptchaError::Required => Self::new(ErrorCode::CaptchaRequired, e.to_string()),
             CaptchaError::Refused => Self::new(ErrorCode::CaptchaInvalid, e.to_string()),
             CaptchaError::Unavailable(cause) => Self::unavailable("the CAPTCHA provider", &cause),
+        }
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::TooSoon(wait) => Self {
+                detail: e.to_string(),
+                ..Self::rate_limited(wait)
+            },
+            KeyError::Sealed(_) | KeyError::Broken(_) => Self::internal(&e),
+            KeyError::Db(e) => e.into(),
         }
     }
 }

@@ -24,6 +24,8 @@ use std::time::Duration;
 use portcullis_common::tls::{self, ClientCert};
 use tokio::net::TcpListener;
 
+pub use crate::flows::maintenance::MAINTENANCE_LOCK;
+
 use crate::config::Config;
 use crate::infra::publish::Publisher;
 use crate::state::AppState;
@@ -90,14 +92,20 @@ pub async fn run(
     // A key that does not open means the wrong encryption key: refuse to start.
     match state.keys.refresh().await {
         Ok(_) => {}
-        Err(e) if e.code == portcullis_common::ErrorCode::Internal => {
+        Err(domain::keys::KeyError::Sealed(_)) => {
             return Err(StartError::Keys(
                 "the signing keys in the database do not open with this key".into(),
             ));
         }
-        Err(e) => return Err(StartError::Keys(e.detail)),
+        Err(e) => return Err(StartError::Keys(e.to_string())),
     }
-    let maintenance = tokio::spawn(maintain(state.clone()));
+    let maintenance = tokio::spawn(flows::maintenance::run(flows::maintenance::Maintenance {
+        pool: state.pool.clone(),
+        keys: state.keys.clone(),
+        publisher: state.publisher.clone(),
+        interval: state.config.reconcile_interval,
+        key_rotation_interval: state.config.key_rotation_interval,
+    }));
     let delivery = tokio::spawn(flows::delivery::run(
         state.outbox.clone(),
         state.pool.clone(),
@@ -136,87 +144,6 @@ pub async fn run(
     }
     result?;
     Ok(())
-}
-
-/// The background schedule: reconcile Redis from PostgreSQL at start and every interval,
-/// rotate keys when due, drop retired keys whose tokens have expired, and prune ended
-/// sessions, delivered messages and expired one-time tokens.
-async fn prune(state: &AppState, with_audit: bool) -> Result<(), error::ApiError> {
-    let client = state.pool.get().await?;
-    domain::sessions::prune(&client, infra::clock::unix_now()).await?;
-    flows::oauth::prune(&client, infra::clock::unix_now()).await?;
-    infra::outbox::prune(&client).await?;
-    if with_audit {
-        domain::audit::prune(&client).await?;
-    }
-    Ok(())
-}
-
-/// How often events past their retention are deleted (a larger sweep than the rest).
-const AUDIT_PRUNE_EVERY: Duration = Duration::from_secs(3600);
-/// Advisory lock making the maintenance pass single-flight across replicas ("maintain").
-pub const MAINTENANCE_LOCK: i64 = 0x6d61_696e_7461_696e;
-
-async fn maintain(state: AppState) {
-    let mut tick = tokio::time::interval(state.config.reconcile_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_audit_prune: Option<std::time::Instant> = None;
-    loop {
-        tick.tick().await;
-        // One replica at a time: a pass started while another replica's runs is skipped
-        // (every replica ticks, so the work still happens once per interval).
-        let _lease = match infra::store::try_singleton(&state.pool, MAINTENANCE_LOCK).await {
-            Ok(Some(lease)) => lease,
-            Ok(None) => {
-                ::metrics::counter!("portcullis_maintenance_skipped_total").increment(1);
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "maintenance lock unavailable; retrying next interval");
-                continue;
-            }
-        };
-        // Bounded: a pass stuck on a half-open connection must not hold the lock (and so
-        // every replica's maintenance) for long.
-        let limit = (state.config.reconcile_interval * 4).max(Duration::from_secs(120));
-        let pass = maintenance_pass(&state, &mut last_audit_prune);
-        if tokio::time::timeout(limit, pass).await.is_err() {
-            ::metrics::counter!("portcullis_reconcile_failures_total").increment(1);
-            tracing::warn!(?limit, "maintenance pass timed out; retrying next interval");
-        }
-    }
-}
-
-/// One maintenance pass: the key schedule, pruning, and the Redis reconcile.
-async fn maintenance_pass(state: &AppState, last_audit_prune: &mut Option<std::time::Instant>) {
-    if let Err(e) = state
-        .keys
-        .maintain(state.config.key_rotation_interval)
-        .await
-    {
-        tracing::warn!(error = %e, "key schedule check failed");
-    }
-    let with_audit = last_audit_prune.is_none_or(|at| at.elapsed() >= AUDIT_PRUNE_EVERY);
-    match prune(state, with_audit).await {
-        Ok(()) if with_audit => *last_audit_prune = Some(std::time::Instant::now()),
-        Ok(()) => {}
-        Err(e) => tracing::warn!(error = %e, "pruning failed; retrying next interval"),
-    }
-    match state
-        .publisher
-        .reconcile(&state.pool, &state.keys, infra::clock::unix_now())
-        .await
-    {
-        Ok(repaired) if repaired.any() => {
-            ::metrics::counter!("portcullis_reconcile_repairs_total").increment(1);
-            tracing::info!(?repaired, "Redis reconciled from PostgreSQL");
-        }
-        Ok(_) => {}
-        Err(e) => {
-            ::metrics::counter!("portcullis_reconcile_failures_total").increment(1);
-            tracing::warn!(error = %e, "reconcile failed; retrying next interval");
-        }
-    }
 }
 
 /// The shared plain-or-TLS listener, for axum (which takes its own `Listener` trait).

@@ -17,9 +17,6 @@ use crate::infra::limits::Limiter;
 use crate::infra::outbox::Outbox;
 use crate::infra::publish::Publisher;
 
-/// Clock skew tolerated when the control plane checks its own tokens.
-pub const LEEWAY_SECS: i64 = 30;
-
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub config: Arc<Config>,
@@ -59,7 +56,7 @@ impl AppState {
                     issuers: vec![config.issuer.clone()],
                     // Each route checks the audience it expects (an application id, or owners).
                     audiences: Vec::new(),
-                    leeway_secs: LEEWAY_SECS,
+                    leeway_secs: crate::domain::LEEWAY_SECS,
                     typs: vec![typ.to_owned()],
                 },
                 4096,

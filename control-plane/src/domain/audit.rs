@@ -14,9 +14,8 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::domain::sessions::Ctx;
-use crate::error::ApiError;
-use crate::infra::store::Prepared as _;
+use crate::domain::Ctx;
+use crate::infra::store::{DbError, Prepared as _};
 
 /// Every event name the log records (what webhooks subscribe to).
 pub const EVENTS: &[&str] = &[
@@ -117,7 +116,7 @@ impl<'a> Event<'a> {
     }
 }
 
-pub async fn record(client: &impl GenericClient, e: Event<'_>) -> Result<(), ApiError> {
+pub async fn record(client: &impl GenericClient, e: Event<'_>) -> Result<(), DbError> {
     debug_assert!(
         EVENTS.contains(&e.event),
         "{} is not in audit::EVENTS",
@@ -197,7 +196,7 @@ pub async fn page(
     client: &impl GenericClient,
     app: Uuid,
     f: &Filter,
-) -> Result<(Vec<EventView>, bool), ApiError> {
+) -> Result<(Vec<EventView>, bool), DbError> {
     let rows = client
         .q(
             "SELECT id, event, user_id, actor, ip, user_agent, request_id, details, created_at
@@ -240,7 +239,7 @@ pub async fn page(
 
 /// Deletes events older than their application's `audit_retention_days`, and those of
 /// deleted applications (or of none) after the default.
-pub async fn prune(client: &impl GenericClient) -> Result<u64, ApiError> {
+pub async fn prune(client: &impl GenericClient) -> Result<u64, DbError> {
     let default = crate::domain::settings::DEFAULT_AUDIT_RETENTION_DAYS;
     Ok(client
         .exec(

@@ -17,9 +17,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
-use crate::error::ApiError;
 use crate::infra::crypto::Secrets;
-use crate::infra::store::Prepared as _;
+use crate::infra::store::{DbError, Prepared as _};
 
 /// Advisory lock key serializing key changes across replicas ("keyrotat").
 const KEY_LOCK: i64 = 0x6b65_7972_6f74_6174;
@@ -29,7 +28,26 @@ const KEY_LOCK: i64 = 0x6b65_7972_6f74_6174;
 const CACHE_FOR: Duration = Duration::from_secs(2);
 /// A retired key stays published this long: the longest access-token lifetime an
 /// application may set, plus clock leeway.
-pub const RETIRED_PUBLISHED_SECS: i64 = crate::domain::tokens::MAX_ACCESS_TTL + 300;
+pub const RETIRED_PUBLISHED_SECS: i64 = crate::domain::MAX_ACCESS_TTL + 300;
+
+/// Why the keys could not be read or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// A stored private key does not open: `PORTCULLIS_KEY_ENCRYPTION_KEY` is not the one
+    /// the keys were sealed with.
+    #[error("key {0} does not open with PORTCULLIS_KEY_ENCRYPTION_KEY")]
+    Sealed(String),
+    /// A rotation asked for while the next key has been published for too short a time.
+    #[error("the next key was published too recently to sign; retry in {0} s")]
+    TooSoon(u64),
+    /// The stored keys break an invariant (a bug, or a hand-edited table).
+    #[error("signing keys: {0}")]
+    Broken(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+crate::db_error_from!(KeyError);
 
 /// The signing key and the published key set, as one replica sees them.
 #[derive(Debug)]
@@ -90,7 +108,7 @@ impl KeyRing {
     }
 
     /// The current keys: cached, or read from the database.
-    pub async fn current(&self) -> Result<Arc<Keys>, ApiError> {
+    pub async fn current(&self) -> Result<Arc<Keys>, KeyError> {
         if let Some(keys) = self.current.load_full()
             && keys.fetched.elapsed() < CACHE_FOR
         {
@@ -100,19 +118,19 @@ impl KeyRing {
     }
 
     /// Re-reads the keys from the database, creating the first ones if there are none.
-    pub async fn refresh(&self) -> Result<Arc<Keys>, ApiError> {
+    pub async fn refresh(&self) -> Result<Arc<Keys>, KeyError> {
         let mut client = self.pool.get().await?;
         let mut keys = self.load(&client).await?;
         if keys.is_none() {
             self.ensure(&mut client).await?;
             keys = self.load(&client).await?;
         }
-        let keys = Arc::new(keys.ok_or_else(|| ApiError::internal(&"no active signing key"))?);
+        let keys = Arc::new(keys.ok_or_else(|| KeyError::Broken("no active signing key".into()))?);
         self.current.store(Some(keys.clone()));
         Ok(keys)
     }
 
-    async fn load(&self, client: &impl GenericClient) -> Result<Option<Keys>, ApiError> {
+    async fn load(&self, client: &impl GenericClient) -> Result<Option<Keys>, KeyError> {
         let rows = client
             .q(
                 "SELECT kid, state, public_key, private_key_enc FROM signing_keys
@@ -129,7 +147,7 @@ impl KeyRing {
             let public: &[u8] = row.get(2);
             let public: [u8; 32] = public
                 .try_into()
-                .map_err(|_| ApiError::internal(&format!("key {kid}: bad public key")))?;
+                .map_err(|_| KeyError::Broken(format!("key {kid}: bad public key")))?;
             jwks.keys.push(Jwk::ed25519(&public));
             kids.push(kid.clone());
             if state == "active" {
@@ -138,20 +156,17 @@ impl KeyRing {
                     .secrets
                     .open(sealed, kid.as_bytes())
                     .and_then(|s| <[u8; 32]>::try_from(s).ok())
-                    .ok_or_else(|| {
-                        ApiError::internal(&format!(
-                            "key {kid} does not open with PORTCULLIS_KEY_ENCRYPTION_KEY"
-                        ))
-                    })?;
+                    .ok_or_else(|| KeyError::Sealed(kid.clone()))?;
                 active = Some((kid, SigningKey::from_bytes(&secret)));
             }
         }
         let Some((kid, signer)) = active else {
             return Ok(None);
         };
-        let jwks_json = serde_json::to_string(&jwks).map_err(|e| ApiError::internal(&e))?;
+        let jwks_json =
+            serde_json::to_string(&jwks).map_err(|e| KeyError::Broken(e.to_string()))?;
         let key_set = KeySet::from_jwks(jwks_json.as_bytes(), Trust::Portcullis)
-            .map_err(|e| ApiError::internal(&format!("own JWKS refused: {e:?}")))?;
+            .map_err(|e| KeyError::Broken(format!("own JWKS refused: {e:?}")))?;
         Ok(Some(Keys {
             kid,
             signer,
@@ -174,7 +189,7 @@ impl KeyRing {
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         state: &str,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, KeyError> {
         let (kid, public, sealed) = self.new_key();
         tx.exec(
             "INSERT INTO signing_keys (kid, state, public_key, private_key_enc, activated_at)
@@ -186,7 +201,7 @@ impl KeyRing {
     }
 
     /// Creates the active and next keys where missing. Returns whether anything changed.
-    pub async fn ensure(&self, client: &mut deadpool_postgres::Client) -> Result<bool, ApiError> {
+    pub async fn ensure(&self, client: &mut deadpool_postgres::Client) -> Result<bool, KeyError> {
         let tx = client.transaction().await?;
         tx.exec("SELECT pg_advisory_xact_lock($1)", &[&KEY_LOCK])
             .await?;
@@ -214,22 +229,19 @@ impl KeyRing {
     /// Returns the new active kid. Refused with `429` (and `Retry-After`) while the next key
     /// has been published for less than the publish lead, so verifiers that poll a JWKS URL
     /// have it before it signs.
-    pub async fn rotate(&self) -> Result<String, ApiError> {
+    pub async fn rotate(&self) -> Result<String, KeyError> {
         match self.rotate_when(None).await? {
             Rotation::Done(kid) => Ok(kid),
-            Rotation::NotDue => Err(ApiError::internal(&"rotation without a schedule not due")),
-            Rotation::TooSoon(wait) => Err(ApiError {
-                detail: format!(
-                    "the next key was published too recently to sign; retry in {wait} s"
-                ),
-                ..ApiError::rate_limited(wait)
-            }),
+            Rotation::NotDue => Err(KeyError::Broken(
+                "a rotation without a schedule was not due".into(),
+            )),
+            Rotation::TooSoon(wait) => Err(KeyError::TooSoon(wait)),
         }
     }
 
     /// One rotation under the advisory lock, so replicas ticking together (or an operator
     /// calling twice) rotate once. With `due_after`, only when the active key is that old.
-    async fn rotate_when(&self, due_after: Option<Duration>) -> Result<Rotation, ApiError> {
+    async fn rotate_when(&self, due_after: Option<Duration>) -> Result<Rotation, KeyError> {
         let mut client = self.pool.get().await?;
         self.ensure(&mut client).await?;
         let tx = client.transaction().await?;
@@ -282,7 +294,7 @@ impl KeyRing {
 
     /// The schedule: rotates when the active key is older than `interval`, and removes
     /// retired keys whose tokens have all expired. Returns whether the published set changed.
-    pub async fn maintain(&self, interval: Duration) -> Result<bool, ApiError> {
+    pub async fn maintain(&self, interval: Duration) -> Result<bool, KeyError> {
         let rotated = match self.rotate_when(Some(interval)).await? {
             Rotation::Done(kid) => {
                 tracing::info!(%kid, "signing key rotated on schedule");
@@ -306,7 +318,7 @@ impl KeyRing {
     }
 
     /// Records that a JWKS holding `keys` reached Redis (first time only).
-    pub async fn mark_published(&self, keys: &Keys) -> Result<(), ApiError> {
+    pub async fn mark_published(&self, keys: &Keys) -> Result<(), DbError> {
         let client = self.pool.get().await?;
         client
             .exec(
@@ -318,7 +330,7 @@ impl KeyRing {
         Ok(())
     }
 
-    pub async fn list(&self) -> Result<Vec<KeyInfo>, ApiError> {
+    pub async fn list(&self) -> Result<Vec<KeyInfo>, DbError> {
         let client = self.pool.get().await?;
         let rows = client
             .q(

@@ -2,8 +2,6 @@
 //! refresh token with reuse detection and the grace window, and revoking sessions and users
 //! (PostgreSQL first, then the Redis layout the verifiers read).
 
-use std::net::IpAddr;
-
 use deadpool_postgres::GenericClient;
 use portcullis_common::ErrorCode;
 use portcullis_common::token::Amr;
@@ -12,6 +10,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::domain::Ctx;
 use crate::domain::apps::App;
 use crate::domain::audit::{self, Actor, Event};
 use crate::domain::tokens::{self, Grant, Tokens};
@@ -22,15 +21,6 @@ use crate::infra::crypto::{digest, random_token};
 use crate::infra::store::Prepared as _;
 use crate::infra::store::is_unique_violation;
 use crate::state::AppState;
-
-/// Where a request came from, and when.
-#[derive(Clone, Debug)]
-pub struct Ctx {
-    pub ip: IpAddr,
-    pub user_agent: Option<String>,
-    pub request_id: Option<String>,
-    pub now: i64,
-}
 
 /// One row of `GET /sessions`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -81,7 +71,7 @@ pub async fn revoke_in(
     which: &Which,
     now: i64,
 ) -> Result<Vec<Revoked>, ApiError> {
-    let until = tokens::revocation_until(now);
+    let until = crate::domain::revocation_until(now);
     let at = clock::at(now);
     let (condition, user, extra) = match which {
         // The parameter is text for every variant; casting it (never the column) keeps the
@@ -139,7 +129,7 @@ pub async fn revoke_user_in(
         &[
             &user.to_string(),
             &before,
-            &tokens::revocation_until(before),
+            &crate::domain::revocation_until(before),
         ],
     )
     .await?;
@@ -628,7 +618,10 @@ pub async fn revoke_app_users_in(
     // the cutoff comes from the database clock so those logins' tokens fall under it.
     let before = cutoff_now(tx, now).await?;
     let rows = tx
-        .q(&sql, &[&id, &before, &tokens::revocation_until(before)])
+        .q(
+            &sql,
+            &[&id, &before, &crate::domain::revocation_until(before)],
+        )
         .await?;
     let users = rows
         .iter()
@@ -639,7 +632,10 @@ pub async fn revoke_app_users_in(
 
 /// Deletes sessions (and, by cascade, their refresh tokens) that ended more than a day ago:
 /// expired, or revoked. Their revocations live on in `revocations` until tokens expire.
-pub async fn prune(client: &impl GenericClient, now: i64) -> Result<u64, ApiError> {
+pub async fn prune(
+    client: &impl GenericClient,
+    now: i64,
+) -> Result<u64, crate::infra::store::DbError> {
     let horizon = clock::at(now - 86_400);
     Ok(client
         .exec(

@@ -225,7 +225,7 @@ impl AppSettings {
             }
         };
         check(
-            (60..=crate::domain::tokens::MAX_ACCESS_TTL).contains(&self.access_token_ttl),
+            (60..=crate::domain::MAX_ACCESS_TTL).contains(&self.access_token_ttl),
             "access_token_ttl must be 60..=86400 seconds",
         )?;
         check(

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::infra::store::Prepared as _;
-use crate::state::{AppState, LEEWAY_SECS};
+use crate::state::AppState;
 
 /// The audience (and `client_id`) of owner tokens: never an application id, so an owner
 /// token is refused by every application's routes and a user token by the owner routes.
@@ -149,14 +149,4 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
-}
-
-/// The longest access-token lifetime an application may set.
-pub const MAX_ACCESS_TTL: i64 = 86_400;
-
-/// When a revocation made at `now` may be forgotten: once every token it covers has
-/// expired. The longest lifetime is used, not the application's current one, which may have
-/// been shorter when older tokens were issued.
-pub fn revocation_until(now: i64) -> i64 {
-    now + MAX_ACCESS_TTL + LEEWAY_SECS
 }

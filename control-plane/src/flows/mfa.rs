@@ -22,10 +22,10 @@ use totp_rs::{Algorithm, TOTP};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::domain::Ctx;
 use crate::domain::apps::App;
 use crate::domain::audit::{self, Actor, Event};
 use crate::domain::messages;
-use crate::domain::sessions::Ctx;
 use crate::domain::settings::MfaPolicy;
 use crate::domain::users::User;
 use crate::error::ApiError;
@@ -470,6 +470,7 @@ async fn record(
         },
     )
     .await
+    .map_err(Into::into)
 }
 
 fn totp_of(secret: Vec<u8>, issuer: &str, account: &str) -> Result<TOTP, ApiError> {
@@ -1173,6 +1174,16 @@ pub async fn regenerate_recovery_codes(
     .await?;
     tx.commit().await?;
     Ok(codes)
+}
+
+/// Deletes one-time codes a day after they expired.
+pub async fn prune(client: &impl GenericClient) -> Result<u64, crate::infra::store::DbError> {
+    Ok(client
+        .exec(
+            "DELETE FROM otp_codes WHERE expires_at < now() - interval '1 day'",
+            &[],
+        )
+        .await?)
 }
 
 #[cfg(test)]

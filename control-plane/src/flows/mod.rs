@@ -2,6 +2,7 @@
 //! social login. Each orchestrates domain modules; none knows HTTP.
 
 pub mod delivery;
+pub mod maintenance;
 pub mod mfa;
 pub mod oauth;
 pub mod recovery;

@@ -35,9 +35,9 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::domain::Ctx;
 use crate::domain::apps::App;
 use crate::domain::audit::{self, Actor, Event};
-use crate::domain::sessions::Ctx;
 use crate::domain::users::{self, NewUser, User};
 use crate::error::ApiError;
 use crate::infra::captcha::SECRET_MASK;
@@ -1113,6 +1113,7 @@ async fn link(
         },
     )
     .await
+    .map_err(Into::into)
 }
 
 async fn create(
@@ -1320,10 +1321,14 @@ pub async fn unlink(
         },
     )
     .await
+    .map_err(Into::into)
 }
 
 /// Drops finished and expired flows (maintenance).
-pub async fn prune(client: &impl GenericClient, now: i64) -> Result<u64, ApiError> {
+pub async fn prune(
+    client: &impl GenericClient,
+    now: i64,
+) -> Result<u64, crate::infra::store::DbError> {
     Ok(client
         .exec(
             "DELETE FROM oauth_flows WHERE expires_at < $1

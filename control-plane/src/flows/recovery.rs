@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::domain::Ctx;
 use crate::domain::apps::App;
 use crate::domain::audit::{self, Actor, Event};
 use crate::domain::messages;
-use crate::domain::sessions::Ctx;
 use crate::domain::users::{User, canonical};
 use crate::error::ApiError;
 use crate::infra::clock;
@@ -270,6 +270,7 @@ pub async fn mail_in(
         },
     )
     .await
+    .map_err(Into::into)
 }
 
 /// Confirms the address a verification token was mailed to, if it is still the user's.
@@ -310,4 +311,14 @@ pub async fn verify_email_in(
     )
     .await?;
     Ok(Some(found.user))
+}
+
+/// Deletes one-time tokens a day after they expired.
+pub async fn prune(client: &impl GenericClient) -> Result<u64, crate::infra::store::DbError> {
+    Ok(client
+        .exec(
+            "DELETE FROM one_time_tokens WHERE expires_at < now() - interval '1 day'",
+            &[],
+        )
+        .await?)
 }

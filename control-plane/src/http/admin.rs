@@ -15,9 +15,10 @@ use uuid::Uuid;
 use serde_json::{Value, json};
 
 use super::{JsonBody, auth, created};
+use crate::domain::Ctx;
 use crate::domain::audit::{self, Actor, Event};
 use crate::domain::passwords;
-use crate::domain::sessions::{self, Ctx};
+use crate::domain::sessions;
 use crate::domain::users::{
     self, Changes, NewUser, USER_COLUMNS, User, UserView, canonical, check_roles,
 };

@@ -13,9 +13,10 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{JsonBody, auth, created};
+use crate::domain::Ctx;
 use crate::domain::apps::{self, APP_COLUMNS, App, AppView};
 use crate::domain::audit::{self, Event};
-use crate::domain::sessions::{self, AppsOf, Ctx};
+use crate::domain::sessions::{self, AppsOf};
 use crate::domain::settings::AppSettings;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::infra::crypto::{digest, random_token};

@@ -13,8 +13,8 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::auth;
+use crate::domain::Ctx;
 use crate::domain::audit::{self, EventView, Filter};
-use crate::domain::sessions::Ctx;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 

@@ -16,10 +16,11 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{JsonBody, auth};
+use crate::domain::Ctx;
 use crate::domain::apps::App;
 use crate::domain::audit::{self, Actor, Event};
 use crate::domain::passwords;
-use crate::domain::sessions::{self, Ctx, SessionView, Which};
+use crate::domain::sessions::{self, SessionView, Which};
 use crate::domain::tokens::Principal;
 use crate::domain::users::{self, Changes, User, UserView};
 use crate::error::{ApiError, ApiResult, Problem};

@@ -22,7 +22,7 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::domain::sessions::Ctx;
+use crate::domain::Ctx;
 use crate::error::ApiError;
 use crate::infra::clock;
 use crate::state::AppState;

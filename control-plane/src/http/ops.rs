@@ -13,9 +13,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth;
+use crate::domain::Ctx;
 use crate::domain::audit::{self, Actor, Event};
 use crate::domain::keys::KeyInfo;
-use crate::domain::sessions::Ctx;
 use crate::error::{ApiResult, Problem};
 use crate::state::AppState;
 

@@ -15,8 +15,9 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{JsonBody, auth, created};
+use crate::domain::Ctx;
 use crate::domain::passwords;
-use crate::domain::sessions::{self, Ctx};
+use crate::domain::sessions;
 use crate::domain::tokens::{self, Grant, OWNER_AUDIENCE};
 use crate::domain::users::{canonical, check_email};
 use crate::error::{ApiError, ApiResult, Problem};

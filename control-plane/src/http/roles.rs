@@ -13,9 +13,10 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{JsonBody, auth, created};
+use crate::domain::Ctx;
 use crate::domain::audit::{self, Event};
 use crate::domain::roles::{self, Role};
-use crate::domain::sessions::{self, Ctx};
+use crate::domain::sessions;
 use crate::domain::users::check_roles;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;

@@ -18,10 +18,11 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{JsonBody, auth, cookies, created};
+use crate::domain::Ctx;
 use crate::domain::apps::App;
 use crate::domain::audit::{self, Actor, Event};
 use crate::domain::passwords;
-use crate::domain::sessions::{self, Ctx, Subject, Which};
+use crate::domain::sessions::{self, Subject, Which};
 use crate::domain::tokens::{self, Tokens};
 use crate::domain::users::{self, Changes, NewUser, UserView, canonical, check_device};
 use crate::error::{ApiError, ApiResult, Problem};

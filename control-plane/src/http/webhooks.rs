@@ -13,8 +13,8 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{JsonBody, auth, created};
+use crate::domain::Ctx;
 use crate::domain::audit::{self, Event};
-use crate::domain::sessions::Ctx;
 use crate::domain::webhooks::{self, Delivery, Webhook};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;

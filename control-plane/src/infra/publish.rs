@@ -2,21 +2,18 @@
 //! verifiers enforce. Every change is written to PostgreSQL first (by the caller), then here
 //! as state, `INCR portcullis:version`, `PUBLISH`, in that order.
 //!
-//! The [`reconcile`](Publisher::reconcile) pass rewrites the layout from PostgreSQL at start
-//! and on a timer, so a flushed, restarted or briefly unreachable Redis heals by itself.
+//! The reconcile pass (`flows::maintenance`) rewrites the layout from PostgreSQL at start
+//! and on a timer through [`Publisher::published`], [`Publisher::replace_jwks`],
+//! [`Publisher::rewrite_revocations`] and [`Publisher::announce_resync`], so a flushed,
+//! restarted or briefly unreachable Redis heals by itself.
 
 use std::collections::HashMap;
 
-use deadpool_postgres::Pool;
 use portcullis_common::redis_conn::{RedisConfig, RedisConn};
 use portcullis_common::redis_layout::{
     EVENTS_CHANNEL, Event, JWKS, REVOKED_SESSIONS, REVOKED_USERS, VERSION,
 };
 use redis::AsyncCommands as _;
-
-use crate::domain::keys::KeyRing;
-use crate::error::ApiError;
-use crate::infra::store::Prepared as _;
 
 /// `HSET key field value` unless the field already holds a larger cutoff: two writers (a
 /// revocation and a reconcile on another replica) never move a cutoff backwards.
@@ -70,6 +67,14 @@ impl Repaired {
     pub fn any(&self) -> bool {
         self.jwks || self.sessions_added > 0 || self.users_written > 0 || self.pruned > 0
     }
+}
+
+/// What Redis holds, read before PostgreSQL by a reconcile pass.
+#[derive(Clone, Debug, Default)]
+pub struct Published {
+    pub jwks: Option<String>,
+    /// `revoked:users`: user id -> cutoff.
+    pub users: HashMap<String, i64>,
 }
 
 impl Publisher {
@@ -151,62 +156,45 @@ impl Publisher {
         Ok(())
     }
 
-    /// Rewrites the layout from PostgreSQL: the JWKS, every unexpired revocation, and
-    /// removes expired or unknown entries (Postgres rows older than `now` are pruned too).
-    /// When anything changed, the version is bumped by two so every verifier sees a gap and
-    /// re-reads the whole state (API.md §5: a version that is not the next one forces a
-    /// resync); nothing is published when Redis already matched.
-    pub async fn reconcile(
-        &self,
-        pool: &Pool,
-        keys: &KeyRing,
-        now: i64,
-    ) -> Result<Repaired, ApiError> {
+    /// The JWKS and the user cutoffs Redis holds now.
+    pub async fn published(&self) -> redis::RedisResult<Published> {
         let mut conn = self.conn.clone();
-        let published: Option<String> = conn.get(JWKS).await?;
-        // Redis first, PostgreSQL second: every revocation is committed to PostgreSQL before
-        // it reaches Redis, so whatever this read of Redis holds is already in the read of
-        // PostgreSQL below, and an entry missing there is truly gone (expired).
-        let present: HashMap<String, i64> = conn.hgetall(REVOKED_USERS).await?;
-        let client = pool.get().await?;
-        client
-            .exec("DELETE FROM revocations WHERE until < $1", &[&now])
-            .await?;
-        let rows = client
-            .q("SELECT kind, subject, before, until FROM revocations", &[])
-            .await?;
-        drop(client);
-        let mut sessions = HashMap::new();
-        let mut users = HashMap::new();
-        for row in rows {
-            let kind: &str = row.get(0);
-            let subject: String = row.get(1);
-            if kind == "session" {
-                sessions.insert(subject, row.get::<_, i64>(3));
-            } else {
-                users.insert(subject, row.get::<_, i64>(2));
-            }
-        }
+        Ok(Published {
+            jwks: conn.get(JWKS).await?,
+            users: conn.hgetall(REVOKED_USERS).await?,
+        })
+    }
 
+    /// Sets the JWKS to `fresh` unless it changed since it was read as `published` (another
+    /// replica's newer set is never overwritten); whether it was set.
+    pub async fn replace_jwks(
+        &self,
+        published: Option<&str>,
+        fresh: &str,
+    ) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        let set: i64 = self
+            .set_if
+            .key(JWKS)
+            .arg(published.unwrap_or(""))
+            .arg(fresh)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(set == 1)
+    }
+
+    /// Makes the revocation sets hold `sessions` (id -> until) and `users` (id -> cutoff):
+    /// expired sessions pruned, missing entries added, stale user entries dropped unless
+    /// changed since `published` was read. Returns what it changed.
+    pub async fn rewrite_revocations(
+        &self,
+        published: &Published,
+        sessions: &HashMap<String, i64>,
+        users: &HashMap<String, i64>,
+        now: i64,
+    ) -> redis::RedisResult<Repaired> {
+        let mut conn = self.conn.clone();
         let mut repaired = Repaired::default();
-        // Keys after Redis, as revocations: a JWKS another replica published is already in
-        // this read of PostgreSQL, so the comparison never favours an older set.
-        let fresh = keys.refresh().await?;
-        if published.as_deref() == Some(fresh.jwks_json.as_str()) {
-            keys.mark_published(&fresh).await?;
-        } else {
-            let set: i64 = self
-                .set_if
-                .key(JWKS)
-                .arg(published.as_deref().unwrap_or(""))
-                .arg(&fresh.jwks_json)
-                .invoke_async(&mut conn)
-                .await?;
-            if set == 1 {
-                repaired.jwks = true;
-                keys.mark_published(&fresh).await?;
-            }
-        }
         repaired.pruned += conn
             .zrembyscore::<_, _, _, usize>(REVOKED_SESSIONS, "-inf", format!("({now}"))
             .await?;
@@ -222,7 +210,7 @@ impl Publisher {
             }
             repaired.sessions_added += add.query_async::<usize>(&mut conn).await?;
         }
-        for (user, value) in &present {
+        for (user, value) in &published.users {
             if !users.contains_key(user) {
                 repaired.pruned += self
                     .drop_if
@@ -233,8 +221,8 @@ impl Publisher {
                     .await?;
             }
         }
-        for (user, before) in &users {
-            if present.get(user) != Some(before) {
+        for (user, before) in users {
+            if published.users.get(user) != Some(before) {
                 repaired.users_written += self
                     .raise
                     .key(REVOKED_USERS)
@@ -244,14 +232,17 @@ impl Publisher {
                     .await?;
             }
         }
-        // A session entry in Redis that Postgres no longer has only over-revokes until its
-        // score passes, when the prune above drops it.
-        if repaired.any() {
-            let version: u64 = conn.incr(VERSION, 2).await?;
-            let _: i64 = conn
-                .publish(EVENTS_CHANNEL, Event::Jwks { version }.encode())
-                .await?;
-        }
         Ok(repaired)
+    }
+
+    /// Bumps the version by two and announces it, so every verifier sees a gap and re-reads
+    /// the whole state (API.md §5: a version that is not the next one forces a resync).
+    pub async fn announce_resync(&self) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let version: u64 = conn.incr(VERSION, 2).await?;
+        let _: i64 = conn
+            .publish(EVENTS_CHANNEL, Event::Jwks { version }.encode())
+            .await?;
+        Ok(())
     }
 }

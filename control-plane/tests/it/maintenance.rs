@@ -113,7 +113,10 @@ async fn reconcile_prunes_what_has_expired_and_restores_what_is_missing() {
         .await
         .unwrap();
 
-    let repaired = publisher.reconcile(&pool, &keys, now).await.unwrap();
+    let repaired =
+        portcullis_control_plane::flows::maintenance::reconcile(&publisher, &pool, &keys, now)
+            .await
+            .unwrap();
     assert!(repaired.any() && repaired.jwks);
     let published: String = redis::cmd("GET")
         .arg("portcullis:jwks")
@@ -164,7 +167,10 @@ async fn reconcile_prunes_what_has_expired_and_restores_what_is_missing() {
     );
 
     // Nothing to repair: nothing published.
-    let again = publisher.reconcile(&pool, &keys, now).await.unwrap();
+    let again =
+        portcullis_control_plane::flows::maintenance::reconcile(&publisher, &pool, &keys, now)
+            .await
+            .unwrap();
     assert!(!again.any(), "{again:?}");
 
     // Ended sessions older than a day are deleted, with their refresh tokens.
