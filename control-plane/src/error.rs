@@ -8,6 +8,9 @@ use portcullis_common::ErrorCode;
 use serde::Serialize;
 
 use crate::domain::keys::KeyError;
+use crate::domain::mailings::MailError;
+use crate::domain::settings::SettingsError;
+use crate::domain::users::UserError;
 use crate::domain::webhooks::WebhookError;
 use crate::infra::captcha::CaptchaError;
 use crate::infra::crypto::HashError;
@@ -140,6 +143,35 @@ impl From<KeyError> for ApiError {
             },
             KeyError::Sealed(_) | KeyError::Broken(_) => Self::internal(&e),
             KeyError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<SettingsError> for ApiError {
+    fn from(e: SettingsError) -> Self {
+        match e {
+            SettingsError::Invalid(detail) => Self::bad_request(detail),
+            SettingsError::Sealed(_) => Self::internal(&e),
+        }
+    }
+}
+
+impl From<UserError> for ApiError {
+    fn from(e: UserError) -> Self {
+        match e {
+            UserError::Exists => Self::new(ErrorCode::UserExists, e.to_string()),
+            UserError::NotFound => Self::not_found("user"),
+            UserError::Invalid(detail) => Self::bad_request(detail),
+            UserError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<MailError> for ApiError {
+    fn from(e: MailError) -> Self {
+        match e {
+            MailError::NoAddress => Self::bad_request(e.to_string()),
+            MailError::Db(e) => e.into(),
         }
     }
 }

@@ -40,6 +40,14 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// What mailed links are made with.
+    pub fn links(&self) -> crate::domain::mailings::Links<'_> {
+        crate::domain::mailings::Links {
+            public_url: &self.config.public_url,
+            secrets: &self.secrets,
+        }
+    }
+
     pub fn new(
         config: Config,
         pool: Pool,

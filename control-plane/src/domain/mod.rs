@@ -4,8 +4,11 @@
 pub mod apps;
 pub mod audit;
 pub mod keys;
+pub mod mailings;
 pub mod messages;
+pub mod one_time;
 pub mod passwords;
+pub mod providers;
 pub mod revocations;
 pub mod roles;
 pub mod sessions;

@@ -182,7 +182,7 @@ pub async fn publish_users(state: &AppState, users: &[Uuid], before: i64) {
 pub enum Subject<'a> {
     /// A user being created: inserted in the same transaction as the session (and the
     /// mails of its registration), so a failure leaves none of them.
-    New(&'a NewUser, &'a [crate::flows::recovery::Mailing]),
+    New(&'a NewUser, &'a [crate::domain::mailings::Mailing]),
     /// A signed-in user; refused with `403 user_disabled` if disabled meanwhile.
     Existing(&'a User),
 }
@@ -210,7 +210,8 @@ pub async fn start(
             Subject::New(new, mailings) => {
                 let user = users::insert(&tx, app.id, new).await?;
                 for mailing in mailings {
-                    crate::flows::recovery::mail_in(&tx, state, app, &user, mailing, ctx).await?;
+                    crate::domain::mailings::mail_in(&tx, &state.links(), app, &user, mailing, ctx)
+                        .await?;
                     mailed = true;
                 }
                 user

@@ -5,9 +5,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::error::ApiError;
-use crate::flows::oauth::{self, OAuthProvider};
+use crate::domain::providers::{self, OAuthProvider};
 use crate::infra::captcha::{CaptchaSettings, SECRET_MASK};
+
+/// Settings refused, or a stored secret in them that does not open.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The request's fault; the text says what (for the client).
+    #[error("{0}")]
+    Invalid(String),
+    /// A sealed secret does not open (the wrong key-encryption key, or a damaged row).
+    #[error("{0}")]
+    Sealed(&'static str),
+}
 
 /// Everything an application can tune in this release. Fields of later features are
 /// ignored (unknown JSON fields are, by the contract).
@@ -181,11 +191,14 @@ impl AppSettings {
 
     /// Applies a PUT: objects merge recursively, other values replace; then the result must
     /// read back as valid settings, or nothing changes.
-    pub fn merged(&self, patch: &Value) -> Result<Self, ApiError> {
+    pub fn merged(&self, patch: &Value) -> Result<Self, SettingsError> {
         if !patch.is_object() {
-            return Err(ApiError::bad_request("settings must be a JSON object"));
+            return Err(SettingsError::Invalid(
+                "settings must be a JSON object".into(),
+            ));
         }
-        let mut current = serde_json::to_value(self).map_err(|e| ApiError::internal(&e))?;
+        let mut current = serde_json::to_value(self)
+            .map_err(|e| SettingsError::Invalid(format!("settings: {e}")))?;
         // A secret sent back as `GET` shows it (masked) keeps the stored one.
         let mut patch = patch.clone();
         let masked = patch.pointer("/captcha/secret").and_then(Value::as_str) == Some(SECRET_MASK);
@@ -199,8 +212,8 @@ impl AppSettings {
         }
         merge(&mut current, &patch);
         let mut next: Self = serde_json::from_value(current)
-            .map_err(|e| ApiError::bad_request(format!("settings: {e}")))?;
-        oauth::carry_secrets(&self.oauth_providers, &mut next.oauth_providers)?;
+            .map_err(|e| SettingsError::Invalid(format!("settings: {e}")))?;
+        providers::carry_secrets(&self.oauth_providers, &mut next.oauth_providers)?;
         next.validate()?;
         // The stored secret goes only where it went before: a new provider or verify_url
         // needs it sent again (else whoever can change settings could have it posted to
@@ -208,20 +221,21 @@ impl AppSettings {
         if let (Some(before), Some(after)) = (&self.captcha, &next.captcha) {
             let moved = before.provider != after.provider || before.verify_url != after.verify_url;
             if moved && !secret_given {
-                return Err(ApiError::bad_request(
-                    "changing captcha.provider or captcha.verify_url needs captcha.secret again",
+                return Err(SettingsError::Invalid(
+                    "changing captcha.provider or captcha.verify_url needs captcha.secret again"
+                        .into(),
                 ));
             }
         }
         Ok(next)
     }
 
-    pub fn validate(&self) -> Result<(), ApiError> {
+    pub fn validate(&self) -> Result<(), SettingsError> {
         let check = |ok: bool, what: &str| {
             if ok {
                 Ok(())
             } else {
-                Err(ApiError::bad_request(what.to_owned()))
+                Err(SettingsError::Invalid(what.to_owned()))
             }
         };
         check(
@@ -254,9 +268,11 @@ impl AppSettings {
             "rate_limits.messages_per_account_per_hour and mfa_failures_per_hour must be at least 1",
         )?;
         if let Some(captcha) = &self.captcha {
-            captcha.validate().map_err(ApiError::bad_request)?;
+            captcha
+                .validate()
+                .map_err(|why| SettingsError::Invalid(why.into()))?;
         }
-        oauth::validate(&self.oauth_providers)?;
+        providers::validate(&self.oauth_providers)?;
         let c = &self.cookies;
         check(
             cookie_name_ok(&c.access_name)
@@ -301,7 +317,7 @@ impl AppSettings {
         if let Some(captcha) = &mut shown.captcha {
             captcha.secret = SECRET_MASK.to_owned();
         }
-        oauth::masked(&mut shown.oauth_providers);
+        providers::masked(&mut shown.oauth_providers);
         shown
     }
 

@@ -8,11 +8,24 @@ use tokio_postgres::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use portcullis_common::ErrorCode;
+use crate::domain::one_time;
+use crate::infra::store::{DbError, Prepared as _, is_unique_violation};
 
-use crate::error::ApiError;
-use crate::infra::store::Prepared as _;
-use crate::infra::store::is_unique_violation;
+/// Why a user could not be created, found or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("a user with this email or username already exists")]
+    Exists,
+    #[error("user not found")]
+    NotFound,
+    /// The request's fault; the text says what (for the client).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+crate::db_error_from!(UserError);
 
 /// Every column `User::from_row` reads, in order. The last two are derived: the user's
 /// revocation cutoff, if any (see `User::cutoff`), and the permissions of their roles as a
@@ -120,7 +133,7 @@ pub async fn find(
     client: &impl GenericClient,
     app: Uuid,
     id: Uuid,
-) -> Result<Option<User>, ApiError> {
+) -> Result<Option<User>, DbError> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE app_id = $1 AND id = $2");
     Ok(client
         .q_opt(&sql, &[&app, &id])
@@ -133,7 +146,7 @@ pub async fn find_by_login(
     client: &impl GenericClient,
     app: Uuid,
     login: &str,
-) -> Result<Option<User>, ApiError> {
+) -> Result<Option<User>, DbError> {
     let column = if login.contains('@') {
         "email_canonical"
     } else {
@@ -181,7 +194,7 @@ impl Changes {
         email: Option<&str>,
         username: Option<&str>,
         phone: Option<&str>,
-    ) -> Result<Self, ApiError> {
+    ) -> Result<Self, UserError> {
         Ok(Self {
             email: email.map(check_email).transpose()?,
             username: username.map(check_username).transpose()?,
@@ -191,13 +204,10 @@ impl Changes {
     }
 }
 
-/// A unique email or username taken: `409 user_exists`.
-fn conflict(e: tokio_postgres::Error) -> ApiError {
+/// A unique email or username taken.
+fn conflict(e: tokio_postgres::Error) -> UserError {
     if is_unique_violation(&e, None) {
-        ApiError::new(
-            ErrorCode::UserExists,
-            "a user with this email or username already exists",
-        )
+        UserError::Exists
     } else {
         e.into()
     }
@@ -207,7 +217,7 @@ pub async fn insert(
     client: &impl GenericClient,
     app: Uuid,
     new: &NewUser,
-) -> Result<User, ApiError> {
+) -> Result<User, UserError> {
     let sql = format!(
         "INSERT INTO users (id, app_id, email, email_canonical, username, username_canonical,
              phone, password_hash, roles, active, expires_at, email_verified, guest, display_name)
@@ -243,7 +253,7 @@ pub async fn update(
     client: &impl GenericClient,
     id: Uuid,
     changes: &Changes,
-) -> Result<User, ApiError> {
+) -> Result<User, UserError> {
     let sql = format!(
         "UPDATE users SET
              email = COALESCE($2, email), email_canonical = COALESCE($3, email_canonical),
@@ -273,8 +283,28 @@ pub async fn update(
         )
         .await
         .map_err(conflict)?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+        .ok_or(UserError::NotFound)?;
     Ok(User::from_row(&row))
+}
+
+/// Sets the user's password hash (`'!'`: none) and ends what the old password started:
+/// reset links mailed before, and sign-ins waiting at their second step.
+pub async fn set_password_in(
+    tx: &impl GenericClient,
+    user: Uuid,
+    hash: &str,
+    now: i64,
+) -> Result<(), DbError> {
+    tx.exec(
+        "UPDATE users SET password_hash = $2 WHERE id = $1",
+        &[&user, &hash],
+    )
+    .await?;
+    let stale = [
+        one_time::Purpose::PasswordReset.as_str(),
+        one_time::Purpose::MfaLogin.as_str(),
+    ];
+    crate::domain::one_time::retire_in(tx, user, &stale, now).await
 }
 
 /// Trimmed and case-folded: two spellings of one address are one account.
@@ -283,7 +313,7 @@ pub fn canonical(identifier: &str) -> String {
 }
 
 /// A plausible email address (one `@`, something on both sides, no spaces, ≤ 254 bytes).
-pub fn check_email(email: &str) -> Result<String, ApiError> {
+pub fn check_email(email: &str) -> Result<String, UserError> {
     let email = email.trim();
     let valid = email.len() <= 254
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -293,12 +323,12 @@ pub fn check_email(email: &str) -> Result<String, ApiError> {
     if valid {
         Ok(email.to_owned())
     } else {
-        Err(ApiError::bad_request("email is not a valid address"))
+        Err(UserError::Invalid("email is not a valid address".into()))
     }
 }
 
 /// 1..=64 characters of letters, digits, `.`, `_`, `-`; no `@` (that marks an email).
-pub fn check_username(username: &str) -> Result<String, ApiError> {
+pub fn check_username(username: &str) -> Result<String, UserError> {
     let username = username.trim();
     let valid = (1..=64).contains(&username.chars().count())
         && username
@@ -307,14 +337,14 @@ pub fn check_username(username: &str) -> Result<String, ApiError> {
     if valid {
         Ok(username.to_owned())
     } else {
-        Err(ApiError::bad_request(
-            "username must be 1..=64 letters, digits, '.', '_' or '-'",
+        Err(UserError::Invalid(
+            "username must be 1..=64 letters, digits, '.', '_' or '-'".into(),
         ))
     }
 }
 
 /// E.164: `+` then 7..=15 digits, the first not 0.
-pub fn check_phone(phone: &str) -> Result<String, ApiError> {
+pub fn check_phone(phone: &str) -> Result<String, UserError> {
     let phone = phone.trim();
     let digits = phone.strip_prefix('+').unwrap_or("");
     let valid = (7..=15).contains(&digits.len())
@@ -323,21 +353,21 @@ pub fn check_phone(phone: &str) -> Result<String, ApiError> {
     if valid {
         Ok(phone.to_owned())
     } else {
-        Err(ApiError::bad_request(
-            "phone must be in E.164 form, like +15551234567",
+        Err(UserError::Invalid(
+            "phone must be in E.164 form, like +15551234567".into(),
         ))
     }
 }
 
 /// Role names: 1..=64 printable characters without spaces or commas (they travel in a
 /// comma-separated header at the sidecar).
-pub fn check_roles(roles: &[String]) -> Result<Vec<String>, ApiError> {
+pub fn check_roles(roles: &[String]) -> Result<Vec<String>, UserError> {
     let mut out: Vec<String> = Vec::new();
     for role in roles {
         let ok = (1..=64).contains(&role.chars().count())
             && role.chars().all(|c| c.is_ascii_graphic() && c != ',');
         if !ok {
-            return Err(ApiError::bad_request(format!(
+            return Err(UserError::Invalid(format!(
                 "role names are 1..=64 printable ASCII characters without commas: {role:?}"
             )));
         }
@@ -349,14 +379,14 @@ pub fn check_roles(roles: &[String]) -> Result<Vec<String>, ApiError> {
 }
 
 /// A device id: 1..=128 printable characters.
-pub fn check_device(device: Option<&str>) -> Result<Option<String>, ApiError> {
+pub fn check_device(device: Option<&str>) -> Result<Option<String>, UserError> {
     match device.map(str::trim) {
         None | Some("") => Ok(None),
         Some(d) if d.chars().count() <= 128 && !d.chars().any(char::is_control) => {
             Ok(Some(d.to_owned()))
         }
-        Some(_) => Err(ApiError::bad_request(
-            "device_id must be 1..=128 characters",
+        Some(_) => Err(UserError::Invalid(
+            "device_id must be 1..=128 characters".into(),
         )),
     }
 }

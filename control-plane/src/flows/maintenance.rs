@@ -110,7 +110,7 @@ async fn prune(pool: &Pool, with_audit: bool) -> Result<(), DbError> {
     sessions::prune(&client, now).await?;
     crate::flows::oauth::prune(&client, now).await?;
     outbox::prune(&client).await?;
-    crate::flows::recovery::prune(&client).await?;
+    crate::domain::one_time::prune(&client).await?;
     crate::flows::mfa::prune(&client).await?;
     if with_audit {
         audit::prune(&client).await?;

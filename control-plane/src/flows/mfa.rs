@@ -26,10 +26,10 @@ use crate::domain::Ctx;
 use crate::domain::apps::App;
 use crate::domain::audit::{self, Actor, Event};
 use crate::domain::messages;
+use crate::domain::one_time::{self, Purpose};
 use crate::domain::settings::MfaPolicy;
 use crate::domain::users::User;
 use crate::error::ApiError;
-use crate::flows::recovery::{self, Purpose};
 use crate::infra::clock;
 use crate::infra::crypto::{digest, random_digits, recovery_code};
 use crate::infra::limits::Scope;
@@ -203,7 +203,7 @@ pub async fn challenge(
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
     let data = json!({ "amr": amr, "methods": methods, "device_id": device });
-    let token = recovery::issue_in(&tx, app.id, user.id, Purpose::MfaLogin, data, ctx.now).await?;
+    let token = one_time::issue_in(&tx, app.id, user.id, Purpose::MfaLogin, data, ctx.now).await?;
     record(
         &tx,
         app,
@@ -326,14 +326,14 @@ async fn step_up(
     mfa_token: &str,
     now: i64,
     lock: bool,
-) -> Result<recovery::Found, ApiError> {
-    match recovery::find(client, app.id, Purpose::MfaLogin, mfa_token, now, lock).await? {
+) -> Result<one_time::Found, ApiError> {
+    match one_time::find(client, app.id, Purpose::MfaLogin, mfa_token, now, lock).await? {
         Some(found) if found.attempts < MAX_ATTEMPTS => Ok(found),
         _ => Err(invalid_mfa_token()),
     }
 }
 
-fn offered(found: &recovery::Found) -> Vec<Method> {
+fn offered(found: &one_time::Found) -> Vec<Method> {
     found
         .data
         .get("methods")

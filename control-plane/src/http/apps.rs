@@ -304,7 +304,7 @@ async fn settings_put(
     let tx = client.transaction().await?;
     let app = apps::lock(&tx, app.id).await?;
     let mut settings = app.settings.merged(&patch)?;
-    crate::flows::oauth::seal_secrets(&mut settings.oauth_providers, &state.secrets, app.id);
+    crate::domain::providers::seal_secrets(&mut settings.oauth_providers, &state.secrets, app.id);
     let json = serde_json::to_value(&settings).map_err(|e| ApiError::internal(&e))?;
     tx.exec(
         "UPDATE apps SET settings = $2 WHERE id = $1",

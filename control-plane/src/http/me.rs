@@ -19,13 +19,13 @@ use super::{JsonBody, auth};
 use crate::domain::Ctx;
 use crate::domain::apps::App;
 use crate::domain::audit::{self, Actor, Event};
+use crate::domain::one_time::{self, Purpose};
 use crate::domain::passwords;
 use crate::domain::sessions::{self, SessionView, Which};
 use crate::domain::tokens::Principal;
 use crate::domain::users::{self, Changes, User, UserView};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::flows::mfa::{self, Proof};
-use crate::flows::recovery::{self, Purpose};
 use crate::infra::limits::Scope;
 use crate::infra::store::Prepared as _;
 use crate::state::AppState;
@@ -156,7 +156,7 @@ async fn me_patch(
                 Purpose::MagicLink.as_str(),
                 Purpose::EmailVerification.as_str(),
             ];
-            recovery::retire_in(&tx, user.id, &mailed, ctx.now).await?;
+            one_time::retire_in(&tx, user.id, &mailed, ctx.now).await?;
         }
         audit::record(
             &tx,
@@ -275,7 +275,7 @@ async fn password_change(
     let new_hash = state.hasher.hash(&body.new_password).await?;
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    recovery::set_password_in(&tx, user.id, &new_hash, ctx.now).await?;
+    crate::domain::users::set_password_in(&tx, user.id, &new_hash, ctx.now).await?;
     audit::record(
         &tx,
         Event {

@@ -17,11 +17,12 @@ use super::me::signed_in;
 use super::users::{SignInOptions, app_for, maybe_cookies};
 use crate::domain::Ctx;
 use crate::domain::audit::{self, Actor, Event};
+use crate::domain::one_time::{self, Purpose};
+use crate::domain::providers::ProviderKind;
 use crate::domain::users;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::flows::mfa::{self, Proof, SignIn};
-use crate::flows::oauth::{self, Answer, ProviderKind};
-use crate::flows::recovery::{self, Purpose};
+use crate::flows::oauth::{self, Answer};
 use crate::state::AppState;
 use portcullis_common::token::Amr;
 
@@ -85,7 +86,7 @@ async fn authorize(
     // A link: the ticket names the user, the redirect URI and the state.
     let (link_user, redirect_uri, client_state) = match &query.link {
         Some(ticket) => {
-            let found = recovery::consume_in(&tx, app.id, Purpose::OauthLink, ticket, ctx.now)
+            let found = one_time::consume_in(&tx, app.id, Purpose::OauthLink, ticket, ctx.now)
                 .await?
                 .filter(|f| f.data.get("provider").and_then(|v| v.as_str()) == Some(&p.name))
                 .ok_or_else(|| {
@@ -310,7 +311,7 @@ async fn link(
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
     mfa::recent_or_proof_in(&tx, &state, &app, &user, principal.sid, &body.proof, &ctx).await?;
-    let ticket = recovery::issue_in(
+    let ticket = one_time::issue_in(
         &tx,
         app.id,
         user.id,

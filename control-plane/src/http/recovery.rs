@@ -24,12 +24,14 @@ use super::users::app_for;
 use crate::domain::Ctx;
 use crate::domain::apps::App;
 use crate::domain::audit::{self, Actor, Event};
+use crate::domain::mailings::{self, Mailing};
+use crate::domain::one_time::{self, Purpose};
 use crate::domain::passwords;
 use crate::domain::sessions;
 use crate::domain::users::{self, User, canonical, check_email};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::flows::mfa::{self, SignIn};
-use crate::flows::recovery::{self, Mailing, Purpose};
+use crate::flows::recovery;
 use crate::infra::limits::Scope;
 use crate::infra::store::Prepared as _;
 use crate::state::AppState;
@@ -97,7 +99,7 @@ fn mail_later(state: &AppState, app: &App, user: User, mailing: Mailing, ctx: &C
         let sent = async {
             let mut client = state.pool.get().await?;
             let tx = client.transaction().await?;
-            recovery::mail_in(&tx, &state, &app, &user, &mailing, &ctx).await?;
+            mailings::mail_in(&tx, &state.links(), &app, &user, &mailing, &ctx).await?;
             tx.commit().await?;
             state.outbox.wake();
             Ok::<_, ApiError>(())
@@ -150,7 +152,7 @@ async fn reset_check(
 ) -> ApiResult<Json<Usable>> {
     let app = state.apps.live(&state.pool, &app, ctx.now).await?;
     let client = state.pool.get().await?;
-    let found = recovery::find(
+    let found = one_time::find(
         &client,
         app.id,
         Purpose::PasswordReset,
@@ -276,7 +278,7 @@ async fn reset_password(
 ) -> Result<(), ApiError> {
     let app = app_for(state, app, "password-reset", ctx).await?;
     let client = state.pool.get().await?;
-    let found = recovery::find(
+    let found = one_time::find(
         &client,
         app.id,
         Purpose::PasswordReset,
@@ -302,11 +304,11 @@ async fn reset_password(
     let hash = state.hasher.hash(&body.new_password).await?;
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    recovery::consume_in(&tx, app.id, Purpose::PasswordReset, &body.token, ctx.now)
+    one_time::consume_in(&tx, app.id, Purpose::PasswordReset, &body.token, ctx.now)
         .await?
         .ok_or_else(expired_or_used)?;
     let before = sessions::revoke_user_in(&tx, user.id, ctx.now).await?;
-    recovery::set_password_in(&tx, user.id, &hash, ctx.now).await?;
+    crate::domain::users::set_password_in(&tx, user.id, &hash, ctx.now).await?;
     audit::record(
         &tx,
         Event {
@@ -341,7 +343,15 @@ async fn verification_send(
     count_message(&state, &app, &canonical(email)).await?;
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    recovery::mail_in(&tx, &state, &app, &user, &Mailing::EmailVerification, &ctx).await?;
+    mailings::mail_in(
+        &tx,
+        &state.links(),
+        &app,
+        &user,
+        &Mailing::EmailVerification,
+        &ctx,
+    )
+    .await?;
     tx.commit().await?;
     state.outbox.wake();
     Ok(accepted())
@@ -537,7 +547,7 @@ async fn magic_sign_in(
     let app = app_for(state, app, "magic-link-verify", ctx).await?;
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    let found = recovery::consume_in(&tx, app.id, Purpose::MagicLink, token, ctx.now)
+    let found = one_time::consume_in(&tx, app.id, Purpose::MagicLink, token, ctx.now)
         .await?
         .ok_or_else(expired_or_used)?;
     let user = users::find(&tx, app.id, found.user)
@@ -563,7 +573,7 @@ async fn magic_sign_in(
     let mut cutoff = None;
     if claimed {
         cutoff = Some(sessions::revoke_user_in(&tx, user.id, ctx.now).await?);
-        recovery::set_password_in(&tx, user.id, "!", ctx.now).await?;
+        crate::domain::users::set_password_in(&tx, user.id, "!", ctx.now).await?;
         // So are the provider identities linked to it meanwhile.
         tx.exec(
             "DELETE FROM oauth_identities WHERE user_id = $1",

@@ -83,7 +83,7 @@ async fn create(
 }
 
 fn one_role(name: &str) -> Result<String, ApiError> {
-    check_roles(&[name.to_owned()]).map(|mut r| r.remove(0))
+    Ok(check_roles(&[name.to_owned()])?.remove(0))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
