@@ -1,5 +1,6 @@
 //! Types both Portcullis binaries agree on: the access-token profile, Ed25519 JWK/JWKS with
-//! RFC 7638 key ids, the Redis layout of API.md §5 and the contract's error codes.
+//! RFC 7638 key ids, the Redis layout of API.md §5, the contract's error codes, and how a
+//! request's credentials (bearer token, cookie) are read.
 //!
 //! Without the `net` feature no I/O lives here. With it, two modules both binaries share:
 //! `redis_conn` (reaching Redis as a server, Cluster or Sentinel master) and `tls` (TLS
@@ -7,6 +8,7 @@
 //! hot path does not use these owned types either; it parses tokens by borrowing (see
 //! `portcullis-verifier::core`). These types serve the writers, tests and cold paths.
 
+pub mod credentials;
 pub mod env;
 pub mod error;
 pub mod jwk;

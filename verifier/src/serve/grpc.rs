@@ -61,9 +61,11 @@ impl ExtAuthz {
                     }
                 })
         };
+        // Envoy joins a request's cookie fields into one value.
+        let cookie = raw("cookie");
         let creds = Credentials {
             authorization: raw("authorization"),
-            cookies: raw("cookie"),
+            cookies: cookie.as_slice(),
         };
         let path = http.map_or("/", |h| h.path.as_str());
         let method = http.map_or("GET", |h| h.method.as_str());

@@ -9,7 +9,7 @@ pub mod metrics;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use portcullis_common::ErrorCode;
+use portcullis_common::{ErrorCode, credentials};
 
 use crate::core::{Reject, Scratch, Verified, Verifier};
 use crate::policy::{Gate, Policy};
@@ -30,8 +30,8 @@ pub struct App {
 pub struct Credentials<'r> {
     /// The `Authorization` header value.
     pub authorization: Option<&'r [u8]>,
-    /// The `Cookie` header value(s), `;`-separated.
-    pub cookies: Option<&'r [u8]>,
+    /// The `Cookie` header values, in order.
+    pub cookies: &'r [&'r [u8]],
 }
 
 /// A decision on one request.
@@ -111,41 +111,12 @@ impl App {
     }
 
     fn token<'r>(&self, creds: Credentials<'r>) -> Option<&'r [u8]> {
-        if let Some(token) = creds.authorization.and_then(bearer) {
+        if let Some(token) = creds.authorization.and_then(credentials::bearer) {
             return Some(token);
         }
         let name = self.cookie.as_deref()?;
-        cookie(creds.cookies?, name.as_bytes())
+        credentials::cookie(creds.cookies.iter().copied(), name.as_bytes())
     }
-}
-
-/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
-pub fn bearer(value: &[u8]) -> Option<&[u8]> {
-    let value = value.trim_ascii();
-    let (scheme, rest) = value.split_at_checked(6)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first().is_none_or(|b| *b != b' ') {
-        return None;
-    }
-    let token = rest.trim_ascii();
-    (!token.is_empty()).then_some(token)
-}
-
-/// The value of cookie `name` in a `Cookie` header (RFC 6265 §5.4), quotes removed.
-pub fn cookie<'r>(header: &'r [u8], name: &[u8]) -> Option<&'r [u8]> {
-    header.split(|b| *b == b';').find_map(|pair| {
-        let pair = pair.trim_ascii();
-        let eq = pair.iter().position(|b| *b == b'=')?;
-        let (k, v) = (&pair[..eq], &pair[eq + 1..]);
-        if k.trim_ascii() != name {
-            return None;
-        }
-        let v = v.trim_ascii();
-        let v = v
-            .strip_prefix(b"\"")
-            .and_then(|v| v.strip_suffix(b"\""))
-            .unwrap_or(v);
-        (!v.is_empty()).then_some(v)
-    })
 }
 
 /// Names of the headers an allowed request carries upstream, in [`identity_headers`]'
@@ -211,24 +182,6 @@ pub fn challenge(reject: &Reject) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bearer_parsing() {
-        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
-        assert_eq!(bearer(b"bearer   abc  "), Some(&b"abc"[..]));
-        assert_eq!(bearer(b"Basic abc"), None);
-        assert_eq!(bearer(b"Bearer"), None);
-        assert_eq!(bearer(b"Bearer "), None);
-        assert_eq!(bearer(b"Bearerabc"), None);
-    }
-
-    #[test]
-    fn cookie_parsing() {
-        assert_eq!(cookie(b"a=1; at=tok; b=2", b"at"), Some(&b"tok"[..]));
-        assert_eq!(cookie(b"at=\"tok\"", b"at"), Some(&b"tok"[..]));
-        assert_eq!(cookie(b"xat=tok", b"at"), None);
-        assert_eq!(cookie(b"at=", b"at"), None);
-    }
 
     #[test]
     fn problem_bodies_carry_the_code() {

@@ -148,9 +148,10 @@ fn decide_allocates_nothing() {
     let cookie = format!("a=b; at={token}");
     let mut scratch = Scratch::default();
     let mut decide = |auth: Option<&str>, cookies: Option<&str>, path: &str| -> &'static str {
+        let cookie = cookies.map(str::as_bytes);
         let creds = Credentials {
             authorization: auth.map(str::as_bytes),
-            cookies: cookies.map(str::as_bytes),
+            cookies: cookie.as_slice(),
         };
         match app.decide(creds, path, "GET", &mut scratch) {
             Decision::Allow(_) => "allow",

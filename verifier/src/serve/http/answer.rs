@@ -47,11 +47,17 @@ pub(crate) struct Req<'r> {
     pub no_client_cert: bool,
 }
 
-/// The request headers the verifier acts on, found in one pass (the first of each).
+/// Cookie header fields kept per request; a request with more has the rest ignored (an
+/// HTTP/1.1 client sends one, an HTTP/2 client splits one into a few).
+const MAX_COOKIE_FIELDS: usize = 8;
+
+/// The request headers the verifier acts on, found in one pass (the first of each; every
+/// `Cookie` field, up to [`MAX_COOKIE_FIELDS`]).
 #[derive(Debug, Default)]
 pub(crate) struct Heads<'r> {
     pub authorization: Option<&'r [u8]>,
-    pub cookie: Option<&'r [u8]>,
+    cookies: [&'r [u8]; MAX_COOKIE_FIELDS],
+    cookie_count: usize,
     pub request_id: Option<&'r [u8]>,
     /// `X-Original-URI` (nginx), else `X-Forwarded-Uri` (Traefik).
     pub original_uri: Option<&'r [u8]>,
@@ -63,9 +69,15 @@ pub(crate) struct Heads<'r> {
 impl<'r> Heads<'r> {
     /// Takes one header; `name` in any case.
     pub(super) fn see(&mut self, name: &str, value: &'r [u8]) {
+        if name.len() == 6 && name.eq_ignore_ascii_case("cookie") {
+            if let Some(slot) = self.cookies.get_mut(self.cookie_count) {
+                *slot = value;
+                self.cookie_count += 1;
+            }
+            return;
+        }
         let slot = match name.len() {
             13 if name.eq_ignore_ascii_case("authorization") => &mut self.authorization,
-            6 if name.eq_ignore_ascii_case("cookie") => &mut self.cookie,
             12 if name.eq_ignore_ascii_case("x-request-id") => &mut self.request_id,
             14 if name.eq_ignore_ascii_case("x-original-uri") => &mut self.original_uri,
             15 if name.eq_ignore_ascii_case("x-forwarded-uri") => &mut self.forwarded_uri,
@@ -76,10 +88,10 @@ impl<'r> Heads<'r> {
         slot.get_or_insert(value);
     }
 
-    fn credentials(&self) -> Credentials<'r> {
+    fn credentials(&self) -> Credentials<'_> {
         Credentials {
             authorization: self.authorization,
-            cookies: self.cookie,
+            cookies: &self.cookies[..self.cookie_count],
         }
     }
 }
@@ -274,8 +286,9 @@ mod tests {
         h.see("cookie", b"c=1");
         h.see("x-unrelated", b"?");
         assert_eq!(h.authorization, Some(&b"Bearer a"[..]));
+        h.see("Cookie", b"d=2");
         assert_eq!(h.original_uri, Some(&b"/x"[..]));
-        assert_eq!(h.cookie, Some(&b"c=1"[..]));
+        assert_eq!(h.credentials().cookies, [&b"c=1"[..], &b"d=2"[..]]);
         assert_eq!(h.request_id, None);
     }
 
