@@ -11,7 +11,6 @@
 
 pub mod config;
 pub mod domain;
-pub mod error;
 pub mod flows;
 pub mod http;
 pub mod infra;
@@ -88,7 +87,17 @@ pub async fn run(
         infra::outbox::Outbox::new(&config.transports(), client).map_err(StartError::Messages)?;
     let captcha = infra::captcha::Captcha::new(egress.clone(), publisher.connection());
     let oauth = flows::oauth::OAuth::new(egress.clone());
-    let state = AppState::new(config, pool, publisher, outbox, captcha, oauth, egress);
+    let state = AppState::new(
+        config,
+        state::Parts {
+            pool,
+            publisher,
+            outbox,
+            captcha,
+            oauth,
+            egress,
+        },
+    );
     // A key that does not open means the wrong encryption key: refuse to start.
     match state.keys.refresh().await {
         Ok(_) => {}

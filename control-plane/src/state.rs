@@ -1,15 +1,17 @@
 //! What every handler shares: configuration, the database pool, the key ring, the Redis
 //! publisher and rate limiter, the password hasher. Passed as axum state, never global.
+//! Handlers hand each flow only the parts it uses (its `Deps`, built here).
 
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use portcullis_verifier::core::{Settings, Verifier};
 
 use crate::config::Config;
 use crate::domain::apps::AppCache;
 use crate::domain::keys::KeyRing;
-use crate::domain::tokens::OWNER_TOKEN_TYP;
+use crate::domain::mailings::Links;
+use crate::domain::tokens::Verifiers;
+use crate::flows::{mfa, signin};
 use crate::infra::captcha::Captcha;
 use crate::infra::crypto::{PasswordHasherPool, Secrets};
 use crate::infra::egress::Egress;
@@ -33,64 +35,103 @@ pub struct AppState {
     pub egress: Egress,
     /// Social-login providers (HTTP through the SSRF guard, discovery and keys cached).
     pub oauth: crate::flows::oauth::OAuth,
-    /// The sidecar's verify core, for user tokens presented to the control plane itself.
-    pub verifier: Arc<Verifier>,
-    /// The same for owner tokens, which carry their own `typ`.
-    pub owner_verifier: Arc<Verifier>,
+    /// The sidecar's verify core, for the tokens presented to the control plane itself.
+    pub tokens: Arc<Verifiers>,
+}
+
+/// What a running control plane is made of, besides its configuration.
+#[derive(Debug)]
+pub struct Parts {
+    pub pool: Pool,
+    pub publisher: Publisher,
+    pub outbox: Outbox,
+    pub captcha: Captcha,
+    pub oauth: crate::flows::oauth::OAuth,
+    pub egress: Egress,
 }
 
 impl AppState {
+    pub fn new(config: Config, parts: Parts) -> Self {
+        let secrets = Secrets::new(&config.key_encryption_key);
+        Self {
+            keys: Arc::new(KeyRing::new(
+                parts.pool.clone(),
+                secrets.clone(),
+                config.key_publish_lead,
+            )),
+            limiter: Limiter::new(parts.publisher.connection()),
+            apps: AppCache::new(),
+            hasher: PasswordHasherPool::new(config.hash_workers),
+            tokens: Arc::new(Verifiers::new(&config.issuer)),
+            config: Arc::new(config),
+            pool: parts.pool,
+            publisher: parts.publisher,
+            secrets,
+            outbox: parts.outbox,
+            captcha: parts.captcha,
+            oauth: parts.oauth,
+            egress: parts.egress,
+        }
+    }
+
     /// What mailed links are made with.
-    pub fn links(&self) -> crate::domain::mailings::Links<'_> {
-        crate::domain::mailings::Links {
+    pub fn links(&self) -> Links<'_> {
+        Links {
             public_url: &self.config.public_url,
             secrets: &self.secrets,
         }
     }
 
-    pub fn new(
-        config: Config,
-        pool: Pool,
-        publisher: Publisher,
-        outbox: Outbox,
-        captcha: Captcha,
-        oauth: crate::flows::oauth::OAuth,
-        egress: Egress,
-    ) -> Self {
-        let secrets = Secrets::new(&config.key_encryption_key);
-        let verifier = |typ: &str| {
-            Arc::new(Verifier::new(
-                Settings {
-                    issuers: vec![config.issuer.clone()],
-                    // Each route checks the audience it expects (an application id, or owners).
-                    audiences: Vec::new(),
-                    leeway_secs: crate::domain::LEEWAY_SECS,
-                    typs: vec![typ.to_owned()],
-                },
-                4096,
-            ))
-        };
-        let owner_verifier = verifier(OWNER_TOKEN_TYP);
-        let verifier = verifier(portcullis_common::token::ACCESS_TOKEN_TYP);
-        Self {
-            keys: Arc::new(KeyRing::new(
-                pool.clone(),
-                secrets.clone(),
-                config.key_publish_lead,
-            )),
-            limiter: Limiter::new(publisher.connection()),
-            apps: AppCache::new(),
-            hasher: PasswordHasherPool::new(config.hash_workers),
-            config: Arc::new(config),
-            pool,
-            publisher,
-            secrets,
-            outbox,
-            captcha,
-            oauth,
-            egress,
-            verifier,
-            owner_verifier,
+    /// What signing in works with.
+    pub fn signin(&self) -> signin::Deps<'_> {
+        signin::Deps {
+            pool: &self.pool,
+            keys: &self.keys,
+            issuer: &self.config.issuer,
+            publisher: &self.publisher,
+            outbox: &self.outbox,
+            links: self.links(),
+            secrets: &self.secrets,
+            hasher: &self.hasher,
+            limiter: &self.limiter,
+            captcha: &self.captcha,
+        }
+    }
+
+    /// What social login works with.
+    pub fn oauth(&self) -> crate::flows::oauth::Deps<'_> {
+        crate::flows::oauth::Deps {
+            pool: &self.pool,
+            oauth: &self.oauth,
+            secrets: &self.secrets,
+            public_url: &self.config.public_url,
+        }
+    }
+
+    /// What administration works with.
+    pub fn admin(&self) -> crate::flows::admin::Deps<'_> {
+        crate::flows::admin::Deps {
+            pool: &self.pool,
+            publisher: &self.publisher,
+            hasher: &self.hasher,
+            limiter: &self.limiter,
+            keys: &self.keys,
+            issuer: &self.config.issuer,
+            secrets: &self.secrets,
+            egress: &self.egress,
+            outbox: &self.outbox,
+            apps: &self.apps,
+        }
+    }
+
+    /// What second factors work with.
+    pub fn mfa(&self) -> mfa::Deps<'_> {
+        mfa::Deps {
+            pool: &self.pool,
+            secrets: &self.secrets,
+            limiter: &self.limiter,
+            outbox: &self.outbox,
+            hasher: &self.hasher,
         }
     }
 }

@@ -8,13 +8,32 @@ use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_postgres::Row;
+use tokio_postgres::types::Json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::domain::settings::AppSettings;
-use crate::error::ApiError;
+use crate::domain::settings::{AppSettings, SettingsError};
 use crate::infra::clock;
-use crate::infra::store::Prepared as _;
+use crate::infra::store::{DbError, Prepared as _, is_unique_violation};
+
+/// An application that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// No such application, or (on its end-user routes) it has expired.
+    #[error("no such application, or it has expired")]
+    NotFound,
+    #[error("this owner already has an application with this name")]
+    Exists,
+    /// The request's fault; the text says what (for the client).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+crate::db_error_from!(AppError);
 
 pub const APP_COLUMNS: &str = "id, owner_id, name, settings, expires_at, created_at";
 
@@ -74,7 +93,7 @@ impl App {
 }
 
 /// The application a path names, if it exists.
-pub async fn find(client: &impl GenericClient, id: &str) -> Result<Option<App>, ApiError> {
+pub async fn find(client: &impl GenericClient, id: &str) -> Result<Option<App>, DbError> {
     let Ok(id) = id.parse::<Uuid>() else {
         return Ok(None);
     };
@@ -109,9 +128,9 @@ impl AppCache {
     }
 
     /// The application for an end-user route: it must exist and not be expired.
-    pub async fn live(&self, pool: &Pool, id: &str, now: i64) -> Result<Arc<App>, ApiError> {
+    pub async fn live(&self, pool: &Pool, id: &str, now: i64) -> Result<Arc<App>, AppError> {
         let Ok(uuid) = id.parse::<Uuid>() else {
-            return Err(ApiError::app_not_found());
+            return Err(AppError::NotFound);
         };
         let app = match self.cache.get(&uuid) {
             Some(app) => app,
@@ -128,7 +147,7 @@ impl AppCache {
         };
         match app {
             Some(app) if !app.expired(now) => Ok(app),
-            _ => Err(ApiError::app_not_found()),
+            _ => Err(AppError::NotFound),
         }
     }
 
@@ -154,10 +173,132 @@ impl Default for AppCache {
 }
 
 /// The application's row, locked until the transaction ends (for read-modify-write).
-pub async fn lock(tx: &impl GenericClient, id: Uuid) -> Result<App, ApiError> {
+pub async fn lock(tx: &impl GenericClient, id: Uuid) -> Result<App, AppError> {
     let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = $1 FOR UPDATE");
     tx.q_opt(&sql, &[&id])
         .await?
         .map(|r| App::from_row(&r))
-        .ok_or_else(ApiError::app_not_found)
+        .ok_or(AppError::NotFound)
+}
+
+/// The application `id` if `key_digest` is the digest of its API key.
+pub async fn by_api_key(
+    client: &impl GenericClient,
+    id: Uuid,
+    key_digest: &[u8],
+) -> Result<Option<App>, DbError> {
+    let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = $1 AND api_key_hash = $2");
+    Ok(client
+        .q_opt(&sql, &[&id, &key_digest])
+        .await?
+        .map(|r| App::from_row(&r)))
+}
+
+/// A name of 1..=100 characters, no control characters; trimmed.
+pub fn check_name(name: &str) -> Result<String, AppError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(AppError::Invalid("name must be 1..=100 characters".into()));
+    }
+    Ok(name.to_owned())
+}
+
+/// Two applications of one owner with one name.
+fn name_taken(e: tokio_postgres::Error) -> AppError {
+    if is_unique_violation(&e, Some("apps_owner_id_name_key")) {
+        AppError::Exists
+    } else {
+        e.into()
+    }
+}
+
+/// The fields of a new application, checked.
+#[derive(Debug)]
+pub struct NewApp<'a> {
+    pub owner: Uuid,
+    pub name: &'a str,
+    pub api_key_digest: &'a [u8],
+    pub settings: &'a AppSettings,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+pub async fn insert(client: &impl GenericClient, new: &NewApp<'_>) -> Result<App, AppError> {
+    let sql = format!(
+        "INSERT INTO apps (id, owner_id, name, api_key_hash, settings, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {APP_COLUMNS}"
+    );
+    let row = client
+        .q_one(
+            &sql,
+            &[
+                &Uuid::now_v7(),
+                &new.owner,
+                &new.name,
+                &new.api_key_digest,
+                &Json(new.settings),
+                &new.expires_at,
+            ],
+        )
+        .await
+        .map_err(name_taken)?;
+    Ok(App::from_row(&row))
+}
+
+/// The owner's applications, oldest first.
+pub async fn of_owner(client: &impl GenericClient, owner: Uuid) -> Result<Vec<App>, DbError> {
+    let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE owner_id = $1 ORDER BY created_at, id");
+    let rows = client.q(&sql, &[&owner]).await?;
+    Ok(rows.iter().map(App::from_row).collect())
+}
+
+/// Sets the name (when given), the settings and the expiry.
+pub async fn update_in(
+    tx: &impl GenericClient,
+    id: Uuid,
+    name: Option<&str>,
+    settings: &AppSettings,
+    expires_at: Option<OffsetDateTime>,
+) -> Result<App, AppError> {
+    let sql = format!(
+        "UPDATE apps SET name = COALESCE($2, name), settings = $3, expires_at = $4
+         WHERE id = $1 RETURNING {APP_COLUMNS}"
+    );
+    let row = tx
+        .q_opt(&sql, &[&id, &name, &Json(settings), &expires_at])
+        .await
+        .map_err(name_taken)?
+        .ok_or(AppError::NotFound)?;
+    Ok(App::from_row(&row))
+}
+
+pub async fn set_settings_in(
+    tx: &impl GenericClient,
+    id: Uuid,
+    settings: &AppSettings,
+) -> Result<(), DbError> {
+    tx.exec(
+        "UPDATE apps SET settings = $2 WHERE id = $1",
+        &[&id, &Json(settings)],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn set_api_key_in(
+    tx: &impl GenericClient,
+    id: Uuid,
+    digest: &[u8],
+) -> Result<(), DbError> {
+    tx.exec(
+        "UPDATE apps SET api_key_hash = $2 WHERE id = $1",
+        &[&id, &digest],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes the application; its users, sessions, roles and webhooks go with it.
+pub async fn delete_in(tx: &impl GenericClient, id: Uuid) -> Result<(), DbError> {
+    tx.exec("DELETE FROM apps WHERE id = $1", &[&id]).await?;
+    Ok(())
 }

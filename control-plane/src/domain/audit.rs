@@ -97,6 +97,24 @@ pub struct Event<'a> {
 }
 
 impl<'a> Event<'a> {
+    /// An event a signed-in (or signing-in) user caused.
+    pub fn by_user(
+        app: Uuid,
+        user: Uuid,
+        event: &'static str,
+        details: Value,
+        ctx: &'a Ctx,
+    ) -> Self {
+        Self {
+            app: Some(app),
+            user: Some(user),
+            actor: Actor::User,
+            event,
+            details,
+            ctx,
+        }
+    }
+
     /// An event of the application's administration (its API key or its owner).
     pub fn by_admin(
         app: Uuid,

@@ -3,12 +3,14 @@
 
 pub mod apps;
 pub mod audit;
+pub mod factors;
+pub mod identities;
 pub mod keys;
 pub mod mailings;
 pub mod messages;
 pub mod one_time;
+pub mod owners;
 pub mod passwords;
-pub mod providers;
 pub mod revocations;
 pub mod roles;
 pub mod sessions;

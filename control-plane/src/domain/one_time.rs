@@ -151,6 +151,26 @@ pub async fn consume_in(
     }))
 }
 
+/// Uses up the token whose digest is `hash` (the caller holds its row locked).
+pub async fn use_in(tx: &impl GenericClient, hash: &[u8], now: i64) -> Result<(), DbError> {
+    tx.exec(
+        "UPDATE one_time_tokens SET used_at = $2 WHERE hash = $1",
+        &[&hash, &clock::at(now)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Counts a wrong attempt against the token whose digest is `hash`.
+pub async fn count_attempt_in(tx: &impl GenericClient, hash: &[u8]) -> Result<(), DbError> {
+    tx.exec(
+        "UPDATE one_time_tokens SET attempts = attempts + 1 WHERE hash = $1",
+        &[&hash],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Retires every unused token of `purpose` the user holds (a password set, a new email).
 pub async fn retire_in(
     tx: &impl GenericClient,

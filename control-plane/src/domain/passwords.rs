@@ -1,10 +1,7 @@
 //! Password rules checked before any hashing (OWASP ASVS 5 §6.2): 8..=128 characters, no
 //! NUL, not one of the most common passwords, not the account's own email or username.
 
-use portcullis_common::ErrorCode;
-
 use crate::domain::settings::{MAX_PASSWORD_CHARS, PasswordPolicy};
-use crate::error::ApiError;
 
 /// The most common passwords of at least 8 characters in public breach corpora (top of
 /// the SecLists "10k most common" list), compared case-insensitively.
@@ -98,37 +95,43 @@ const COMMON: &[&str] = &[
     "portcullis",
 ];
 
-/// A new password acceptable under `policy`, or `422 weak_password` / `400 invalid_request`.
+/// Why a password was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    /// Well formed, but too weak for the policy (`weak_password`).
+    #[error("{0}")]
+    Weak(String),
+    /// Not a password we take at all (too long, NUL).
+    #[error("{0}")]
+    Malformed(&'static str),
+}
+
+/// A new password acceptable under `policy`.
 pub fn check_new(
     password: &str,
     policy: &PasswordPolicy,
     identifiers: &[&str],
-) -> Result<(), ApiError> {
+) -> Result<(), PasswordError> {
     check_shape(password)?;
     let chars = password.chars().count();
     if chars < policy.min_length {
-        return Err(ApiError::new(
-            ErrorCode::WeakPassword,
-            format!(
-                "the password must have at least {} characters",
-                policy.min_length
-            ),
-        ));
+        return Err(PasswordError::Weak(format!(
+            "the password must have at least {} characters",
+            policy.min_length
+        )));
     }
     let lowered = password.to_lowercase();
     if policy.reject_common && COMMON.contains(&lowered.as_str()) {
-        return Err(ApiError::new(
-            ErrorCode::WeakPassword,
-            "the password is one of the most common passwords",
+        return Err(PasswordError::Weak(
+            "the password is one of the most common passwords".into(),
         ));
     }
     if identifiers
         .iter()
         .any(|id| !id.is_empty() && lowered == id.to_lowercase())
     {
-        return Err(ApiError::new(
-            ErrorCode::WeakPassword,
-            "the password must not be the account's email or username",
+        return Err(PasswordError::Weak(
+            "the password must not be the account's email or username".into(),
         ));
     }
     Ok(())
@@ -136,14 +139,16 @@ pub fn check_new(
 
 /// Limits every presented password obeys, checked before hashing so a megabyte of input
 /// never reaches Argon2.
-pub fn check_shape(password: &str) -> Result<(), ApiError> {
+pub fn check_shape(password: &str) -> Result<(), PasswordError> {
     if password.chars().count() > MAX_PASSWORD_CHARS {
-        return Err(ApiError::bad_request(
+        return Err(PasswordError::Malformed(
             "the password must have at most 128 characters",
         ));
     }
     if password.contains('\0') {
-        return Err(ApiError::bad_request("the password must not contain NUL"));
+        return Err(PasswordError::Malformed(
+            "the password must not contain NUL",
+        ));
     }
     Ok(())
 }
@@ -152,21 +157,24 @@ pub fn check_shape(password: &str) -> Result<(), ApiError> {
 mod tests {
     use super::*;
 
-    fn code(password: &str) -> Option<ErrorCode> {
-        check_new(password, &PasswordPolicy::default(), &["ann@example.com"])
-            .err()
-            .map(|e| e.code)
+    /// `Some("weak")` or `Some("malformed")` when refused.
+    fn refused(password: &str) -> Option<&'static str> {
+        match check_new(password, &PasswordPolicy::default(), &["ann@example.com"]) {
+            Ok(()) => None,
+            Err(PasswordError::Weak(_)) => Some("weak"),
+            Err(PasswordError::Malformed(_)) => Some("malformed"),
+        }
     }
 
     #[test]
     fn rules() {
-        assert_eq!(code("correct horse battery"), None);
-        assert_eq!(code("short"), Some(ErrorCode::WeakPassword));
-        assert_eq!(code("Password123"), Some(ErrorCode::WeakPassword));
-        assert_eq!(code("ANN@example.com"), Some(ErrorCode::WeakPassword));
-        assert_eq!(code(&"x".repeat(129)), Some(ErrorCode::InvalidRequest));
-        assert_eq!(code(&"é".repeat(128)), None);
-        assert_eq!(code("abc\0defghij"), Some(ErrorCode::InvalidRequest));
+        assert_eq!(refused("correct horse battery"), None);
+        assert_eq!(refused("short"), Some("weak"));
+        assert_eq!(refused("Password123"), Some("weak"));
+        assert_eq!(refused("ANN@example.com"), Some("weak"));
+        assert_eq!(refused(&"x".repeat(129)), Some("malformed"));
+        assert_eq!(refused(&"é".repeat(128)), None);
+        assert_eq!(refused("abc\0defghij"), Some("malformed"));
         assert!(
             COMMON.iter().all(|p| p.chars().count() >= 8),
             "list is lowercase 8+"

@@ -4,16 +4,29 @@
 //! change reaches a user's tokens at their next refresh, or at once when revoked.
 
 use deadpool_postgres::GenericClient;
-use portcullis_common::ErrorCode;
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio_postgres::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::error::ApiError;
-use crate::infra::store::Prepared as _;
-use crate::infra::store::is_unique_violation;
+use crate::infra::store::{DbError, Prepared as _, is_unique_violation};
+
+/// Why a role change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RoleError {
+    #[error("a role with this name already exists")]
+    Exists,
+    #[error("role not found")]
+    NotFound,
+    /// The request's fault; the text says what (for the client).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+crate::db_error_from!(RoleError);
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Role {
@@ -38,16 +51,16 @@ const MAX_PERMISSIONS: usize = 100;
 
 /// Permissions: 1..=128 printable ASCII characters without spaces (they travel
 /// space-separated in `scope`); sorted, duplicates dropped.
-pub fn check_permissions(permissions: &[String]) -> Result<Vec<String>, ApiError> {
+pub fn check_permissions(permissions: &[String]) -> Result<Vec<String>, RoleError> {
     if permissions.len() > MAX_PERMISSIONS {
-        return Err(ApiError::bad_request(format!(
+        return Err(RoleError::Invalid(format!(
             "a role has at most {MAX_PERMISSIONS} permissions"
         )));
     }
     let mut out = Vec::with_capacity(permissions.len());
     for p in permissions {
         if !(1..=128).contains(&p.len()) || !p.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(ApiError::bad_request(format!(
+            return Err(RoleError::Invalid(format!(
                 "permissions are 1..=128 printable ASCII characters without spaces: {p:?}"
             )));
         }
@@ -58,14 +71,14 @@ pub fn check_permissions(permissions: &[String]) -> Result<Vec<String>, ApiError
     // A token carries the permissions: keep a role's share of it small (the verifier
     // refuses tokens over 8 KiB, browsers cookies over 4 KiB).
     if out.iter().map(|p| p.len() + 1).sum::<usize>() > 2048 {
-        return Err(ApiError::bad_request(
-            "a role's permissions may take at most 2048 characters in all",
+        return Err(RoleError::Invalid(
+            "a role's permissions may take at most 2048 characters in all".into(),
         ));
     }
     Ok(out)
 }
 
-pub async fn list(client: &impl GenericClient, app: Uuid) -> Result<Vec<Role>, ApiError> {
+pub async fn list(client: &impl GenericClient, app: Uuid) -> Result<Vec<Role>, DbError> {
     let rows = client
         .q(
             "SELECT name, permissions, created_at FROM roles WHERE app_id = $1 ORDER BY name",
@@ -81,7 +94,7 @@ pub async fn create(
     app: Uuid,
     name: &str,
     permissions: &[String],
-) -> Result<Role, ApiError> {
+) -> Result<Role, RoleError> {
     let row = client
         .q_one(
             "INSERT INTO roles (app_id, name, permissions) VALUES ($1, $2, $3)
@@ -91,10 +104,7 @@ pub async fn create(
         .await
         .map_err(|e| {
             if is_unique_violation(&e, None) {
-                ApiError::new(
-                    ErrorCode::RoleExists,
-                    "a role with this name already exists",
-                )
+                RoleError::Exists
             } else {
                 e.into()
             }
@@ -108,7 +118,7 @@ pub async fn put(
     app: Uuid,
     name: &str,
     permissions: &[String],
-) -> Result<Role, ApiError> {
+) -> Result<Role, DbError> {
     let row = client
         .q_one(
             "INSERT INTO roles (app_id, name, permissions) VALUES ($1, $2, $3)
@@ -126,7 +136,7 @@ pub async fn delete_in(
     tx: &impl GenericClient,
     app: Uuid,
     name: &str,
-) -> Result<Option<Vec<Uuid>>, ApiError> {
+) -> Result<Option<Vec<Uuid>>, DbError> {
     let deleted = tx
         .exec(
             "DELETE FROM roles WHERE app_id = $1 AND name = $2",
@@ -151,7 +161,7 @@ pub async fn holders(
     client: &impl GenericClient,
     app: Uuid,
     name: &str,
-) -> Result<Vec<Uuid>, ApiError> {
+) -> Result<Vec<Uuid>, DbError> {
     let rows = client
         .q(
             "SELECT id FROM users WHERE app_id = $1 AND roles @> ARRAY[$2::text]",

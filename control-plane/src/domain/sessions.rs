@@ -3,7 +3,6 @@
 //! (PostgreSQL first, then the Redis layout the verifiers read).
 
 use deadpool_postgres::GenericClient;
-use portcullis_common::ErrorCode;
 use portcullis_common::token::Amr;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -11,16 +10,11 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::domain::Ctx;
-use crate::domain::apps::App;
-use crate::domain::audit::{self, Actor, Event};
-use crate::domain::tokens::{self, Grant, Tokens};
-use crate::domain::users::{self, NewUser, USER_COLUMNS, User};
-use crate::error::ApiError;
+use crate::domain::users::{self, USER_COLUMNS, User};
 use crate::infra::clock;
-use crate::infra::crypto::{digest, random_token};
-use crate::infra::store::Prepared as _;
-use crate::infra::store::is_unique_violation;
-use crate::state::AppState;
+use crate::infra::crypto::digest;
+use crate::infra::publish::Publisher;
+use crate::infra::store::{DbError, Prepared as _, is_unique_violation};
 
 /// One row of `GET /sessions`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -51,7 +45,8 @@ pub struct Revoked {
     pub until: i64,
 }
 
-fn amr_names(amr: &[Amr]) -> Vec<String> {
+/// `amr` values as stored (and audited).
+pub fn amr_names(amr: &[Amr]) -> Vec<String> {
     amr.iter()
         .filter_map(|a| serde_json::to_value(a).ok())
         .filter_map(|v| v.as_str().map(str::to_owned))
@@ -70,7 +65,7 @@ pub async fn revoke_in(
     tx: &impl GenericClient,
     which: &Which,
     now: i64,
-) -> Result<Vec<Revoked>, ApiError> {
+) -> Result<Vec<Revoked>, DbError> {
     let until = crate::domain::revocation_until(now);
     let at = clock::at(now);
     let (condition, user, extra) = match which {
@@ -108,11 +103,7 @@ pub async fn revoke_in(
 /// The user row is locked first, and logins and refreshes hold it shared while they issue,
 /// so a login racing this revocation either finishes first (its token's `iat` is then at
 /// or before the cutoff, read from the database clock after the lock) or sees the change.
-pub async fn revoke_user_in(
-    tx: &impl GenericClient,
-    user: Uuid,
-    now: i64,
-) -> Result<i64, ApiError> {
+pub async fn revoke_user_in(tx: &impl GenericClient, user: Uuid, now: i64) -> Result<i64, DbError> {
     tx.exec("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user])
         .await?;
     let before = cutoff_now(tx, now).await?;
@@ -138,7 +129,7 @@ pub async fn revoke_user_in(
 
 /// A revocation cutoff: `now`, or the database clock if later (after the locks the caller
 /// waited for, so it covers every token issued by whoever held them).
-async fn cutoff_now(tx: &impl GenericClient, now: i64) -> Result<i64, ApiError> {
+async fn cutoff_now(tx: &impl GenericClient, now: i64) -> Result<i64, DbError> {
     Ok(tx
         .q_one(
             "SELECT GREATEST($1, floor(EXTRACT(EPOCH FROM clock_timestamp()))::bigint)",
@@ -150,10 +141,9 @@ async fn cutoff_now(tx: &impl GenericClient, now: i64) -> Result<i64, ApiError> 
 
 /// Publishes committed session revocations. A Redis failure is logged and left to the
 /// reconciler: PostgreSQL already holds the revocation.
-pub async fn publish_sessions(state: &AppState, revoked: &[Revoked]) {
+pub async fn publish_sessions(publisher: &Publisher, revoked: &[Revoked]) {
     for r in revoked {
-        if let Err(e) = state
-            .publisher
+        if let Err(e) = publisher
             .session_revoked(&r.session.to_string(), r.until)
             .await
         {
@@ -164,213 +154,91 @@ pub async fn publish_sessions(state: &AppState, revoked: &[Revoked]) {
 }
 
 /// Publishes committed per-user cutoffs (see [`publish_sessions`]).
-pub async fn publish_users(state: &AppState, users: &[Uuid], before: i64) {
+pub async fn publish_users(publisher: &Publisher, users: &[Uuid], before: i64) {
     for user in users {
-        if let Err(e) = state
-            .publisher
-            .user_revoked(&user.to_string(), before)
-            .await
-        {
+        if let Err(e) = publisher.user_revoked(&user.to_string(), before).await {
             metrics::counter!("portcullis_publish_failures_total").increment(1);
             tracing::warn!(error = %e, "user revocation not published; the reconciler will");
         }
     }
 }
 
-/// Whose session [`start`] opens.
-#[derive(Debug)]
-pub enum Subject<'a> {
-    /// A user being created: inserted in the same transaction as the session (and the
-    /// mails of its registration), so a failure leaves none of them.
-    New(&'a NewUser, &'a [crate::domain::mailings::Mailing]),
-    /// A signed-in user; refused with `403 user_disabled` if disabled meanwhile.
-    Existing(&'a User),
+/// Longest refresh token accepted before any lookup (ours are 43 characters).
+pub const MAX_REFRESH_LEN: usize = 256;
+
+/// Whether a new session row went in.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inserted {
+    Yes,
+    /// Another session took the device at the same moment (unique `sessions_device`).
+    DeviceTaken,
 }
 
-/// Starts a session and returns the user and its first tokens. A session already bound to
-/// the same device is revoked in the same transaction.
-pub async fn start(
-    state: &AppState,
-    app: &App,
-    subject: Subject<'_>,
-    device: Option<&str>,
-    ctx: &Ctx,
-    amr: Vec<Amr>,
-) -> Result<(User, Tokens), ApiError> {
-    let refresh = random_token(32);
-    let sid = Uuid::now_v7();
-    let expires = clock::at(ctx.now + app.settings.refresh_token_ttl);
-    let mut client = state.pool.get().await?;
-    let mut attempt = 0;
-    let mut mailed = false;
-    let (user, replaced) = loop {
-        attempt += 1;
-        let tx = client.transaction().await?;
-        let user = match subject {
-            Subject::New(new, mailings) => {
-                let user = users::insert(&tx, app.id, new).await?;
-                for mailing in mailings {
-                    crate::domain::mailings::mail_in(&tx, &state.links(), app, &user, mailing, ctx)
-                        .await?;
-                    mailed = true;
-                }
-                user
-            }
-            Subject::Existing(user) => {
-                let user = lock_user(&tx, user.id).await?;
-                if user.disabled(clock::at(ctx.now)) {
-                    return Err(disabled());
-                }
-                user
-            }
-        };
-        let replaced = match device {
-            Some(d) => {
-                let which = Which::Device {
-                    user: user.id,
-                    device: d.to_owned(),
-                };
-                revoke_in(&tx, &which, ctx.now).await?
-            }
-            None => Vec::new(),
-        };
-        let inserted = tx
-            .exec(
-                "INSERT INTO sessions (id, user_id, app_id, device_id, user_agent, ip, amr,
-                     created_at, last_seen_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
-                &[
-                    &sid,
-                    &user.id,
-                    &app.id,
-                    &device,
-                    &ctx.user_agent,
-                    &ctx.ip.to_string(),
-                    &amr_names(&amr),
-                    &clock::at(ctx.now),
-                    &expires,
-                ],
-            )
-            .await;
-        match inserted {
-            // Two logins on one device at once: the loser retries and replaces the winner.
-            Err(e) if attempt < 3 && is_unique_violation(&e, Some("sessions_device")) => continue,
-            other => other?,
-        };
-        tx.exec(
-            "INSERT INTO refresh_tokens (hash, session_id) VALUES ($1, $2)",
-            &[&digest(&refresh), &sid],
-        )
-        .await?;
-        let event = |event| Event {
-            app: Some(app.id),
-            user: Some(user.id),
-            actor: Actor::User,
-            event,
-            details: serde_json::json!({ "session_id": sid, "amr": amr_names(&amr) }),
-            ctx,
-        };
-        if matches!(subject, Subject::New(..)) {
-            audit::record(&tx, event("user.created")).await?;
-        }
-        audit::record(&tx, event("login.succeeded")).await?;
-        tx.commit().await?;
-        break (user, replaced);
-    };
-    drop(client);
-    if mailed {
-        state.outbox.wake();
-    }
-    publish_sessions(state, &replaced).await;
-    let tokens = issue(state, app, &user, sid, refresh, amr, ctx.now).await?;
-    Ok((user, tokens))
-}
-
-fn disabled() -> ApiError {
-    ApiError::new(ErrorCode::UserDisabled, "the user is disabled or expired")
-}
-
-/// The user row, locked shared until the transaction ends: a concurrent revocation of the
-/// user waits for this session to be recorded (see [`revoke_user_in`]).
-async fn lock_user(tx: &impl GenericClient, id: Uuid) -> Result<User, ApiError> {
-    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR SHARE");
-    let row = tx
-        .q_opt(&sql, &[&id])
-        .await?
-        .ok_or_else(ApiError::invalid_credentials)?;
-    Ok(User::from_row(&row))
-}
-
-async fn issue(
-    state: &AppState,
-    app: &App,
-    user: &User,
+/// A new session `sid` of `user` and its first refresh token (stored as its digest).
+#[allow(clippy::too_many_arguments)]
+pub async fn insert_in(
+    tx: &impl GenericClient,
     sid: Uuid,
-    refresh_token: String,
-    amr: Vec<Amr>,
-    now: i64,
-) -> Result<Tokens, ApiError> {
-    let ttl = app.settings.access_token_ttl;
-    let app_id = app.id.to_string();
-    let (access_token, claims) = tokens::mint(
-        state,
-        Grant {
-            audience: &app_id,
-            sub: user.id,
-            sid,
-            roles: user.roles.clone(),
-            scope: user.scope.clone(),
-            amr,
-            guest: user.guest,
-            ttl,
-        },
-        user.issued_at(now),
+    user: Uuid,
+    app: Uuid,
+    device: Option<&str>,
+    amr: &[Amr],
+    expires: OffsetDateTime,
+    refresh_token: &str,
+    ctx: &Ctx,
+) -> Result<Inserted, DbError> {
+    let inserted = tx
+        .exec(
+            "INSERT INTO sessions (id, user_id, app_id, device_id, user_agent, ip, amr,
+                 created_at, last_seen_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
+            &[
+                &sid,
+                &user,
+                &app,
+                &device,
+                &ctx.user_agent,
+                &ctx.ip.to_string(),
+                &amr_names(amr),
+                &clock::at(ctx.now),
+                &expires,
+            ],
+        )
+        .await;
+    match inserted {
+        Err(e) if is_unique_violation(&e, Some("sessions_device")) => {
+            return Ok(Inserted::DeviceTaken);
+        }
+        other => other?,
+    };
+    tx.exec(
+        "INSERT INTO refresh_tokens (hash, session_id) VALUES ($1, $2)",
+        &[&digest(refresh_token), &sid],
     )
     .await?;
-    Ok(Tokens {
-        access_token,
-        refresh_token,
-        token_type: "Bearer",
-        expires_in: ttl,
-        expires_at: clock::at(claims.exp),
-        session_id: sid,
-        user_id: user.id,
-        roles: claims.roles,
-    })
+    Ok(Inserted::Yes)
 }
 
-/// Longest refresh token accepted before any lookup (ours are 43 characters).
-const MAX_REFRESH_LEN: usize = 256;
+/// A refresh token rotated: the session's user (read under a shared lock) and the session.
+#[derive(Debug)]
+pub struct Rotated {
+    pub user: User,
+    pub sid: Uuid,
+    pub amr: Vec<Amr>,
+}
 
-/// Rotates `presented`: exactly one concurrent caller wins (an atomic
-/// `UPDATE ... WHERE used_at IS NULL`). A token presented again within the application's
-/// grace window gets the same successor; any other reuse revokes the whole session.
-pub async fn refresh(
-    state: &AppState,
-    app: &App,
-    presented: &str,
+/// Rotates the unused token `hash` of a live session of `app` to `successor_hash`, in one
+/// statement (one round trip, one commit). `holder` takes the user row shared and
+/// re-checks it is enabled under that lock (see [`revoke_user_in`]); the UPDATE's
+/// `used_at IS NULL` is re-checked under the row lock too, so of two concurrent
+/// rotations of one token exactly one gets a row back.
+pub async fn rotate(
+    client: &impl GenericClient,
+    app: Uuid,
+    hash: &[u8],
+    successor_hash: &[u8],
     ctx: &Ctx,
-) -> Result<Tokens, ApiError> {
-    let invalid = || {
-        ApiError::new(
-            ErrorCode::InvalidRefreshToken,
-            "the refresh token is invalid or expired",
-        )
-    };
-    if presented.is_empty() || presented.len() > MAX_REFRESH_LEN {
-        return Err(invalid());
-    }
-    let hash = digest(presented);
-    // The successor is a function of the presented token, so the winning UPDATE records
-    // it at once and a retry within the grace window can recompute it.
-    let successor = state.secrets.successor(presented);
-    let successor_hash = digest(&successor);
-    let now = clock::at(ctx.now);
-    let mut client = state.pool.get().await?;
-    // The common case in one statement (one round trip, one commit). `holder` takes the
-    // user row shared and re-checks it is enabled under that lock (see `revoke_user_in`);
-    // the UPDATE's `used_at IS NULL` is re-checked under the row lock too, so of two
-    // concurrent refreshes with one token exactly one gets a row back.
+) -> Result<Option<Rotated>, DbError> {
     let sql = format!(
         "WITH target AS (
              SELECT rt.hash, s.id AS sid, s.user_id, s.amr
@@ -399,105 +267,75 @@ pub async fn refresh(
             &sql,
             &[
                 &hash,
-                &app.id,
-                &now,
+                &app,
+                &clock::at(ctx.now),
                 &successor_hash,
                 &ctx.ip.to_string(),
                 &ctx.user_agent,
             ],
         )
         .await?;
-    if let Some(row) = won {
-        let user = User::from_row(&row);
+    Ok(won.map(|row| {
         let n = users::USER_COLUMN_COUNT;
-        let (sid, amr): (Uuid, Vec<String>) = (row.get(n), row.get(n + 1));
-        drop(client);
-        metrics::counter!("portcullis_refresh_total", "outcome" => "rotated").increment(1);
-        return issue(state, app, &user, sid, successor, amr_parse(&amr), ctx.now).await;
-    }
+        let amr: Vec<String> = row.get(n + 1);
+        Rotated {
+            user: User::from_row(&row),
+            sid: row.get(n),
+            amr: amr_parse(&amr),
+        }
+    }))
+}
 
-    let tx = client.transaction().await?;
-    // Not rotatable: unknown, expired, revoked, or already used.
+/// A refresh token that did not rotate, as found.
+#[derive(Debug)]
+pub struct Presented {
+    pub used_at: Option<OffsetDateTime>,
+    pub successor_hash: Option<Vec<u8>>,
+    pub sid: Uuid,
+    pub user: Uuid,
+    pub amr: Vec<Amr>,
+    /// The session is neither revoked nor expired.
+    pub live: bool,
+}
+
+/// The refresh token `hash` of `app`, whatever its state.
+pub async fn presented_in(
+    tx: &impl GenericClient,
+    app: Uuid,
+    hash: &[u8],
+    now: OffsetDateTime,
+) -> Result<Option<Presented>, DbError> {
     let row = tx
         .q_opt(
             "SELECT rt.used_at, rt.successor_hash, s.id, s.user_id, s.amr,
                     s.revoked_at IS NULL AND s.expires_at > $3 AS live
              FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id
              WHERE rt.hash = $1 AND s.app_id = $2",
-            &[&hash, &app.id, &now],
+            &[&hash, &app, &now],
         )
         .await?;
-    let Some(row) = row else {
-        metrics::counter!("portcullis_refresh_total", "outcome" => "invalid").increment(1);
-        return Err(invalid());
-    };
-    let used_at: Option<OffsetDateTime> = row.get(0);
-    let successor_hash: Option<Vec<u8>> = row.get(1);
-    let (sid, user_id, amr): (Uuid, Uuid, Vec<String>) = (row.get(2), row.get(3), row.get(4));
-    let live: bool = row.get(5);
-    if !live {
-        metrics::counter!("portcullis_refresh_total", "outcome" => "invalid").increment(1);
-        return Err(invalid());
-    }
-    if used_at.is_none() {
-        // Unused, on a live session, yet not rotated: the user is disabled or expired
-        // (or the token was rotated a moment ago by a concurrent request, and then it is
-        // used by now).
-        let user = lock_user(&tx, user_id).await?;
-        if user.disabled(now) {
-            return Err(disabled());
+    Ok(row.map(|row| {
+        let amr: Vec<String> = row.get(4);
+        Presented {
+            used_at: row.get(0),
+            successor_hash: row.get(1),
+            sid: row.get(2),
+            user: row.get(3),
+            amr: amr_parse(&amr),
+            live: row.get(5),
         }
-        return Err(invalid());
-    }
-    let grace = app.settings.refresh_token_reuse_grace_secs;
-    let within_grace =
-        grace > 0 && used_at.is_some_and(|used| (now - used).whole_seconds() <= grace);
-    if within_grace {
-        // The successor must still be the session's live token: a session never has two.
-        let successor_live = tx
-            .q_opt(
-                "SELECT 1 FROM refresh_tokens WHERE hash = $1 AND used_at IS NULL",
-                &[&successor_hash],
-            )
-            .await?
-            .is_some();
-        if successor_live {
-            let user = lock_user(&tx, user_id).await?;
-            tx.commit().await?;
-            drop(client);
-            if user.disabled(now) {
-                return Err(disabled());
-            }
-            metrics::counter!("portcullis_refresh_total", "outcome" => "grace").increment(1);
-            return issue(state, app, &user, sid, successor, amr_parse(&amr), ctx.now).await;
-        }
-    }
-    let which = Which::One {
-        user: user_id,
-        session: sid,
-    };
-    let revoked = revoke_in(&tx, &which, ctx.now).await?;
-    audit::record(
-        &tx,
-        Event {
-            app: Some(app.id),
-            user: Some(user_id),
-            actor: Actor::Anonymous,
-            event: "refresh_token.reused",
-            details: serde_json::json!({ "session_id": sid }),
-            ctx,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    drop(client);
-    metrics::counter!("portcullis_refresh_total", "outcome" => "reused").increment(1);
-    tracing::warn!(session = %sid, "refresh token reused; session revoked");
-    publish_sessions(state, &revoked).await;
-    Err(ApiError::new(
-        ErrorCode::RefreshTokenReused,
-        "the refresh token was already used; the session is revoked",
-    ))
+    }))
+}
+
+/// Whether the refresh token `hash` exists and is unused (a session's live token).
+pub async fn token_unused_in(tx: &impl GenericClient, hash: &[u8]) -> Result<bool, DbError> {
+    Ok(tx
+        .q_opt(
+            "SELECT 1 FROM refresh_tokens WHERE hash = $1 AND used_at IS NULL",
+            &[&hash],
+        )
+        .await?
+        .is_some())
 }
 
 /// The live session a refresh token belongs to, for logout.
@@ -505,7 +343,7 @@ pub async fn session_of_refresh(
     client: &impl GenericClient,
     app: Uuid,
     presented: &str,
-) -> Result<Option<(Uuid, Uuid)>, ApiError> {
+) -> Result<Option<(Uuid, Uuid)>, DbError> {
     if presented.len() > MAX_REFRESH_LEN {
         return Ok(None);
     }
@@ -519,42 +357,15 @@ pub async fn session_of_refresh(
     Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
-/// Revokes sessions and publishes them: the common end of logout and session deletion,
-/// recorded as `session.revoked` with `reason`.
-pub async fn revoke(
-    state: &AppState,
-    app: Uuid,
-    which: &Which,
-    reason: &'static str,
-    ctx: &Ctx,
-) -> Result<Vec<Revoked>, ApiError> {
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
-    let revoked = revoke_in(&tx, which, ctx.now).await?;
-    if !revoked.is_empty() {
-        let user = match which {
-            Which::One { user, .. }
-            | Which::Device { user, .. }
-            | Which::AllOfUser { user, .. } => *user,
-        };
-        let sessions: Vec<Uuid> = revoked.iter().map(|r| r.session).collect();
-        audit::record(
-            &tx,
-            Event {
-                app: Some(app),
-                user: Some(user),
-                actor: Actor::User,
-                event: "session.revoked",
-                details: serde_json::json!({ "reason": reason, "sessions": sessions }),
-                ctx,
-            },
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    drop(client);
-    publish_sessions(state, &revoked).await;
-    Ok(revoked)
+/// When session `id` began, if it still exists.
+pub async fn started_at(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<OffsetDateTime>, DbError> {
+    Ok(client
+        .q_opt("SELECT created_at FROM sessions WHERE id = $1", &[&id])
+        .await?
+        .map(|r| r.get(0)))
 }
 
 pub async fn list(
@@ -562,7 +373,7 @@ pub async fn list(
     user: Uuid,
     current: Uuid,
     now: i64,
-) -> Result<Vec<SessionView>, ApiError> {
+) -> Result<Vec<SessionView>, DbError> {
     let rows = client
         .q(
             "SELECT id, device_id, user_agent, ip, created_at, last_seen_at FROM sessions
@@ -601,7 +412,7 @@ pub async fn revoke_app_users_in(
     tx: &impl GenericClient,
     which: AppsOf,
     now: i64,
-) -> Result<(Vec<Uuid>, i64), ApiError> {
+) -> Result<(Vec<Uuid>, i64), DbError> {
     let (condition, id) = match which {
         AppsOf::Owner(id) => ("a.owner_id = $1", id),
         AppsOf::App(id) => ("a.id = $1", id),

@@ -2,17 +2,19 @@
 //! control plane's own routes) with the same verify core the sidecar runs, plus the
 //! revocation state in PostgreSQL, which is fresher than any Redis copy.
 
+use deadpool_postgres::Pool;
 use portcullis_common::ErrorCode;
 use portcullis_common::token::{AccessTokenClaims, AccessTokenHeader, Amr, sign_compact};
-use portcullis_verifier::core::{Revocations, Scratch, Snapshot};
+use portcullis_verifier::core::{Revocations, Scratch, Settings, Snapshot, Verifier};
 use serde::Serialize;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::error::ApiError;
-use crate::infra::store::Prepared as _;
-use crate::state::AppState;
+use crate::domain::LEEWAY_SECS;
+use crate::domain::keys::{KeyError, KeyRing};
+use crate::domain::revocations;
+use crate::infra::store::DbError;
 
 /// The audience (and `client_id`) of owner tokens: never an application id, so an owner
 /// token is refused by every application's routes and a user token by the owner routes.
@@ -62,15 +64,17 @@ pub struct Grant<'a> {
     pub ttl: i64,
 }
 
-/// Signs an access token for `grant`, issued at `now`. Returns the token and its claims.
+/// Signs an access token for `grant`, issued by `issuer` at `now`, with the active key.
+/// Returns the token and its claims.
 pub async fn mint(
-    state: &AppState,
+    keys: &KeyRing,
+    issuer: &str,
     grant: Grant<'_>,
     now: i64,
-) -> Result<(String, AccessTokenClaims), ApiError> {
-    let keys = state.keys.current().await?;
+) -> Result<(String, AccessTokenClaims), KeyError> {
+    let keys = keys.current().await?;
     let claims = AccessTokenClaims {
-        iss: state.config.issuer.clone(),
+        iss: issuer.to_owned(),
         sub: grant.sub.to_string(),
         aud: grant.audience.to_owned(),
         client_id: grant.audience.to_owned(),
@@ -88,65 +92,92 @@ pub async fn mint(
     if grant.audience == OWNER_AUDIENCE {
         header.typ = OWNER_TOKEN_TYP.to_owned();
     }
-    let header = serde_json::to_vec(&header).map_err(|e| ApiError::internal(&e))?;
-    let payload = serde_json::to_vec(&claims).map_err(|e| ApiError::internal(&e))?;
+    let header = serde_json::to_vec(&header).map_err(|e| KeyError::Broken(e.to_string()))?;
+    let payload = serde_json::to_vec(&claims).map_err(|e| KeyError::Broken(e.to_string()))?;
     Ok((sign_compact(&keys.signer, &header, &payload), claims))
 }
 
-/// Checks signature, `typ`, `iss`, times and `aud == audience`; then the revocation state in
-/// PostgreSQL (session revoked, or a per-user cutoff at or after `iat`).
-pub async fn authenticate(
-    state: &AppState,
-    token: &str,
-    audience: &str,
-    now: i64,
-) -> Result<Principal, ApiError> {
-    let keys = state.keys.current().await?;
-    let snapshot = Snapshot {
-        keys: keys.key_set.clone(),
-        revocations: Revocations::default(),
-        version: 0,
-    };
-    let mut scratch = Box::new(Scratch::new());
-    let verifier = if audience == OWNER_AUDIENCE {
-        &state.owner_verifier
-    } else {
-        &state.verifier
-    };
-    let verified = verifier
-        .verify_with_payload(token.as_bytes(), now, &snapshot, &mut scratch)
-        .map_err(|r| ApiError::unauthenticated(r.code))?;
-    let claims: AccessTokenClaims = verified
-        .payload
-        .and_then(|p| serde_json::from_str(p).ok())
-        .ok_or(ApiError::unauthenticated(ErrorCode::InvalidToken))?;
-    if claims.aud != audience {
-        return Err(ApiError::unauthenticated(ErrorCode::InvalidAudience));
-    }
-    let (Ok(sub), Ok(sid)) = (claims.sub.parse::<Uuid>(), claims.sid.parse::<Uuid>()) else {
-        return Err(ApiError::unauthenticated(ErrorCode::InvalidToken));
-    };
-    let client = state.pool.get().await?;
-    let revoked = client
-        .q_opt(
-            "SELECT 1 FROM revocations
-             WHERE (kind = 'session' AND subject = $1) OR (kind = 'user' AND subject = $2 AND before >= $3)
-             LIMIT 1",
-            &[&claims.sid, &claims.sub, &claims.iat],
-        )
-        .await?;
-    if revoked.is_some() {
-        return Err(ApiError::unauthenticated(ErrorCode::TokenRevoked));
-    }
-    Ok(Principal { sub, sid, claims })
+/// Why a presented access token was refused, or could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Refused, with the contract's code (`token_expired`, `token_revoked`, …).
+    #[error("{0}")]
+    Refused(ErrorCode),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Db(#[from] DbError),
 }
 
-/// `Authorization: Bearer <token>` → the token.
-pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+crate::db_error_from!(TokenError);
+
+/// The sidecar's verify core, set up for the tokens the control plane checks itself:
+/// users' access tokens and owners' (which carry their own `typ`).
+#[derive(Debug)]
+pub struct Verifiers {
+    user: Verifier,
+    owner: Verifier,
+}
+
+impl Verifiers {
+    pub fn new(issuer: &str) -> Self {
+        let verifier = |typ: &str| {
+            Verifier::new(
+                Settings {
+                    issuers: vec![issuer.to_owned()],
+                    // Each route checks the audience it expects (an application id, or owners).
+                    audiences: Vec::new(),
+                    leeway_secs: LEEWAY_SECS,
+                    typs: vec![typ.to_owned()],
+                },
+                4096,
+            )
+        };
+        Self {
+            user: verifier(portcullis_common::token::ACCESS_TOKEN_TYP),
+            owner: verifier(OWNER_TOKEN_TYP),
+        }
+    }
+
+    /// Checks signature, `typ`, `iss`, times and `aud == audience`; then the revocation
+    /// state in PostgreSQL (session revoked, or a per-user cutoff at or after `iat`).
+    pub async fn authenticate(
+        &self,
+        keys: &KeyRing,
+        pool: &Pool,
+        token: &str,
+        audience: &str,
+        now: i64,
+    ) -> Result<Principal, TokenError> {
+        let keys = keys.current().await?;
+        let snapshot = Snapshot {
+            keys: keys.key_set.clone(),
+            revocations: Revocations::default(),
+            version: 0,
+        };
+        let mut scratch = Box::new(Scratch::new());
+        let verifier = if audience == OWNER_AUDIENCE {
+            &self.owner
+        } else {
+            &self.user
+        };
+        let verified = verifier
+            .verify_with_payload(token.as_bytes(), now, &snapshot, &mut scratch)
+            .map_err(|r| TokenError::Refused(r.code))?;
+        let claims: AccessTokenClaims = verified
+            .payload
+            .and_then(|p| serde_json::from_str(p).ok())
+            .ok_or(TokenError::Refused(ErrorCode::InvalidToken))?;
+        if claims.aud != audience {
+            return Err(TokenError::Refused(ErrorCode::InvalidAudience));
+        }
+        let (Ok(sub), Ok(sid)) = (claims.sub.parse::<Uuid>(), claims.sid.parse::<Uuid>()) else {
+            return Err(TokenError::Refused(ErrorCode::InvalidToken));
+        };
+        let client = pool.get().await?;
+        if revocations::covers(&client, &claims.sid, &claims.sub, claims.iat).await? {
+            return Err(TokenError::Refused(ErrorCode::TokenRevoked));
+        }
+        Ok(Principal { sub, sid, claims })
+    }
 }

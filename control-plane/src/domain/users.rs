@@ -141,6 +141,42 @@ pub async fn find(
         .map(|r| User::from_row(&r)))
 }
 
+/// A page of an application's users in creation order (ids are UUID v7, so a cursor is
+/// the last id seen), optionally those with one canonical `email`. Returns the page and
+/// whether more follow.
+pub async fn page(
+    client: &impl GenericClient,
+    app: Uuid,
+    after: Option<Uuid>,
+    email: Option<&str>,
+    limit: i64,
+) -> Result<(Vec<User>, bool), DbError> {
+    let sql = format!(
+        "SELECT {USER_COLUMNS} FROM users
+         WHERE app_id = $1 AND ($2::uuid IS NULL OR id > $2) AND ($3::text IS NULL OR email_canonical = $3)
+         ORDER BY id LIMIT $4"
+    );
+    let email = email.map(canonical);
+    let rows = client
+        .q(&sql, &[&app, &after, &email, &(limit + 1)])
+        .await?;
+    let more = rows.len() as i64 > limit;
+    let users = rows
+        .iter()
+        .take(limit as usize)
+        .map(User::from_row)
+        .collect();
+    Ok((users, more))
+}
+
+/// The user row, locked shared until the transaction ends: a concurrent revocation of
+/// the user waits for the caller's session to be recorded (see
+/// `sessions::revoke_user_in`).
+pub async fn lock_shared(tx: &impl GenericClient, id: Uuid) -> Result<Option<User>, DbError> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR SHARE");
+    Ok(tx.q_opt(&sql, &[&id]).await?.map(|r| User::from_row(&r)))
+}
+
 /// By canonical email, or by canonical username when `login` has no `@`.
 pub async fn find_by_login(
     client: &impl GenericClient,
@@ -157,6 +193,39 @@ pub async fn find_by_login(
         .q_opt(&sql, &[&app, &canonical(login)])
         .await?
         .map(|r| User::from_row(&r)))
+}
+
+/// The user holding the address `email`, and whether they proved it.
+pub async fn by_email_in(
+    tx: &impl GenericClient,
+    app: Uuid,
+    email: &str,
+) -> Result<Option<(Uuid, bool)>, DbError> {
+    Ok(tx
+        .q_opt(
+            "SELECT id, email_verified FROM users WHERE app_id = $1 AND email_canonical = $2",
+            &[&app, &canonical(email)],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+/// Locks the user row for a change that must not race another (`FOR UPDATE`).
+pub async fn lock_in(tx: &impl GenericClient, id: Uuid) -> Result<(), DbError> {
+    tx.exec("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&id])
+        .await?;
+    Ok(())
+}
+
+/// Whether the user has a password (`'!'` means none).
+pub async fn has_password_in(tx: &impl GenericClient, id: Uuid) -> Result<bool, DbError> {
+    Ok(tx
+        .q_one(
+            "SELECT password_hash <> '!' FROM users WHERE id = $1",
+            &[&id],
+        )
+        .await?
+        .get(0))
 }
 
 /// A new user's fields, already checked.
@@ -305,6 +374,29 @@ pub async fn set_password_in(
         one_time::Purpose::MfaLogin.as_str(),
     ];
     crate::domain::one_time::retire_in(tx, user, &stale, now).await
+}
+
+/// Marks the user's address as proven; with `mailed_to`, only if it is still that
+/// (canonical) address. Returns whether it was marked.
+pub async fn mark_verified_in(
+    tx: &impl GenericClient,
+    user: Uuid,
+    mailed_to: Option<&str>,
+) -> Result<bool, DbError> {
+    let updated = tx
+        .exec(
+            "UPDATE users SET email_verified = true
+             WHERE id = $1 AND ($2::text IS NULL OR email_canonical = $2)",
+            &[&user, &mailed_to],
+        )
+        .await?;
+    Ok(updated > 0)
+}
+
+/// Deletes the user; sessions, refresh tokens, factors and identities go with it.
+pub async fn delete_in(tx: &impl GenericClient, id: Uuid) -> Result<(), DbError> {
+    tx.exec("DELETE FROM users WHERE id = $1", &[&id]).await?;
+    Ok(())
 }
 
 /// Trimmed and case-folded: two spellings of one address are one account.

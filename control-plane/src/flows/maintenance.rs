@@ -2,13 +2,16 @@
 //! due, retire what has expired), pruning (ended sessions, finished social-login flows,
 //! delivered messages, used one-time tokens and codes, audit events past retention), and
 //! the reconcile pass that rewrites the Redis layout from PostgreSQL, so a flushed,
-//! restarted or briefly unreachable Redis heals by itself.
+//! restarted or briefly unreachable Redis heals by itself. And the operator's rotation
+//! ([`rotate_keys`]), which runs the same key step at once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 
+use crate::domain::Ctx;
+use crate::domain::audit::{Actor, Event};
 use crate::domain::keys::{KeyError, KeyRing};
 use crate::domain::{audit, revocations, sessions};
 use crate::infra::publish::{Publisher, Repaired};
@@ -108,10 +111,10 @@ async fn prune(pool: &Pool, with_audit: bool) -> Result<(), DbError> {
     let client = pool.get().await?;
     let now = clock::unix_now();
     sessions::prune(&client, now).await?;
-    crate::flows::oauth::prune(&client, now).await?;
+    crate::domain::identities::prune(&client, now).await?;
     outbox::prune(&client).await?;
     crate::domain::one_time::prune(&client).await?;
-    crate::flows::mfa::prune(&client).await?;
+    crate::domain::factors::prune(&client).await?;
     if with_audit {
         audit::prune(&client).await?;
     }
@@ -160,4 +163,36 @@ pub async fn reconcile(
         publisher.announce_resync().await?;
     }
     Ok(repaired)
+}
+
+/// Rotates now: the next key (already published) becomes active, the active one retires,
+/// a new next key is published (by the reconcile pass when Redis is down now). Returns
+/// the new active key's id.
+pub async fn rotate_keys(
+    pool: &Pool,
+    keys: &KeyRing,
+    publisher: &Publisher,
+    ctx: &Ctx,
+) -> Result<String, KeyError> {
+    let kid = keys.rotate().await?;
+    let client = pool.get().await.map_err(DbError::from)?;
+    let rotated = Event {
+        app: None,
+        user: None,
+        actor: Actor::Operator,
+        event: "keys.rotated",
+        details: serde_json::json!({ "kid": kid }),
+        ctx,
+    };
+    audit::record(&client, rotated).await?;
+    drop(client);
+    let fresh = keys.refresh().await?;
+    match publisher.jwks(&fresh.jwks_json).await {
+        Ok(()) => keys.mark_published(&fresh).await?,
+        Err(e) => {
+            tracing::warn!(error = %e, "JWKS not published after rotation; the reconciler will")
+        }
+    }
+    tracing::info!(%kid, "signing key rotated by the operator");
+    Ok(kid)
 }

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -12,19 +12,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use serde_json::{Value, json};
-
-use super::{JsonBody, auth, created};
+use super::extract::{AppAdmin, JsonBody};
+use super::{created, expiry_patch};
 use crate::domain::Ctx;
-use crate::domain::audit::{self, Actor, Event};
-use crate::domain::passwords;
-use crate::domain::sessions;
-use crate::domain::users::{
-    self, Changes, NewUser, USER_COLUMNS, User, UserView, canonical, check_roles,
-};
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::infra::crypto::random_token;
-use crate::infra::store::Prepared as _;
+use crate::domain::audit::Actor;
+use crate::domain::users::{self, Changes, NewUser, User, UserView, check_roles};
+use crate::flows::account;
+use crate::flows::admin;
+use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -55,12 +50,9 @@ pub(super) struct UserPage {
     responses((status = 200, body = UserPage), (status = 401, body = Problem)))]
 async fn list(
     State(state): State<AppState>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    Path(app): Path<String>,
+    AppAdmin(app): AppAdmin,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<UserPage>> {
-    let app = auth::app_admin(&state, &headers, &app, ctx.now).await?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(ApiError::bad_request("limit must be 1..=200"));
@@ -73,23 +65,8 @@ async fn list(
                 .map_err(|_| ApiError::bad_request("cursor is not valid"))
         })
         .transpose()?;
-    let email = q.email.as_deref().map(canonical);
     let client = state.pool.get().await?;
-    // Ids are UUID v7: ordering by id is creation order, and a cursor is the last id seen.
-    let sql = format!(
-        "SELECT {USER_COLUMNS} FROM users
-         WHERE app_id = $1 AND ($2::uuid IS NULL OR id > $2) AND ($3::text IS NULL OR email_canonical = $3)
-         ORDER BY id LIMIT $4"
-    );
-    let rows = client
-        .q(&sql, &[&app.id, &cursor, &email, &(limit + 1)])
-        .await?;
-    let more = rows.len() as i64 > limit;
-    let users: Vec<User> = rows
-        .iter()
-        .take(limit as usize)
-        .map(User::from_row)
-        .collect();
+    let (users, more) = users::page(&client, app.id, cursor, q.email.as_deref(), limit).await?;
     let next_cursor = more
         .then(|| users.last().map(|u| u.id.to_string()))
         .flatten();
@@ -121,44 +98,26 @@ pub(super) struct UserCreate {
 async fn create(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    Path(app): Path<String>,
+    AppAdmin(app): AppAdmin,
     JsonBody(body): JsonBody<UserCreate>,
 ) -> ApiResult<Response> {
-    let app = auth::app_admin(&state, &headers, &app, ctx.now).await?;
     let profile = Changes::profile(
         Some(&body.email),
         body.username.as_deref(),
         body.phone.as_deref(),
     )?;
-    let email = profile.email.clone().unwrap_or_default();
-    let password = match &body.password {
-        Some(p) => {
-            passwords::check_new(p, &app.settings.password_policy, &[&email])?;
-            p.clone()
-        }
-        None => random_token(32),
-    };
     let new = NewUser {
         email: profile.email,
         username: profile.username,
         phone: profile.phone,
-        password_hash: state.hasher.hash(&password).await?,
         roles: check_roles(&body.roles)?,
         active: body.active.unwrap_or(true),
         expires_at: body.expires_at,
         email_verified: body.email_verified,
         ..NewUser::default()
     };
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
-    let user = users::insert(&tx, app.id, &new).await?;
-    audit::record(
-        &tx,
-        Event::by_admin(app.id, Some(user.id), "user.created", Value::Null, &ctx),
-    )
-    .await?;
-    tx.commit().await?;
+    let user =
+        admin::users::create(state.admin(), &app, new, body.password.as_deref(), &ctx).await?;
     Ok(created(user.view()))
 }
 
@@ -178,11 +137,9 @@ async fn find_user(state: &AppState, app: Uuid, id: &str) -> Result<User, ApiErr
     responses((status = 200, body = UserView), (status = 404, body = Problem)))]
 async fn get_one(
     State(state): State<AppState>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    Path((app, id)): Path<(String, String)>,
+    AppAdmin(app): AppAdmin,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult<Json<UserView>> {
-    let app = auth::app_admin(&state, &headers, &app, ctx.now).await?;
     Ok(Json(find_user(&state, app.id, &id).await?.view()))
 }
 
@@ -212,11 +169,10 @@ pub(super) struct UserPatch {
 async fn patch(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    Path((app, id)): Path<(String, String)>,
+    AppAdmin(app): AppAdmin,
+    Path((_, id)): Path<(String, String)>,
     JsonBody(body): JsonBody<UserPatch>,
 ) -> ApiResult<Json<UserView>> {
-    let app = auth::app_admin(&state, &headers, &app, ctx.now).await?;
     let user = find_user(&state, app.id, &id).await?;
     // Which fields were named, never their values (the log needs only the fact).
     let named: Vec<&str> = [
@@ -233,10 +189,7 @@ async fn patch(
     .collect();
     let changes = Changes {
         active: body.active,
-        expires_at: body
-            .expires_at
-            .map(|patch| super::patched_time(None, Some(patch)))
-            .transpose()?,
+        expires_at: expiry_patch(body.expires_at)?,
         roles: body.roles.as_deref().map(check_roles).transpose()?,
         email_verified: body.email_verified,
         ..Changes::profile(
@@ -245,27 +198,9 @@ async fn patch(
             body.phone.as_deref(),
         )?
     };
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
-    let updated = users::update(&tx, user.id, &changes).await?;
-    let now = crate::infra::clock::at(ctx.now);
-    let newly_disabled = updated.disabled(now) && !user.disabled(now);
-    let revoke = newly_disabled || (body.revoke_tokens && body.roles.is_some());
-    let cutoff = match revoke {
-        true => Some(sessions::revoke_user_in(&tx, user.id, ctx.now).await?),
-        false => None,
-    };
-    let details = json!({ "fields": named, "revoked": revoke });
-    audit::record(
-        &tx,
-        Event::by_admin(app.id, Some(user.id), "user.updated", details, &ctx),
-    )
-    .await?;
-    tx.commit().await?;
-    drop(client);
-    if let Some(before) = cutoff {
-        sessions::publish_users(&state, &[user.id], before).await;
-    }
+    let revoke = body.revoke_tokens;
+    let admin = state.admin();
+    let updated = admin::users::update(admin, &app, &user, &changes, revoke, &named, &ctx).await?;
     Ok(Json(updated.view()))
 }
 
@@ -276,11 +211,10 @@ async fn patch(
 async fn delete(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    Path((app, id)): Path<(String, String)>,
+    AppAdmin(app): AppAdmin,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let app = auth::app_admin(&state, &headers, &app, ctx.now).await?;
     let user = find_user(&state, app.id, &id).await?;
-    super::me::delete_user(&state, &user, Actor::Admin, &ctx).await?;
+    account::delete_user(&state.pool, &state.publisher, &user, Actor::Admin, &ctx).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

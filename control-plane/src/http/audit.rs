@@ -2,8 +2,7 @@
 //! "Application administration"), for its API key or its owner.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -12,10 +11,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::auth;
-use crate::domain::Ctx;
+use super::extract::AppAdmin;
 use crate::domain::audit::{self, EventView, Filter};
-use crate::error::{ApiError, ApiResult, Problem};
+use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -67,12 +65,9 @@ fn time(value: Option<&str>, what: &str) -> Result<Option<OffsetDateTime>, ApiEr
     responses((status = 200, body = AuditPage), (status = 400, body = Problem), (status = 401, body = Problem)))]
 async fn list(
     State(state): State<AppState>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    Path(app): Path<String>,
+    AppAdmin(app): AppAdmin,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<AuditPage>> {
-    let app = auth::app_admin(&state, &headers, &app, ctx.now).await?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(ApiError::bad_request("limit must be 1..=200"));

@@ -4,33 +4,21 @@
 //!
 //! The access cookie is `Path=/` (so the application's own pages, and the verifier beside
 //! them, receive it); the refresh cookie only reaches this application's routes on the
-//! control plane. A cookie-authenticated `POST`, `PUT`, `PATCH` or `DELETE` must come with
-//! an `Origin` the application allows (its `cookies.allowed_origins`, or
+//! control plane. A cookie-authenticated request that changes state (any method but
+//! `GET`, `HEAD` and `OPTIONS`) must come with an `Origin` the application allows (its `cookies.allowed_origins`, or
 //! `PORTCULLIS_PUBLIC_URL`'s origin): a cross-site form or script cannot use them.
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use portcullis_common::ErrorCode;
 
+use super::error::ApiError;
+use super::extract::{bearer, cookie};
 use crate::domain::apps::App;
 use crate::domain::tokens::Tokens;
-use crate::error::ApiError;
 use crate::state::AppState;
-
-/// The value of cookie `name` in the request's `Cookie` headers.
-pub(super) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"'))
-        .filter(|v| !v.is_empty())
-}
 
 /// The path below which the refresh cookie is sent: this application's routes, under
 /// `PORTCULLIS_PUBLIC_URL`'s own path (a proxy may serve the control plane below one).
@@ -84,6 +72,21 @@ pub(super) fn with_cookies(
     response
 }
 
+/// `response`, with the tokens as cookies when `set_cookie`.
+pub(super) fn maybe(
+    response: Response,
+    set_cookie: bool,
+    public_url: &str,
+    app: &App,
+    tokens: &Tokens,
+) -> Response {
+    if set_cookie {
+        with_cookies(response, public_url, app, tokens)
+    } else {
+        response
+    }
+}
+
 /// Adds the headers that remove both cookies.
 pub(super) fn cleared(mut response: Response, public_url: &str, app: &App) -> Response {
     let c = &app.settings.cookies;
@@ -121,10 +124,7 @@ pub(super) async fn csrf_guard(
     let headers = request.headers();
     // Only a bearer token is no ambient credential: with any other `Authorization` the
     // routes still fall back to the cookie.
-    if safe
-        || crate::domain::tokens::bearer(headers).is_some()
-        || !headers.contains_key(header::COOKIE)
-    {
+    if safe || bearer(headers).is_some() || !headers.contains_key(header::COOKIE) {
         return next.run(request).await;
     }
     let Some(segment) = request
@@ -167,22 +167,6 @@ pub(super) async fn csrf_guard(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cookies_are_read_by_exact_name() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; portcullis_access=tok; b=2"),
-        );
-        h.append(
-            header::COOKIE,
-            HeaderValue::from_static("portcullis_refresh=\"r\""),
-        );
-        assert_eq!(cookie(&h, "portcullis_access"), Some("tok"));
-        assert_eq!(cookie(&h, "portcullis_refresh"), Some("r"));
-        assert_eq!(cookie(&h, "portcullis"), None);
-    }
 
     #[test]
     fn origins_and_paths() {

@@ -10,15 +10,14 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::JsonBody;
-use super::me::signed_in;
-use super::users::app_for;
+use super::error::{ApiError, ApiResult, Problem};
+use super::extract::{JsonBody, LiveApp, PublicApp, SignedIn, limit_ip, route, signed_in};
+use super::{SignInOptions, cookies};
 use crate::domain::Ctx;
-use crate::domain::sessions::{self, Subject};
+use crate::domain::factors::{self, Channel, Enrolled, Method};
 use crate::domain::tokens::Tokens;
-use crate::domain::users;
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::flows::mfa::{self, Channel, Enrolled, Method, Proof};
+use crate::flows::mfa::{Proof, enrol};
+use crate::flows::signin::stepup;
 use crate::state::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -39,7 +38,7 @@ pub(super) struct SecondStep {
     method: Method,
     code: String,
     #[serde(default)]
-    options: super::users::SignInOptions,
+    options: SignInOptions,
 }
 
 /// Complete a sign-in that answered `mfa_required`: the `mfa_token` with a code of one of
@@ -52,32 +51,23 @@ pub(super) struct SecondStep {
 async fn login_mfa(
     State(state): State<AppState>,
     ctx: Ctx,
-    Path(app): Path<String>,
+    PublicApp(app, _): PublicApp<route::LoginMfa>,
     JsonBody(body): JsonBody<SecondStep>,
 ) -> ApiResult<Response> {
-    let app = app_for(&state, &app, "login-mfa", &ctx).await?;
-    let passed =
-        mfa::complete(&state, &app, &body.mfa_token, body.method, &body.code, &ctx).await?;
-    let client = state.pool.get().await?;
-    let user = users::find(&client, app.id, passed.user)
-        .await?
-        .ok_or_else(ApiError::invalid_credentials)?;
-    drop(client);
-    let (_, tokens) = sessions::start(
-        &state,
+    let tokens = stepup::finish(
+        state.signin(),
         &app,
-        Subject::Existing(&user),
-        passed.device.as_deref(),
+        &body.mfa_token,
+        body.method,
+        &body.code,
         &ctx,
-        passed.amr,
     )
     .await?;
-    metrics::counter!("portcullis_logins_total", "outcome" => "ok").increment(1);
     let response = Json(tokens.clone()).into_response();
-    Ok(super::users::maybe_cookies(
+    Ok(cookies::maybe(
         response,
         body.options.set_cookie,
-        &state,
+        &state.config.public_url,
         &app,
         &tokens,
     ))
@@ -86,15 +76,10 @@ async fn login_mfa(
 /// The signed-in user's second factors.
 #[utoipa::path(get, path = "/v1/apps/{app}/mfa", tag = "mfa", params(("app" = String, Path)),
     responses((status = 200, body = Enrolled), (status = 401, body = Problem)))]
-async fn factors(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    Path(app): Path<String>,
-) -> ApiResult<Json<Enrolled>> {
-    let (app, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
+async fn factors(State(state): State<AppState>, me: SignedIn) -> ApiResult<Json<Enrolled>> {
     let client = state.pool.get().await?;
-    Ok(Json(mfa::enrolled(&client, &app, user.id).await?))
+    let policy = me.app.settings.mfa.policy;
+    Ok(Json(factors::enrolled(&client, policy, me.user.id).await?))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -116,13 +101,18 @@ pub(super) struct TotpSecret {
 async fn totp_setup(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    Path(app): Path<String>,
+    me: SignedIn,
     JsonBody(proof): JsonBody<Proof>,
 ) -> ApiResult<Json<TotpSecret>> {
-    let (app, principal, user) = signed_in(&state, &headers, &app, &ctx).await?;
-    let (secret, otpauth_uri) =
-        mfa::totp_setup(&state, &app, &user, principal.sid, &proof, &ctx).await?;
+    let (secret, otpauth_uri) = enrol::totp_setup(
+        state.mfa(),
+        &me.app,
+        &me.user,
+        me.principal.sid,
+        &proof,
+        &ctx,
+    )
+    .await?;
     Ok(Json(TotpSecret {
         secret,
         otpauth_uri,
@@ -149,12 +139,10 @@ pub(super) struct Enabled {
 async fn totp_verify(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    Path(app): Path<String>,
+    me: SignedIn,
     JsonBody(body): JsonBody<CodeBody>,
 ) -> ApiResult<Json<Enabled>> {
-    let (app, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
-    let codes = mfa::totp_confirm(&state, &app, &user, &body.code, &ctx).await?;
+    let codes = enrol::totp_confirm(state.mfa(), &me.app, &me.user, &body.code, &ctx).await?;
     Ok(Json(Enabled {
         enabled: true,
         recovery_codes: Some(codes),
@@ -172,15 +160,28 @@ async fn totp_verify(
 async fn remove_factor(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    Path((app, factor)): Path<(String, String)>,
+    me: SignedIn,
+    Path((_, factor)): Path<(String, String)>,
     JsonBody(proof): JsonBody<Proof>,
 ) -> ApiResult<Response> {
-    let (app, principal, user) = signed_in(&state, &headers, &app, &ctx).await?;
     if !matches!(factor.as_str(), "totp" | "sms" | "email") {
         return Err(ApiError::not_found("factor"));
     }
-    mfa::remove(&state, &app, &user, principal.sid, &factor, &proof, &ctx).await?;
+    let SignedIn {
+        app,
+        principal,
+        user,
+    } = me;
+    enrol::remove(
+        state.mfa(),
+        &app,
+        &user,
+        principal.sid,
+        &factor,
+        &proof,
+        &ctx,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -208,26 +209,27 @@ pub(super) struct CodeSent {
 async fn otp_send(
     State(state): State<AppState>,
     ctx: Ctx,
+    LiveApp(app): LiveApp,
     headers: HeaderMap,
-    Path(app): Path<String>,
     JsonBody(body): JsonBody<SendCode>,
 ) -> ApiResult<Response> {
     match &body.mfa_token {
         Some(token) => {
-            let app = app_for(&state, &app, "otp-send", &ctx).await?;
-            mfa::send_for_step_up(&state, &app, token, body.channel, &ctx).await?;
+            limit_ip(&state, &app, "otp-send", &ctx).await?;
+            stepup::send_for_step_up(state.signin(), &app, token, body.channel, &ctx).await?;
         }
         None => {
-            let (app, principal, user) = signed_in(&state, &headers, &app, &ctx).await?;
-            app_for(&state, &app.id.to_string(), "otp-send", &ctx).await?;
-            mfa::send_for_session(&state, &app, &user, principal.sid, body.channel, &ctx).await?;
+            let me = signed_in(&state, &headers, app).await?;
+            limit_ip(&state, &me.app, "otp-send", &ctx).await?;
+            let (app, user, sid) = (&me.app, &me.user, me.principal.sid);
+            enrol::send_for_session(state.mfa(), app, user, sid, body.channel, &ctx).await?;
         }
     }
     Ok((
         StatusCode::ACCEPTED,
         Json(CodeSent {
             channel: body.channel,
-            expires_in: 600,
+            expires_in: factors::CODE_TTL,
         }),
     )
         .into_response())
@@ -247,17 +249,15 @@ pub(super) struct VerifyCode {
 async fn otp_verify(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    Path(app): Path<String>,
+    me: SignedIn,
     JsonBody(body): JsonBody<VerifyCode>,
 ) -> ApiResult<Json<Enabled>> {
-    let (app, principal, user) = signed_in(&state, &headers, &app, &ctx).await?;
-    app_for(&state, &app.id.to_string(), "otp-verify", &ctx).await?;
-    let (_, codes) = mfa::enable_channel(
-        &state,
-        &app,
-        &user,
-        principal.sid,
+    limit_ip(&state, &me.app, "otp-verify", &ctx).await?;
+    let (_, codes) = enrol::enable_channel(
+        state.mfa(),
+        &me.app,
+        &me.user,
+        me.principal.sid,
         body.channel,
         &body.code,
         &ctx,
@@ -283,13 +283,11 @@ pub(super) struct RecoveryCodes {
 async fn recovery_codes(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    Path(app): Path<String>,
+    me: SignedIn,
     JsonBody(proof): JsonBody<Proof>,
 ) -> ApiResult<Json<RecoveryCodes>> {
-    let (app, principal, user) = signed_in(&state, &headers, &app, &ctx).await?;
-    let codes =
-        mfa::regenerate_recovery_codes(&state, &app, &user, principal.sid, &proof, &ctx).await?;
+    let (app, user, sid) = (&me.app, &me.user, me.principal.sid);
+    let codes = enrol::regenerate_recovery_codes(state.mfa(), app, user, sid, &proof, &ctx).await?;
     Ok(Json(RecoveryCodes {
         recovery_codes: codes,
     }))

@@ -1,37 +1,33 @@
 //! The REST surface (API.md §3): one router whose routes and OpenAPI document come from the
 //! same handler annotations (utoipa-axum), so `/openapi.json` cannot miss a route.
 //!
-//! Handlers are thin: parse and authorize here, call one domain function, return its value
-//! or its [`ApiError`] (mapped to problem+json in one place, `error.rs`).
+//! Handlers are thin: who is calling and the body come from extractors (`extract.rs`); a
+//! handler calls one flow or domain function and renders its value, or its error, mapped
+//! to problem+json in one place (`error.rs`).
 
-use std::net::IpAddr;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request};
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use portcullis_common::ErrorCode;
-use serde::Deserialize as _;
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::domain::Ctx;
-use crate::error::ApiError;
-use crate::infra::clock;
+use self::error::ApiError;
 use crate::state::AppState;
 
 mod admin;
 mod apps;
 mod audit;
-mod auth;
 mod cookies;
+pub mod error;
+pub mod extract;
 mod me;
 mod mfa;
 mod oauth;
@@ -53,7 +49,7 @@ pub const MAX_BODY: usize = 64 * 1024;
         description = "Owners, applications, their users, sessions, tokens and signing keys. \
                        Errors are RFC 9457 problem documents with a stable `code`."
     ),
-    components(schemas(crate::error::Problem))
+    components(schemas(error::Problem))
 )]
 struct ApiDoc;
 
@@ -130,113 +126,11 @@ async fn record_metrics(request: Request, next: Next) -> Response {
     response
 }
 
-/// A JSON body: at most [`MAX_BODY`] bytes (`413 payload_too_large`), well-formed and of the
-/// right shape (`400 invalid_request`). An empty body reads as `{}`.
-#[derive(Debug)]
-pub struct JsonBody<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let json_or_absent = req
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_none_or(|ct| {
-                let ct = ct.split(';').next().unwrap_or("").trim();
-                ct.eq_ignore_ascii_case("application/json") || ct.ends_with("+json")
-            });
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(ErrorCode::PayloadTooLarge, "the body is larger than 64 KiB")
-            } else {
-                ApiError::bad_request("the body could not be read")
-            }
-        })?;
-        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else if !json_or_absent {
-            return Err(ApiError::bad_request(
-                "Content-Type must be application/json",
-            ));
-        } else {
-            &bytes
-        };
-        serde_json::from_slice(bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {}", json_error(&e))))
-    }
-}
-
-/// serde's message without the input echoed (it could be a password).
-fn json_error(e: &serde_json::Error) -> String {
-    use serde_json::error::Category;
-    match e.classify() {
-        Category::Data => {
-            let msg = e.to_string();
-            // "invalid type: string \"hunter2\", expected ..." would echo the value.
-            match msg.split_once(", expected") {
-                Some((_, expected)) if msg.starts_with("invalid") => {
-                    format!("wrong type, expected{expected}")
-                }
-                _ => msg,
-            }
-        }
-        Category::Syntax | Category::Eof | Category::Io => {
-            format!("malformed JSON at line {} column {}", e.line(), e.column())
-        }
-    }
-}
-
-impl FromRequestParts<AppState> for Ctx {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<crate::Peer>>()
-            .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.0.ip());
-        Ok(Ctx {
-            ip: client_ip(peer, &parts.headers, &state.config.trusted_proxies),
-            user_agent: parts
-                .headers
-                .get(axum::http::header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(|ua| ua.chars().take(256).collect()),
-            // Set (or echoed) by `SetRequestIdLayer` before any handler runs.
-            request_id: parts
-                .headers
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .map(|id| id.chars().take(128).collect()),
-            now: clock::unix_now(),
-        })
-    }
-}
-
-/// The connection's address, unless it is a trusted proxy: then the right-most
-/// `X-Forwarded-For` entry that is not itself a trusted proxy.
-fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    if !is_trusted(&peer) {
-        return peer;
-    }
-    let forwarded = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect::<Vec<_>>();
-    for hop in forwarded.iter().rev() {
-        match hop.parse::<IpAddr>() {
-            Ok(ip) if is_trusted(&ip) => continue,
-            Ok(ip) => return ip,
-            Err(_) => return peer,
-        }
-    }
-    peer
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct SignInOptions {
+    /// Also set the tokens as `HttpOnly; Secure; SameSite=Lax` cookies.
+    #[serde(default)]
+    pub set_cookie: bool,
 }
 
 /// For PATCH bodies: tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -246,55 +140,20 @@ pub(super) fn present<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'d
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// Applies a PATCH of an RFC 3339 `expires_at`: absent keeps `current`, `null` clears it.
-pub(super) fn patched_time(
-    current: Option<time::OffsetDateTime>,
+/// A PATCH of an RFC 3339 `expires_at`: absent (`None`) keeps it, `null` clears it.
+pub(super) fn expiry_patch(
     patch: Option<Option<String>>,
-) -> Result<Option<time::OffsetDateTime>, ApiError> {
-    match patch {
-        None => Ok(current),
-        Some(None) => Ok(None),
-        Some(Some(s)) => {
-            time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
-                .map(Some)
-                .map_err(|_| ApiError::bad_request("expires_at must be an RFC 3339 time"))
-        }
-    }
+) -> Result<Option<Option<time::OffsetDateTime>>, ApiError> {
+    let parse = |s: &str| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| ApiError::bad_request("expires_at must be an RFC 3339 time"))
+    };
+    patch
+        .map(|p| p.as_deref().map(parse).transpose())
+        .transpose()
 }
 
 /// `201 Created` with a JSON body.
 pub fn created<T: serde::Serialize>(body: T) -> Response {
     (StatusCode::CREATED, axum::Json(body)).into_response()
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "x-forwarded-for",
-            "6.6.6.6, 1.2.3.4, 10.0.0.9".parse().unwrap(),
-        );
-        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
-        let direct: IpAddr = "8.8.8.8".parse().unwrap();
-        assert_eq!(client_ip(proxy, &headers, &trusted).to_string(), "1.2.3.4");
-        assert_eq!(client_ip(direct, &headers, &trusted), direct);
-        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
-    }
-
-    #[test]
-    fn json_errors_do_not_echo_values() {
-        #[derive(serde::Deserialize, Debug)]
-        struct P {
-            #[allow(dead_code)]
-            password: u32,
-        }
-        let e = serde_json::from_str::<P>(r#"{"password":"hunter2secret"}"#).unwrap_err();
-        assert!(!json_error(&e).contains("hunter2"), "{}", json_error(&e));
-    }
 }

@@ -11,20 +11,16 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::JsonBody;
-use super::cookies::cookie;
-use super::me::signed_in;
-use super::users::{SignInOptions, app_for, maybe_cookies};
+use super::error::{ApiError, ApiResult, Problem};
+use super::extract::{JsonBody, PublicApp, SignedIn, cookie, route};
+use super::{SignInOptions, cookies};
 use crate::domain::Ctx;
-use crate::domain::audit::{self, Actor, Event};
-use crate::domain::one_time::{self, Purpose};
-use crate::domain::providers::ProviderKind;
-use crate::domain::users;
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::flows::mfa::{self, Proof, SignIn};
-use crate::flows::oauth::{self, Answer};
+use crate::domain::one_time::Purpose;
+use crate::domain::settings::providers::ProviderKind;
+use crate::flows::mfa::Proof;
+use crate::flows::oauth::{self, Answer, Authorize, Outcome};
+use crate::flows::signin::SignIn;
 use crate::state::AppState;
-use portcullis_common::token::Amr;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -76,57 +72,19 @@ fn found(location: &str) -> Result<Response, ApiError> {
 async fn authorize(
     State(state): State<AppState>,
     ctx: Ctx,
-    Path((app, provider)): Path<(String, String)>,
-    Query(query): Query<AuthorizeQuery>,
+    PublicApp(app, _): PublicApp<route::OauthAuthorize>,
+    Path((_, provider)): Path<(String, String)>,
+    Query(params): Query<AuthorizeQuery>,
 ) -> ApiResult<Response> {
-    let app = app_for(&state, &app, "oauth-authorize", &ctx).await?;
     let p = oauth::provider(&app, &provider)?;
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
-    // A link: the ticket names the user, the redirect URI and the state.
-    let (link_user, redirect_uri, client_state) = match &query.link {
-        Some(ticket) => {
-            let found = one_time::consume_in(&tx, app.id, Purpose::OauthLink, ticket, ctx.now)
-                .await?
-                .filter(|f| f.data.get("provider").and_then(|v| v.as_str()) == Some(&p.name))
-                .ok_or_else(|| {
-                    ApiError::new(
-                        portcullis_common::ErrorCode::TokenExpiredOrUsed,
-                        "the link ticket is unknown, expired or already used",
-                    )
-                })?;
-            let text = |k: &str| {
-                found
-                    .data
-                    .get(k)
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned)
-            };
-            (Some(found.user), text("redirect_uri"), text("state"))
-        }
-        None => (None, query.redirect_uri.clone(), query.state.clone()),
+    let ask = Authorize {
+        redirect_uri: params.redirect_uri.as_deref(),
+        state: params.state.as_deref(),
+        link: params.link.as_deref(),
+        code_challenge: params.code_challenge.as_deref(),
+        code_challenge_method: params.code_challenge_method.as_deref(),
     };
-    let redirect_uri =
-        redirect_uri.ok_or_else(|| ApiError::bad_request("redirect_uri is required"))?;
-    if query.code_challenge.is_some()
-        && query.code_challenge_method.as_deref().unwrap_or("S256") != "S256"
-    {
-        return Err(ApiError::bad_request("code_challenge_method must be S256"));
-    }
-    let started = oauth::start(
-        &tx,
-        &state.oauth,
-        &state.config.public_url,
-        &app,
-        p,
-        &redirect_uri,
-        client_state.as_deref(),
-        query.code_challenge.as_deref(),
-        link_user,
-        ctx.now,
-    )
-    .await?;
-    tx.commit().await?;
+    let started = oauth::start(state.oauth(), &app, p, &ask, ctx.now).await?;
     let mut response = found(&started.location)?;
     // Apple posts its answer cross-site (form_post): only SameSite=None comes along.
     let same_site = if p.kind == ProviderKind::Apple {
@@ -148,16 +106,29 @@ async fn authorize(
 async fn land(
     state: AppState,
     ctx: Ctx,
+    app: std::sync::Arc<crate::domain::apps::App>,
     headers: HeaderMap,
-    app: String,
     provider: String,
     answer: Answer,
 ) -> ApiResult<Response> {
-    let app = app_for(&state, &app, "oauth-callback", &ctx).await?;
     let p = oauth::provider(&app, &provider)?;
     let name = binding_cookie(app.id, &p.name);
     let binding = cookie(&headers, &name);
-    let location = oauth::callback(&state, &app, p, &answer, binding, &ctx).await?;
+    let landing = oauth::callback(state.oauth(), &app, p, &answer, binding, &ctx).await?;
+    let back = &landing.back;
+    let location = match landing.outcome {
+        Outcome::SignedIn(code) => back.url(&[("code", &code)]),
+        Outcome::LinkPending(code) => back.url(&[("link_code", &code)]),
+        Outcome::Linked(name) => back.url(&[("linked", &name)]),
+        Outcome::Denied(error) => {
+            back.url(&[("error", "access_denied"), ("provider_error", &error)])
+        }
+        Outcome::Refused(e) => {
+            let e = ApiError::from(e);
+            tracing::info!(provider = %p.name, code = %e.code, detail = %e.detail, "social sign-in refused");
+            back.url(&[("error", e.code.as_str())])
+        }
+    };
     let mut response = found(&location)?;
     let clear = format!("{name}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax");
     let clear = HeaderValue::from_str(&clear).map_err(|e| ApiError::internal(&e))?;
@@ -174,11 +145,12 @@ async fn land(
 async fn callback_get(
     State(state): State<AppState>,
     ctx: Ctx,
+    PublicApp(app, _): PublicApp<route::OauthCallback>,
     headers: HeaderMap,
-    Path((app, provider)): Path<(String, String)>,
+    Path((_, provider)): Path<(String, String)>,
     Query(answer): Query<Answer>,
 ) -> ApiResult<Response> {
-    land(state, ctx, headers, app, provider, answer).await
+    land(state, ctx, app, headers, provider, answer).await
 }
 
 /// The same, for providers that post their answer (`response_mode=form_post`).
@@ -189,11 +161,12 @@ async fn callback_get(
 async fn callback_post(
     State(state): State<AppState>,
     ctx: Ctx,
+    PublicApp(app, _): PublicApp<route::OauthCallback>,
     headers: HeaderMap,
-    Path((app, provider)): Path<(String, String)>,
+    Path((_, provider)): Path<(String, String)>,
     axum::extract::Form(answer): axum::extract::Form<Answer>,
 ) -> ApiResult<Response> {
-    land(state, ctx, headers, app, provider, answer).await
+    land(state, ctx, app, headers, provider, answer).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -215,56 +188,27 @@ pub(super) struct ExchangeBody {
 async fn exchange(
     State(state): State<AppState>,
     ctx: Ctx,
-    Path(app): Path<String>,
+    PublicApp(app, _): PublicApp<route::OauthExchange>,
     JsonBody(body): JsonBody<ExchangeBody>,
 ) -> ApiResult<Response> {
-    let app = app_for(&state, &app, "oauth-exchange", &ctx).await?;
-    let device = users::check_device(body.device_id.as_deref())?;
-    let client = state.pool.get().await?;
-    let user = oauth::exchange(
-        &client,
-        app.id,
+    let signed_in = oauth::exchange(
+        state.signin(),
+        &app,
         &body.code,
         body.code_verifier.as_deref(),
-        ctx.now,
-    )
-    .await?;
-    let user = users::find(&client, app.id, user)
-        .await?
-        .ok_or_else(ApiError::invalid_credentials)?;
-    let signed_in = mfa::after_first_factor(
-        &state,
-        &app,
-        &user,
-        vec![Amr::Oauth],
-        device.as_deref(),
+        body.device_id.as_deref(),
         &ctx,
     )
     .await?;
-    // Recorded once the outcome is known (a step-up is not a sign-in yet).
-    let event = match &signed_in {
-        SignIn::Tokens(_) => "login.succeeded",
-        SignIn::Mfa(_) => "login.mfa_required",
-    };
-    audit::record(
-        &client,
-        Event {
-            app: Some(app.id),
-            user: Some(user.id),
-            actor: Actor::User,
-            event,
-            details: json!({ "method": "oauth" }),
-            ctx: &ctx,
-        },
-    )
-    .await?;
-    drop(client);
     let response = Json(&signed_in).into_response();
     Ok(match &signed_in {
-        SignIn::Tokens(tokens) => {
-            metrics::counter!("portcullis_logins_total", "outcome" => "ok").increment(1);
-            maybe_cookies(response, body.options.set_cookie, &state, &app, tokens)
-        }
+        SignIn::Tokens(tokens) => cookies::maybe(
+            response,
+            body.options.set_cookie,
+            &state.config.public_url,
+            &app,
+            tokens,
+        ),
         SignIn::Mfa(_) => response,
     })
 }
@@ -297,38 +241,26 @@ pub(super) struct LinkStart {
 async fn link(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    Path((app, provider)): Path<(String, String)>,
+    me: SignedIn,
+    Path((_, provider)): Path<(String, String)>,
     JsonBody(body): JsonBody<LinkBody>,
 ) -> ApiResult<Json<LinkStart>> {
-    let (app, principal, user) = signed_in(&state, &headers, &app, &ctx).await?;
-    let p = oauth::provider(&app, &provider)?;
-    if !app.settings.redirect_allowed(&body.redirect_uri) {
-        return Err(ApiError::bad_request(
-            "redirect_uri is not one of the application's allowed_redirect_uris",
-        ));
-    }
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
-    mfa::recent_or_proof_in(&tx, &state, &app, &user, principal.sid, &body.proof, &ctx).await?;
-    let ticket = one_time::issue_in(
-        &tx,
-        app.id,
-        user.id,
-        Purpose::OauthLink,
-        json!({ "provider": p.name, "redirect_uri": body.redirect_uri, "state": body.state }),
-        ctx.now,
+    let p = oauth::provider(&me.app, &provider)?;
+    let authorization_url = oauth::begin_link(
+        state.oauth(),
+        state.mfa(),
+        &me.app,
+        p,
+        &me.user,
+        me.principal.sid,
+        &body.redirect_uri,
+        body.state.as_deref(),
+        &body.proof,
+        &ctx,
     )
     .await?;
-    tx.commit().await?;
-    let base = format!(
-        "{}/v1/apps/{}/oauth/{}/authorize",
-        state.config.public_url, app.id, p.name
-    );
-    let query = serde_urlencoded::to_string([("link", ticket.as_str())])
-        .map_err(|e| ApiError::internal(&e))?;
     Ok(Json(LinkStart {
-        authorization_url: format!("{base}?{query}"),
+        authorization_url,
         expires_in: Purpose::OauthLink.ttl(),
     }))
 }
@@ -351,16 +283,12 @@ pub(super) struct ConfirmBody {
 async fn link_confirm(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    Path((app, provider)): Path<(String, String)>,
+    me: SignedIn,
+    Path((_, provider)): Path<(String, String)>,
     JsonBody(body): JsonBody<ConfirmBody>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let (app, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
-    let p = oauth::provider(&app, &provider)?;
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
-    oauth::confirm_link(&tx, app.id, p, user.id, &body.code, &ctx).await?;
-    tx.commit().await?;
+    let p = oauth::provider(&me.app, &provider)?;
+    oauth::confirm_link(state.oauth(), &me.app, p, me.user.id, &body.code, &ctx).await?;
     Ok(Json(json!({ "linked": true, "provider": p.name })))
 }
 
@@ -373,13 +301,9 @@ async fn link_confirm(
 async fn unlink(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    Path((app, provider)): Path<(String, String)>,
+    me: SignedIn,
+    Path((_, provider)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let (app, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
-    oauth::unlink(&tx, app.id, &user, &provider, &ctx).await?;
-    tx.commit().await?;
+    oauth::unlink(state.oauth(), me.app.id, &me.user, &provider, &ctx).await?;
     Ok(StatusCode::NO_CONTENT)
 }

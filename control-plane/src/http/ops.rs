@@ -5,18 +5,19 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth;
+use super::extract::Operator;
 use crate::domain::Ctx;
-use crate::domain::audit::{self, Actor, Event};
 use crate::domain::keys::KeyInfo;
-use crate::error::{ApiResult, Problem};
+use crate::flows::maintenance;
+use crate::http::error::{ApiResult, Problem};
+use crate::infra::store;
 use crate::state::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -47,15 +48,11 @@ pub(super) struct Readiness {
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 async fn readyz(State(state): State<AppState>) -> Response {
-    let postgres = async {
-        let client = state.pool.get().await.ok()?;
-        client.simple_query("SELECT 1").await.ok()
-    };
     let (postgres, redis) = tokio::join!(
-        tokio::time::timeout(Duration::from_secs(2), postgres),
+        tokio::time::timeout(Duration::from_secs(2), store::ping(&state.pool)),
         tokio::time::timeout(Duration::from_secs(2), state.publisher.ping()),
     );
-    let postgres = matches!(postgres, Ok(Some(_)));
+    let postgres = postgres.unwrap_or(false);
     let redis = redis.unwrap_or(false);
     let ready = postgres && redis;
     let status = if ready {
@@ -130,32 +127,8 @@ pub(super) struct Rotated {
 /// next key is published.
 #[utoipa::path(post, path = "/v1/admin/keys/rotate", tag = "admin",
     responses((status = 200, body = Rotated), (status = 401, body = Problem)))]
-async fn rotate(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    headers: HeaderMap,
-) -> ApiResult<Json<Rotated>> {
-    auth::operator(&state, &headers)?;
-    let kid = state.keys.rotate().await?;
-    let client = state.pool.get().await?;
-    let rotated = Event {
-        app: None,
-        user: None,
-        actor: Actor::Operator,
-        event: "keys.rotated",
-        details: serde_json::json!({ "kid": kid }),
-        ctx: &ctx,
-    };
-    audit::record(&client, rotated).await?;
-    drop(client);
-    let keys = state.keys.refresh().await?;
-    match state.publisher.jwks(&keys.jwks_json).await {
-        Ok(()) => state.keys.mark_published(&keys).await?,
-        Err(e) => {
-            tracing::warn!(error = %e, "JWKS not published after rotation; the reconciler will")
-        }
-    }
-    tracing::info!(%kid, "signing key rotated by the operator");
+async fn rotate(State(state): State<AppState>, ctx: Ctx, _: Operator) -> ApiResult<Json<Rotated>> {
+    let kid = maintenance::rotate_keys(&state.pool, &state.keys, &state.publisher, &ctx).await?;
     Ok(Json(Rotated { kid }))
 }
 
@@ -167,8 +140,7 @@ pub(super) struct KeyList {
 /// Every signing key and its state.
 #[utoipa::path(get, path = "/v1/admin/keys", tag = "admin",
     responses((status = 200, body = KeyList), (status = 401, body = Problem)))]
-async fn keys(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<KeyList>> {
-    auth::operator(&state, &headers)?;
+async fn keys(State(state): State<AppState>, _: Operator) -> ApiResult<Json<KeyList>> {
     Ok(Json(KeyList {
         keys: state.keys.list().await?,
     }))

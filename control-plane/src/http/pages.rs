@@ -9,9 +9,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
-use super::JsonBody;
+use super::extract::JsonBody;
 use crate::domain::messages::escape;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// A body sent as JSON (API clients) or as an HTML form (the pages below). `html` says
 /// which, so the handler answers in kind.

@@ -5,35 +5,26 @@
 //! after the same work (one lookup): the token and its mail are made in a task of their
 //! own, so neither the answer nor its timing tells whether an account exists.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use portcullis_common::ErrorCode;
-use portcullis_common::token::Amr;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::JsonBody;
-use super::me::signed_in;
+use super::extract::{JsonBody, LiveApp, PublicApp, Route as _, SignedIn, public_app, route};
 use super::pages::{Form, Submitted, answer, page, problem_page};
-use super::users::app_for;
 use crate::domain::Ctx;
 use crate::domain::apps::App;
-use crate::domain::audit::{self, Actor, Event};
-use crate::domain::mailings::{self, Mailing};
-use crate::domain::one_time::{self, Purpose};
-use crate::domain::passwords;
-use crate::domain::sessions;
-use crate::domain::users::{self, User, canonical, check_email};
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::flows::mfa::{self, SignIn};
+use crate::domain::mailings::Mailing;
+use crate::domain::users::User;
 use crate::flows::recovery;
-use crate::infra::limits::Scope;
-use crate::infra::store::Prepared as _;
+use crate::flows::signin::SignIn;
+use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -56,55 +47,11 @@ fn accepted() -> Response {
     (StatusCode::ACCEPTED, Json(Accepted { accepted: true })).into_response()
 }
 
-fn expired_or_used() -> ApiError {
-    ApiError::new(
-        ErrorCode::TokenExpiredOrUsed,
-        "the link has expired or was already used",
-    )
-}
-
-/// Counts one message to `address` (known or not, so the limit itself tells nothing).
-async fn count_message(state: &AppState, app: &App, address: &str) -> Result<(), ApiError> {
-    let app_id = app.id.to_string();
-    state
-        .limiter
-        .hit(
-            Scope::Messages {
-                app: &app_id,
-                kind: "links",
-                destination: address,
-            },
-            app.settings.rate_limits.messages_per_account_per_hour,
-        )
-        .await
-        .map_err(Into::into)
-}
-
-/// The user a mail may go to: known, enabled, not a guest, with this address.
-async fn recipient(
-    state: &AppState,
-    app: &App,
-    email: &str,
-    now: i64,
-) -> Result<Option<User>, ApiError> {
-    let client = state.pool.get().await?;
-    let user = users::find_by_login(&client, app.id, email).await?;
-    Ok(user.filter(|u| !u.guest && !u.disabled(crate::infra::clock::at(now)) && u.email.is_some()))
-}
-
-/// Makes the token and queues the mail in a task of its own (see the module docs).
-fn mail_later(state: &AppState, app: &App, user: User, mailing: Mailing, ctx: &Ctx) {
-    let (state, app, ctx) = (state.clone(), app.clone(), ctx.clone());
+/// Sends `mailing` to `user` in a task of its own (see the module docs).
+fn mail_later(state: &AppState, app: Arc<App>, user: User, mailing: Mailing, ctx: &Ctx) {
+    let (state, ctx) = (state.clone(), ctx.clone());
     tokio::spawn(async move {
-        let sent = async {
-            let mut client = state.pool.get().await?;
-            let tx = client.transaction().await?;
-            mailings::mail_in(&tx, &state.links(), &app, &user, &mailing, &ctx).await?;
-            tx.commit().await?;
-            state.outbox.wake();
-            Ok::<_, ApiError>(())
-        };
-        if let Err(e) = sent.await {
+        if let Err(e) = recovery::send(state.signin(), &app, &user, &mailing, &ctx).await {
             tracing::warn!(error = %e, "a requested mail was not queued");
         }
     });
@@ -122,14 +69,11 @@ pub(super) struct Forgot {
 async fn forgot(
     State(state): State<AppState>,
     ctx: Ctx,
-    Path(app): Path<String>,
+    PublicApp(app, _): PublicApp<route::PasswordForgot>,
     JsonBody(body): JsonBody<Forgot>,
 ) -> ApiResult<Response> {
-    let app = app_for(&state, &app, "password-forgot", &ctx).await?;
-    let email = check_email(&body.email)?;
-    count_message(&state, &app, &canonical(&email)).await?;
-    if let Some(user) = recipient(&state, &app, &email, ctx.now).await? {
-        mail_later(&state, &app, user, Mailing::PasswordReset, &ctx);
+    if let Some(user) = recovery::recipient(state.signin(), &app, &body.email, &ctx).await? {
+        mail_later(&state, app, user, Mailing::PasswordReset, &ctx);
     }
     Ok(accepted())
 }
@@ -148,23 +92,13 @@ pub(super) struct Usable {
 async fn reset_check(
     State(state): State<AppState>,
     ctx: Ctx,
-    Path((app, token)): Path<(String, String)>,
+    LiveApp(app): LiveApp,
+    Path((_, token)): Path<(String, String)>,
 ) -> ApiResult<Json<Usable>> {
-    let app = state.apps.live(&state.pool, &app, ctx.now).await?;
-    let client = state.pool.get().await?;
-    let found = one_time::find(
-        &client,
-        app.id,
-        Purpose::PasswordReset,
-        &token,
-        ctx.now,
-        false,
-    )
-    .await?
-    .ok_or_else(expired_or_used)?;
+    let expires_at = recovery::reset_expiry(state.signin(), &app, &token, ctx.now).await?;
     Ok(Json(Usable {
         valid: true,
-        expires_at: found.expires_at,
+        expires_at,
     }))
 }
 
@@ -181,7 +115,7 @@ async fn reset_page(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(app): Path<String>,
-    Query(query): Query<TokenQuery>,
+    Query(params): Query<TokenQuery>,
 ) -> Response {
     let page = LinkPage {
         posts_to: "password/reset",
@@ -190,7 +124,7 @@ async fn reset_page(
         inputs: &[("new_password", "New password", "password")],
         button: "Set password",
     };
-    page.render(&state, &ctx, &app, query).await
+    page.render(&state, &ctx, &app, params).await
 }
 
 /// A page a mailed link opens: a form that posts the link's token (and `inputs`) to
@@ -204,12 +138,12 @@ struct LinkPage {
 }
 
 impl LinkPage {
-    async fn render(&self, state: &AppState, ctx: &Ctx, app: &str, query: TokenQuery) -> Response {
+    async fn render(&self, state: &AppState, ctx: &Ctx, app: &str, params: TokenQuery) -> Response {
         let app = match state.apps.live(&state.pool, app, ctx.now).await {
             Ok(app) => app,
-            Err(e) => return problem_page(&e),
+            Err(e) => return problem_page(&e.into()),
         };
-        let token = query.token.unwrap_or_default();
+        let token = params.token.unwrap_or_default();
         // From configuration, as the mailed link: PUBLIC_URL may carry a path prefix.
         let action = format!(
             "{}/v1/apps/{}/{}",
@@ -276,54 +210,8 @@ async fn reset_password(
     app: &str,
     body: Reset,
 ) -> Result<(), ApiError> {
-    let app = app_for(state, app, "password-reset", ctx).await?;
-    let client = state.pool.get().await?;
-    let found = one_time::find(
-        &client,
-        app.id,
-        Purpose::PasswordReset,
-        &body.token,
-        ctx.now,
-        false,
-    )
-    .await?
-    .ok_or_else(expired_or_used)?;
-    let user = users::find(&client, app.id, found.user)
-        .await?
-        .ok_or_else(expired_or_used)?;
-    drop(client);
-    // Checked before the token is used, so a weak password can be corrected with it.
-    passwords::check_new(
-        &body.new_password,
-        &app.settings.password_policy,
-        &[
-            user.email.as_deref().unwrap_or(""),
-            user.username.as_deref().unwrap_or(""),
-        ],
-    )?;
-    let hash = state.hasher.hash(&body.new_password).await?;
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
-    one_time::consume_in(&tx, app.id, Purpose::PasswordReset, &body.token, ctx.now)
-        .await?
-        .ok_or_else(expired_or_used)?;
-    let before = sessions::revoke_user_in(&tx, user.id, ctx.now).await?;
-    crate::domain::users::set_password_in(&tx, user.id, &hash, ctx.now).await?;
-    audit::record(
-        &tx,
-        Event {
-            app: Some(app.id),
-            user: Some(user.id),
-            actor: Actor::User,
-            event: "password.reset",
-            details: Value::Null,
-            ctx,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    drop(client);
-    sessions::publish_users(state, &[user.id], before).await;
+    let app = public_app(state, app, route::PasswordReset::NAME, ctx).await?;
+    recovery::reset_password(state.signin(), &app, &body.token, &body.new_password, ctx).await?;
     Ok(())
 }
 
@@ -333,27 +221,9 @@ async fn reset_password(
 async fn verification_send(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    Path(app): Path<String>,
+    SignedIn { app, user, .. }: SignedIn,
 ) -> ApiResult<Response> {
-    let (app, _, user) = signed_in(&state, &headers, &app, &ctx).await?;
-    let Some(email) = user.email.as_deref() else {
-        return Err(ApiError::bad_request("the account has no email address"));
-    };
-    count_message(&state, &app, &canonical(email)).await?;
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
-    mailings::mail_in(
-        &tx,
-        &state.links(),
-        &app,
-        &user,
-        &Mailing::EmailVerification,
-        &ctx,
-    )
-    .await?;
-    tx.commit().await?;
-    state.outbox.wake();
+    recovery::send_verification(state.signin(), &app, &user, &ctx).await?;
     Ok(accepted())
 }
 
@@ -365,7 +235,7 @@ async fn verify_page(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(app): Path<String>,
-    Query(query): Query<TokenQuery>,
+    Query(params): Query<TokenQuery>,
 ) -> Response {
     let page = LinkPage {
         posts_to: "email/verify",
@@ -374,7 +244,7 @@ async fn verify_page(
         inputs: &[],
         button: "Confirm",
     };
-    page.render(&state, &ctx, &app, query).await
+    page.render(&state, &ctx, &app, params).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -398,13 +268,8 @@ async fn verify_email(
     body: Submitted<TokenBody>,
 ) -> Response {
     let verified = async {
-        let app = app_for(&state, &app, "email-verify", &ctx).await?;
-        let mut client = state.pool.get().await?;
-        let tx = client.transaction().await?;
-        recovery::verify_email_in(&tx, app.id, &body.body.token, &ctx)
-            .await?
-            .ok_or_else(expired_or_used)?;
-        tx.commit().await?;
+        let app = public_app(&state, &app, route::EmailVerify::NAME, &ctx).await?;
+        recovery::verify_email(state.signin(), &app, &body.body.token, &ctx).await?;
         Ok::<_, ApiError>(())
     };
     let done = verified.await.map(|()| Verified {
@@ -437,29 +302,12 @@ pub(super) struct MagicRequest {
 async fn magic_link(
     State(state): State<AppState>,
     ctx: Ctx,
-    Path(app): Path<String>,
+    PublicApp(app, _): PublicApp<route::MagicLink>,
     JsonBody(body): JsonBody<MagicRequest>,
 ) -> ApiResult<Response> {
-    let app = app_for(&state, &app, "magic-link", &ctx).await?;
-    let email = check_email(&body.email)?;
-    let redirect_uri = match body.redirect_uri {
-        Some(uri) if app.settings.redirect_allowed(&uri) => Some(uri),
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "redirect_uri is not one of the application's allowed_redirect_uris",
-            ));
-        }
-        None => None,
-    };
-    count_message(&state, &app, &canonical(&email)).await?;
-    if let Some(user) = recipient(&state, &app, &email, ctx.now).await? {
-        mail_later(
-            &state,
-            &app,
-            user,
-            Mailing::MagicLink { redirect_uri },
-            &ctx,
-        );
+    let redirect_uri = recovery::magic_redirect(&app, body.redirect_uri)?;
+    if let Some(user) = recovery::recipient(state.signin(), &app, &body.email, &ctx).await? {
+        mail_later(&state, app, user, Mailing::MagicLink { redirect_uri }, &ctx);
     }
     Ok(accepted())
 }
@@ -473,7 +321,7 @@ async fn magic_page(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(app): Path<String>,
-    Query(query): Query<TokenQuery>,
+    Query(params): Query<TokenQuery>,
 ) -> Response {
     let page = LinkPage {
         posts_to: "magic-link/verify",
@@ -482,7 +330,7 @@ async fn magic_page(
         inputs: &[],
         button: "Sign in",
     };
-    page.render(&state, &ctx, &app, query).await
+    page.render(&state, &ctx, &app, params).await
 }
 
 /// Sign in with a magic-link token (`amr: ["magic"]`); a user with a second factor gets a
@@ -544,73 +392,6 @@ async fn magic_sign_in(
     app: &str,
     token: &str,
 ) -> Result<(SignIn, Option<String>), ApiError> {
-    let app = app_for(state, app, "magic-link-verify", ctx).await?;
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
-    let found = one_time::consume_in(&tx, app.id, Purpose::MagicLink, token, ctx.now)
-        .await?
-        .ok_or_else(expired_or_used)?;
-    let user = users::find(&tx, app.id, found.user)
-        .await?
-        .ok_or_else(expired_or_used)?;
-    // Bound to the address it was mailed to: after an email change it signs no one in.
-    let mailed_to = found.data.get("email").and_then(Value::as_str);
-    if user.email.as_deref().map(canonical).as_deref() != mailed_to {
-        return Err(expired_or_used());
-    }
-    if user.disabled(crate::infra::clock::at(ctx.now)) {
-        return Err(ApiError::new(
-            ErrorCode::UserDisabled,
-            "the user is disabled or expired",
-        ));
-    }
-    // The link reached the mailbox: the address is the user's. If it was never proven
-    // before, whoever registered it may not be its owner (an account made in advance to
-    // hijack it later): the mailbox's owner claims it, and the password and sessions set
-    // up before are dropped. Second factors stay: mailbox access alone never removes one
-    // (at worst they lock the claimant out; they let no one else in).
-    let claimed = !user.email_verified;
-    let mut cutoff = None;
-    if claimed {
-        cutoff = Some(sessions::revoke_user_in(&tx, user.id, ctx.now).await?);
-        crate::domain::users::set_password_in(&tx, user.id, "!", ctx.now).await?;
-        // So are the provider identities linked to it meanwhile.
-        tx.exec(
-            "DELETE FROM oauth_identities WHERE user_id = $1",
-            &[&user.id],
-        )
-        .await?;
-    }
-    tx.exec(
-        "UPDATE users SET email_verified = true WHERE id = $1",
-        &[&user.id],
-    )
-    .await?;
-    audit::record(
-        &tx,
-        Event {
-            app: Some(app.id),
-            user: Some(user.id),
-            actor: Actor::User,
-            event: "login.magic_link",
-            details: json!({ "first_proof_of_address": claimed }),
-            ctx,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    drop(client);
-    if let Some(before) = cutoff {
-        sessions::publish_users(state, &[user.id], before).await;
-    }
-    // Re-checked: the allowlist may have lost the URI since the link was mailed.
-    let redirect = found
-        .data
-        .get("redirect_uri")
-        .and_then(Value::as_str)
-        .filter(|uri| app.settings.redirect_allowed(uri))
-        .map(str::to_owned);
-    let signed_in =
-        mfa::after_first_factor(state, &app, &user, vec![Amr::Magic], None, ctx).await?;
-    Ok((signed_in, redirect))
+    let app = public_app(state, app, route::MagicLinkVerify::NAME, ctx).await?;
+    Ok(recovery::magic_sign_in(state.signin(), &app, token, ctx).await?)
 }

@@ -1,35 +1,31 @@
 //! The public end-user routes of an application (API.md §3): register, login (JSON or HTTP
 //! Basic), guest, refresh, logout and token introspection.
 
-use std::sync::Arc;
-
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse as _, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use portcullis_common::ErrorCode;
-use portcullis_common::token::{AccessTokenClaims, Amr};
+use portcullis_common::token::AccessTokenClaims;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{JsonBody, auth, cookies, created};
+use super::error::{ApiError, ApiResult, Problem};
+use super::extract::{
+    JsonBody, LiveApp, PublicApp, UserToken, bearer, cookie, route, user_principal,
+};
+use super::{SignInOptions, cookies, created};
 use crate::domain::Ctx;
 use crate::domain::apps::App;
-use crate::domain::audit::{self, Actor, Event};
-use crate::domain::mailings::Mailing;
-use crate::domain::passwords;
-use crate::domain::sessions::{self, Subject, Which};
-use crate::domain::tokens::{self, Tokens};
-use crate::domain::users::{self, Changes, NewUser, UserView, canonical, check_device};
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::flows::mfa::{self, SignIn};
-use crate::infra::crypto::random_token;
-use crate::infra::limits::Scope;
+use crate::domain::sessions::{self, Which};
+use crate::domain::tokens::Tokens;
+use crate::domain::users::UserView;
+use crate::flows::signin::{SignIn, password, session};
 use crate::state::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -40,29 +36,6 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(refresh))
         .routes(routes!(logout))
         .routes(routes!(verify))
-}
-
-/// Loads the live application and counts this request against its per-IP limit.
-pub(super) async fn app_for(
-    state: &AppState,
-    app: &str,
-    route: &str,
-    ctx: &Ctx,
-) -> Result<Arc<App>, ApiError> {
-    let app = state.apps.live(&state.pool, app, ctx.now).await?;
-    let app_id = app.id.to_string();
-    state
-        .limiter
-        .hit(
-            Scope::Ip {
-                app: &app_id,
-                route,
-                ip: ctx.ip,
-            },
-            app.settings.rate_limits.per_ip_per_minute,
-        )
-        .await?;
-    Ok(app)
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -106,60 +79,21 @@ pub(super) struct Registered {
 async fn register(
     State(state): State<AppState>,
     ctx: Ctx,
-    Path(app): Path<String>,
+    PublicApp(app, _): PublicApp<route::Register>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<Registration>,
 ) -> ApiResult<Response> {
-    let app = app_for(&state, &app, "register", &ctx).await?;
-    let token = captcha_token(body.captcha_token.as_deref(), &headers);
-    state
-        .captcha
-        .check(app.id, app.settings.captcha.as_ref(), token, ctx.ip)
-        .await?;
-    let profile = Changes::profile(
-        Some(&body.email),
-        body.username.as_deref(),
-        body.phone.as_deref(),
-    )?;
-    let device = check_device(body.device_id.as_deref())?;
-    let password = match &body.password {
-        Some(p) => {
-            passwords::check_new(
-                p,
-                &app.settings.password_policy,
-                &[
-                    profile.email.as_deref().unwrap_or(""),
-                    profile.username.as_deref().unwrap_or(""),
-                ],
-            )?;
-            p.clone()
-        }
-        None => random_token(32),
+    let registration = password::Registration {
+        email: &body.email,
+        password: body.password.as_deref(),
+        username: body.username.as_deref(),
+        phone: body.phone.as_deref(),
+        device_id: body.device_id.as_deref(),
+        verify_email: body.options.verify_email,
+        send_reset_email: body.options.send_reset_email,
+        captcha_token: captcha_token(body.captcha_token.as_deref(), &headers),
     };
-    let mut mailings = Vec::new();
-    if body.options.verify_email {
-        mailings.push(Mailing::EmailVerification);
-    }
-    if body.password.is_none() && body.options.send_reset_email {
-        mailings.push(Mailing::SetPassword);
-    }
-    let new = NewUser {
-        email: profile.email,
-        username: profile.username,
-        phone: profile.phone,
-        password_hash: state.hasher.hash(&password).await?,
-        active: true,
-        ..NewUser::default()
-    };
-    let (user, tokens) = sessions::start(
-        &state,
-        &app,
-        Subject::New(&new, &mailings),
-        device.as_deref(),
-        &ctx,
-        vec![Amr::Pwd],
-    )
-    .await?;
+    let (user, tokens) = password::register(state.signin(), &app, &registration, &ctx).await?;
     let response = created(Registered {
         user: user.view(),
         tokens: tokens.clone(),
@@ -192,25 +126,14 @@ fn captcha_token<'a>(body: Option<&'a str>, headers: &'a HeaderMap) -> Option<&'
 }
 
 /// `response`, with the tokens as cookies when `set_cookie`.
-pub(super) fn maybe_cookies(
+fn maybe_cookies(
     response: Response,
     set_cookie: bool,
     state: &AppState,
     app: &App,
     tokens: &Tokens,
 ) -> Response {
-    if set_cookie {
-        cookies::with_cookies(response, &state.config.public_url, app, tokens)
-    } else {
-        response
-    }
-}
-
-#[derive(Debug, Default, Deserialize, ToSchema)]
-pub(super) struct SignInOptions {
-    /// Also set the tokens as `HttpOnly; Secure; SameSite=Lax` cookies.
-    #[serde(default)]
-    pub(super) set_cookie: bool,
+    cookies::maybe(response, set_cookie, &state.config.public_url, app, tokens)
 }
 
 /// `Authorization: Basic base64(login:password)`.
@@ -240,11 +163,10 @@ fn basic(headers: &HeaderMap) -> Option<(String, String)> {
 async fn login(
     State(state): State<AppState>,
     ctx: Ctx,
-    Path(app): Path<String>,
+    PublicApp(app, _): PublicApp<route::Login>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<Login>,
 ) -> ApiResult<Response> {
-    let app = app_for(&state, &app, "login", &ctx).await?;
     let set_cookie = body.options.set_cookie;
     let (login, password) = match (basic(&headers), body.password) {
         (Some(pair), _) => pair,
@@ -257,79 +179,13 @@ async fn login(
         }
         (None, None) => return Err(ApiError::bad_request("password is required")),
     };
-    let device = check_device(body.device_id.as_deref())?;
-    // Oversized or NUL-bearing passwords are refused like wrong ones, before any hashing.
-    if passwords::check_shape(&password).is_err() || login.len() > 320 {
-        return Err(ApiError::invalid_credentials());
-    }
-    let client = state.pool.get().await?;
-    let user = users::find_by_login(&client, app.id, &login).await?;
-    drop(client);
-    // Failures count against the account, whichever identifier named it (email or
-    // username); an unknown identifier is counted as itself.
-    let app_id = app.id.to_string();
-    let account = user
-        .as_ref()
-        .map_or_else(|| canonical(&login), |u| u.id.to_string());
-    let failures = Scope::AccountFailures {
-        app: &app_id,
-        account: &account,
+    let attempt = password::Attempt {
+        login: &login,
+        password: &password,
+        device_id: body.device_id.as_deref(),
+        captcha_token: captcha_token(body.captcha_token.as_deref(), &headers),
     };
-    let ip_failures = Scope::LoginFailuresIp {
-        app: &app_id,
-        ip: ctx.ip,
-    };
-    if let Some(captcha) = &app.settings.captcha {
-        // Unknown counts (Redis down) ask for the CAPTCHA rather than skip it.
-        let due = |n: Option<u64>| n.is_none_or(|n| n >= u64::from(captcha.login_after_failures));
-        if due(state.limiter.count(failures).await) || due(state.limiter.count(ip_failures).await) {
-            let token = captcha_token(body.captcha_token.as_deref(), &headers);
-            state
-                .captcha
-                .check(app.id, app.settings.captcha.as_ref(), token, ctx.ip)
-                .await?;
-        }
-    }
-    state
-        .limiter
-        .hit(
-            failures,
-            app.settings.rate_limits.per_account_failures_per_hour,
-        )
-        .await?;
-    let hash = user
-        .as_ref()
-        .filter(|u| !u.guest)
-        .map(|u| u.password_hash.as_str());
-    let verified = state.hasher.verify(hash, &password).await?;
-    let named = user.as_ref().map(|u| u.id);
-    let (Some(user), true) = (user, verified) else {
-        metrics::counter!("portcullis_logins_total", "outcome" => "failed").increment(1);
-        if app.settings.captcha.is_some() {
-            state.limiter.hit(ip_failures, u32::MAX).await?;
-        }
-        // The account it named, if any; never the identifier or the password tried.
-        let client = state.pool.get().await?;
-        let failed = Event {
-            app: Some(app.id),
-            user: named,
-            actor: Actor::Anonymous,
-            event: "login.failed",
-            details: serde_json::Value::Null,
-            ctx: &ctx,
-        };
-        audit::record(&client, failed).await?;
-        return Err(ApiError::invalid_credentials());
-    };
-    state.limiter.forgive(failures).await;
-    let signed_in =
-        mfa::after_first_factor(&state, &app, &user, vec![Amr::Pwd], device.as_deref(), &ctx)
-            .await?;
-    let outcome = match signed_in {
-        SignIn::Tokens(_) => "ok",
-        SignIn::Mfa(_) => "mfa_required",
-    };
-    metrics::counter!("portcullis_logins_total", "outcome" => outcome).increment(1);
+    let signed_in = password::login(state.signin(), &app, &attempt, &ctx).await?;
     Ok(match &signed_in {
         SignIn::Tokens(tokens) => {
             let tokens = tokens.clone();
@@ -357,34 +213,15 @@ pub(super) struct NewGuest {
 async fn guest(
     State(state): State<AppState>,
     ctx: Ctx,
-    Path(app): Path<String>,
+    PublicApp(app, _): PublicApp<route::Guest>,
     JsonBody(body): JsonBody<NewGuest>,
 ) -> ApiResult<Response> {
-    let app = app_for(&state, &app, "guest", &ctx).await?;
-    let name = body
-        .name
-        .as_deref()
-        .map(str::trim)
-        .filter(|n| !n.is_empty());
-    if name.is_some_and(|n| n.chars().count() > 100 || n.chars().any(char::is_control)) {
-        return Err(ApiError::bad_request("name must be at most 100 characters"));
-    }
-    let device = check_device(body.device_id.as_deref())?;
-    let new = NewUser {
-        // "!" is no Argon2 hash: no password ever matches a guest.
-        password_hash: "!".to_owned(),
-        active: true,
-        guest: true,
-        display_name: name.map(str::to_owned),
-        ..NewUser::default()
-    };
-    let (_, tokens) = sessions::start(
-        &state,
+    let tokens = password::guest(
+        state.signin(),
         &app,
-        Subject::New(&new, &[]),
-        device.as_deref(),
+        body.name.as_deref(),
+        body.device_id.as_deref(),
         &ctx,
-        vec![Amr::Guest],
     )
     .await?;
     Ok(created(tokens))
@@ -405,22 +242,21 @@ pub(super) struct RefreshRequest {
 async fn refresh(
     State(state): State<AppState>,
     ctx: Ctx,
-    Path(app): Path<String>,
+    PublicApp(app, _): PublicApp<route::Refresh>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<RefreshRequest>,
 ) -> ApiResult<Response> {
-    let app = app_for(&state, &app, "refresh", &ctx).await?;
-    let from_cookie = cookies::cookie(&headers, &app.settings.cookies.refresh_name);
+    let from_cookie = cookie(&headers, &app.settings.cookies.refresh_name);
     let presented = body
         .refresh_token
         .as_deref()
-        .or_else(|| tokens::bearer(&headers))
+        .or_else(|| bearer(&headers))
         .or(from_cookie)
         .ok_or_else(|| ApiError::bad_request("refresh_token is required"))?;
     // A refresh by cookie answers with cookies, and its body leaves the refresh token out:
     // it never leaves its HttpOnly cookie.
-    let by_cookie = body.refresh_token.is_none() && tokens::bearer(&headers).is_none();
-    let tokens = sessions::refresh(&state, &app, presented, &ctx).await?;
+    let by_cookie = body.refresh_token.is_none() && bearer(&headers).is_none();
+    let tokens = session::refresh(state.signin(), &app, presented, &ctx).await?;
     let mut shown = tokens.clone();
     if by_cookie {
         shown.refresh_token.clear();
@@ -448,21 +284,19 @@ pub(super) struct LoggedOut {
 async fn logout(
     State(state): State<AppState>,
     ctx: Ctx,
-    Path(app): Path<String>,
+    LiveApp(app): LiveApp,
     headers: HeaderMap,
     JsonBody(body): JsonBody<RefreshRequest>,
 ) -> ApiResult<Response> {
-    let app = state.apps.live(&state.pool, &app, ctx.now).await?;
-    let client = state.pool.get().await?;
     // The body's refresh token, a bearer access token, or the cookies (refresh first).
-    let refresh_cookie = tokens::bearer(&headers)
+    let refresh_cookie = bearer(&headers)
         .is_none()
-        .then(|| cookies::cookie(&headers, &app.settings.cookies.refresh_name))
+        .then(|| cookie(&headers, &app.settings.cookies.refresh_name))
         .flatten();
     let (session, user) = match body.refresh_token.as_deref().or(refresh_cookie) {
         Some(refresh) => {
+            let client = state.pool.get().await?;
             let found = sessions::session_of_refresh(&client, app.id, refresh).await?;
-            drop(client);
             found.ok_or_else(|| {
                 ApiError::new(
                     ErrorCode::InvalidRefreshToken,
@@ -471,13 +305,12 @@ async fn logout(
             })?
         }
         None => {
-            drop(client);
-            let p = auth::user(&state, &headers, &app, ctx.now).await?;
+            let p = user_principal(&state, &headers, &app).await?;
             (p.sid, p.sub)
         }
     };
-    sessions::revoke(
-        &state,
+    session::revoke(
+        state.signin(),
         app.id,
         &Which::One { user, session },
         "logout",
@@ -503,16 +336,9 @@ pub(super) struct Introspection {
 #[utoipa::path(post, path = "/v1/apps/{app}/verify", tag = "users", params(("app" = String, Path)),
     responses((status = 200, body = Introspection),
               (status = 401, description = "token_expired, invalid_signature, token_revoked or invalid_token", body = Problem)))]
-async fn verify(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    Path(app): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult<Json<Introspection>> {
-    let app = state.apps.live(&state.pool, &app, ctx.now).await?;
-    let principal = auth::user(&state, &headers, &app, ctx.now).await?;
+async fn verify(token: UserToken) -> ApiResult<Json<Introspection>> {
     Ok(Json(Introspection {
         valid: true,
-        claims: principal.claims,
+        claims: token.principal.claims,
     }))
 }

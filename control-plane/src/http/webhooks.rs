@@ -3,20 +3,20 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{JsonBody, auth, created};
+use super::created;
+use super::extract::{AppAdmin, JsonBody};
 use crate::domain::Ctx;
-use crate::domain::audit::{self, Event};
 use crate::domain::webhooks::{self, Delivery, Webhook};
-use crate::error::{ApiError, ApiResult, Problem};
+use crate::flows::admin::webhooks::{self as webhook_flows, Target};
+use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -37,11 +37,8 @@ pub(super) struct WebhookList {
     responses((status = 200, body = WebhookList), (status = 401, body = Problem)))]
 async fn list(
     State(state): State<AppState>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    Path(app): Path<String>,
+    AppAdmin(app): AppAdmin,
 ) -> ApiResult<Json<WebhookList>> {
-    let app = auth::app_admin(&state, &headers, &app, ctx.now).await?;
     let client = state.pool.get().await?;
     Ok(Json(WebhookList {
         webhooks: webhooks::list(&client, app.id).await?,
@@ -64,32 +61,21 @@ pub(super) struct WebhookBody {
 async fn create(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    Path(app): Path<String>,
+    AppAdmin(app): AppAdmin,
     JsonBody(body): JsonBody<WebhookBody>,
 ) -> ApiResult<Response> {
-    let app = auth::app_admin(&state, &headers, &app, ctx.now).await?;
-    let events = webhooks::check_events(&body.events)?;
-    webhooks::check_url(&state.egress, &body.url).await?;
-    let secret = webhooks::secret(body.secret.as_deref())?;
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
-    let mut webhook =
-        webhooks::create(&tx, &state.secrets, app.id, &body.url, &events, &secret).await?;
-    audit::record(
-        &tx,
-        Event::by_admin(
-            app.id,
-            None,
-            "webhook.created",
-            json!({ "webhook_id": webhook.id }),
-            &ctx,
-        ),
-    )
-    .await?;
-    tx.commit().await?;
-    webhook.secret = Some(secret);
+    let webhook = webhook_flows::create(state.admin(), &app, &body.target(), &ctx).await?;
     Ok(created(webhook))
+}
+
+impl WebhookBody {
+    fn target(&self) -> Target<'_> {
+        Target {
+            url: &self.url,
+            events: &self.events,
+            secret: self.secret.as_deref(),
+        }
+    }
 }
 
 fn webhook_id(id: &str) -> Result<Uuid, ApiError> {
@@ -103,44 +89,15 @@ fn webhook_id(id: &str) -> Result<Uuid, ApiError> {
 async fn put(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    Path((app, id)): Path<(String, String)>,
+    AppAdmin(app): AppAdmin,
+    Path((_, id)): Path<(String, String)>,
     JsonBody(body): JsonBody<WebhookBody>,
 ) -> ApiResult<Json<Webhook>> {
-    let app = auth::app_admin(&state, &headers, &app, ctx.now).await?;
     let id = webhook_id(&id)?;
-    let events = webhooks::check_events(&body.events)?;
-    webhooks::check_url(&state.egress, &body.url).await?;
-    let secret = body
-        .secret
-        .as_deref()
-        .map(|s| webhooks::secret(Some(s)))
-        .transpose()?;
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
-    let webhook = webhooks::update(
-        &tx,
-        &state.secrets,
-        app.id,
-        id,
-        &body.url,
-        &events,
-        secret.as_deref(),
-    )
-    .await?;
-    audit::record(
-        &tx,
-        Event::by_admin(
-            app.id,
-            None,
-            "webhook.updated",
-            json!({ "webhook_id": id }),
-            &ctx,
-        ),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Json(webhook))
+    let target = body.target();
+    Ok(Json(
+        webhook_flows::replace(state.admin(), &app, id, &target, &ctx).await?,
+    ))
 }
 
 /// Delete a webhook; its pending deliveries fail.
@@ -150,26 +107,11 @@ async fn put(
 async fn delete(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    Path((app, id)): Path<(String, String)>,
+    AppAdmin(app): AppAdmin,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let app = auth::app_admin(&state, &headers, &app, ctx.now).await?;
     let id = webhook_id(&id)?;
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
-    webhooks::delete(&tx, app.id, id).await?;
-    audit::record(
-        &tx,
-        Event::by_admin(
-            app.id,
-            None,
-            "webhook.deleted",
-            json!({ "webhook_id": id }),
-            &ctx,
-        ),
-    )
-    .await?;
-    tx.commit().await?;
+    webhook_flows::delete(state.admin(), &app, id, &ctx).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -192,12 +134,10 @@ pub(super) struct DeliveryList {
     responses((status = 200, body = DeliveryList), (status = 400, body = Problem)))]
 async fn deliveries(
     State(state): State<AppState>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    Path((app, id)): Path<(String, String)>,
+    AppAdmin(app): AppAdmin,
+    Path((_, id)): Path<(String, String)>,
     Query(q): Query<DeliveryQuery>,
 ) -> ApiResult<Json<DeliveryList>> {
-    let app = auth::app_admin(&state, &headers, &app, ctx.now).await?;
     let id = webhook_id(&id)?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
@@ -223,18 +163,13 @@ async fn deliveries(
     responses((status = 202, description = "queued again"), (status = 404, body = Problem)))]
 async fn replay(
     State(state): State<AppState>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    Path((app, id, delivery)): Path<(String, String, String)>,
+    AppAdmin(app): AppAdmin,
+    Path((_, id, delivery)): Path<(String, String, String)>,
 ) -> ApiResult<Response> {
-    let app = auth::app_admin(&state, &headers, &app, ctx.now).await?;
     let id = webhook_id(&id)?;
     let delivery = delivery
         .parse::<Uuid>()
         .map_err(|_| ApiError::not_found("failed delivery"))?;
-    let client = state.pool.get().await?;
-    webhooks::replay(&client, app.id, id, delivery).await?;
-    drop(client);
-    state.outbox.wake_webhooks();
+    webhook_flows::replay(state.admin(), &app, id, delivery).await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }

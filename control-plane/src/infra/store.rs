@@ -194,6 +194,14 @@ async fn apply(client: &mut deadpool_postgres::Client) -> Result<Vec<i32>, Store
     Ok(applied)
 }
 
+/// Whether the database answers a trivial statement.
+pub async fn ping(pool: &Pool) -> bool {
+    match pool.get().await {
+        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// Whether `e` is a unique-constraint violation (SQLSTATE 23505), optionally on `constraint`.
 pub fn is_unique_violation(e: &tokio_postgres::Error, constraint: Option<&str>) -> bool {
     e.as_db_error().is_some_and(|db| {

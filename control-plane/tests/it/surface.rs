@@ -151,6 +151,18 @@ async fn openapi_health_and_metrics() {
     let r = s.get("/openapi.json", None).await;
     assert_eq!(r.status, 200);
     let doc = r.json();
+    // The published document is part of the contract: a change to it shows up here (and in
+    // review) as a change to the snapshot. `UPDATE_OPENAPI=1` rewrites it.
+    let snapshot = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openapi.json");
+    let rendered = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(snapshot, &rendered).unwrap();
+    }
+    let expected = std::fs::read_to_string(snapshot).unwrap();
+    assert!(
+        rendered == expected,
+        "/openapi.json differs from {snapshot}; if the change is meant, rerun with UPDATE_OPENAPI=1"
+    );
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     let paths = doc["paths"].as_object().unwrap();
     let expected = [

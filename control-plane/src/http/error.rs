@@ -1,17 +1,30 @@
-//! The control plane's one error type and its one HTTP mapping: every handler returns
-//! [`ApiError`], and [`IntoResponse`] turns it into an RFC 9457 problem document carrying the
-//! contract's `code`. Internal causes are logged here, never sent to the client.
+//! The control plane's one HTTP error type and the one place every other error becomes
+//! one: each area's error (domain, flows, infrastructure) is mapped to the contract's
+//! `code` by a `From` impl below, and [`IntoResponse`] turns an [`ApiError`] into an RFC
+//! 9457 problem document. Internal causes are logged here, never sent to the client.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use portcullis_common::ErrorCode;
 use serde::Serialize;
 
+use crate::domain::apps::AppError;
+use crate::domain::factors::FactorError;
 use crate::domain::keys::KeyError;
 use crate::domain::mailings::MailError;
+use crate::domain::owners::OwnerError;
+use crate::domain::passwords::PasswordError;
+use crate::domain::roles::RoleError;
 use crate::domain::settings::SettingsError;
+use crate::domain::tokens::TokenError;
 use crate::domain::users::UserError;
 use crate::domain::webhooks::WebhookError;
+use crate::flows::account::AccountError;
+use crate::flows::admin::AdminError;
+use crate::flows::mfa::MfaError;
+use crate::flows::oauth::OAuthError;
+use crate::flows::recovery::RecoveryError;
+use crate::flows::signin::SignInError;
 use crate::infra::captcha::CaptchaError;
 use crate::infra::crypto::HashError;
 use crate::infra::limits::LimitError;
@@ -130,6 +143,188 @@ impl From<CaptchaError> for ApiError {
             CaptchaError::Required => Self::new(ErrorCode::CaptchaRequired, e.to_string()),
             CaptchaError::Refused => Self::new(ErrorCode::CaptchaInvalid, e.to_string()),
             CaptchaError::Unavailable(cause) => Self::unavailable("the CAPTCHA provider", &cause),
+        }
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::NotFound => Self::app_not_found(),
+            AppError::Exists => Self::new(ErrorCode::AppExists, e.to_string()),
+            AppError::Invalid(detail) => Self::bad_request(detail),
+            AppError::Settings(e) => e.into(),
+            AppError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<RoleError> for ApiError {
+    fn from(e: RoleError) -> Self {
+        match e {
+            RoleError::Exists => Self::new(ErrorCode::RoleExists, e.to_string()),
+            RoleError::NotFound => Self::not_found("role"),
+            RoleError::Invalid(detail) => Self::bad_request(detail),
+            RoleError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<PasswordError> for ApiError {
+    fn from(e: PasswordError) -> Self {
+        match e {
+            PasswordError::Weak(detail) => Self::new(ErrorCode::WeakPassword, detail),
+            PasswordError::Malformed(detail) => Self::bad_request(detail),
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Refused(code) => Self::unauthenticated(code),
+            TokenError::Keys(e) => e.into(),
+            TokenError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<FactorError> for ApiError {
+    fn from(e: FactorError) -> Self {
+        match e {
+            FactorError::NoDestination(_) => Self::bad_request(e.to_string()),
+            FactorError::Sealed(_) => Self::internal(&e),
+            FactorError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<MfaError> for ApiError {
+    fn from(e: MfaError) -> Self {
+        use ErrorCode::*;
+        match e {
+            MfaError::InvalidCode => Self::new(InvalidCode, e.to_string()),
+            MfaError::WrongPassword => Self::invalid_credentials(),
+            MfaError::ProofRequired => Self::new(InvalidCredentials, e.to_string()),
+            MfaError::TurnedOff => Self::new(Forbidden, e.to_string()),
+            MfaError::AlreadyEnabled(detail) => Self::new(MfaAlreadyEnabled, detail),
+            MfaError::NoSuchFactor => Self::not_found("factor"),
+            MfaError::SessionEnded => Self::unauthenticated(TokenRevoked),
+            MfaError::Invalid(detail) => Self::bad_request(detail),
+            MfaError::Factor(e) => e.into(),
+            MfaError::Limit(e) => e.into(),
+            MfaError::Hash(e) => e.into(),
+            MfaError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<SignInError> for ApiError {
+    fn from(e: SignInError) -> Self {
+        use ErrorCode::*;
+        match e {
+            SignInError::InvalidCredentials => Self::invalid_credentials(),
+            SignInError::UserDisabled => Self::new(UserDisabled, e.to_string()),
+            SignInError::InvalidRefreshToken => Self::new(InvalidRefreshToken, e.to_string()),
+            SignInError::RefreshTokenReused => Self::new(RefreshTokenReused, e.to_string()),
+            SignInError::InvalidMfaToken => Self::new(InvalidMfaToken, e.to_string()),
+            SignInError::InvalidCode => Self::new(InvalidCode, e.to_string()),
+            SignInError::NoSecondFactor => Self::new(Forbidden, e.to_string()),
+            SignInError::Invalid(detail) => Self::bad_request(detail),
+            SignInError::Password(e) => e.into(),
+            SignInError::User(e) => e.into(),
+            SignInError::Mfa(e) => e.into(),
+            SignInError::Factor(e) => e.into(),
+            SignInError::Mail(e) => e.into(),
+            SignInError::Keys(e) => e.into(),
+            SignInError::Limit(e) => e.into(),
+            SignInError::Captcha(e) => e.into(),
+            SignInError::Hash(e) => e.into(),
+            SignInError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::WrongPassword => Self::invalid_credentials(),
+            AccountError::Password(e) => e.into(),
+            AccountError::User(e) => e.into(),
+            AccountError::Mfa(e) => e.into(),
+            AccountError::Limit(e) => e.into(),
+            AccountError::Hash(e) => e.into(),
+            AccountError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<OAuthError> for ApiError {
+    fn from(e: OAuthError) -> Self {
+        use ErrorCode::*;
+        match e {
+            OAuthError::InvalidState => Self::new(InvalidState, e.to_string()),
+            OAuthError::NoProvider => Self::not_found("OAuth provider"),
+            OAuthError::IdentityLinked(detail) => Self::new(IdentityLinked, detail),
+            OAuthError::EmailTaken => Self::new(UserExists, e.to_string()),
+            OAuthError::IdToken(_) | OAuthError::CodeRefused => {
+                Self::new(InvalidToken, e.to_string())
+            }
+            OAuthError::CodeUsed(detail) => Self::new(TokenExpiredOrUsed, detail),
+            OAuthError::NotLinked => Self::not_found("linked identity"),
+            OAuthError::LastWayIn => Self::new(Forbidden, e.to_string()),
+            OAuthError::Invalid(detail) => Self::bad_request(detail),
+            OAuthError::Unavailable(cause) => Self::unavailable("the identity provider", &cause),
+            OAuthError::SignIn(e) => e.into(),
+            OAuthError::Mfa(e) => e.into(),
+            OAuthError::Settings(e) => e.into(),
+            OAuthError::User(e) => e.into(),
+            OAuthError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<OwnerError> for ApiError {
+    fn from(e: OwnerError) -> Self {
+        match e {
+            OwnerError::Exists => Self::new(ErrorCode::OwnerExists, e.to_string()),
+            OwnerError::Gone => Self::unauthenticated(ErrorCode::TokenRevoked),
+            OwnerError::Invalid(detail) => Self::bad_request(detail),
+            OwnerError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        match e {
+            AdminError::InvalidCredentials => Self::invalid_credentials(),
+            AdminError::Owner(e) => e.into(),
+            AdminError::App(e) => e.into(),
+            AdminError::User(e) => e.into(),
+            AdminError::Role(e) => e.into(),
+            AdminError::Webhook(e) => e.into(),
+            AdminError::Password(e) => e.into(),
+            AdminError::Keys(e) => e.into(),
+            AdminError::Limit(e) => e.into(),
+            AdminError::Hash(e) => e.into(),
+            AdminError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<RecoveryError> for ApiError {
+    fn from(e: RecoveryError) -> Self {
+        match e {
+            RecoveryError::ExpiredOrUsed => Self::new(ErrorCode::TokenExpiredOrUsed, e.to_string()),
+            RecoveryError::RedirectNotAllowed => Self::bad_request(e.to_string()),
+            RecoveryError::User(e) => e.into(),
+            RecoveryError::Password(e) => e.into(),
+            RecoveryError::Mail(e) => e.into(),
+            RecoveryError::SignIn(e) => e.into(),
+            RecoveryError::Limit(e) => e.into(),
+            RecoveryError::Hash(e) => e.into(),
+            RecoveryError::Db(e) => e.into(),
         }
     }
 }

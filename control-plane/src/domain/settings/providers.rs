@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::domain::settings::SettingsError;
+use super::SettingsError;
 use crate::infra::captcha::SECRET_MASK;
 use crate::infra::crypto::Secrets;
 

@@ -5,8 +5,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::domain::providers::{self, OAuthProvider};
+use self::providers::OAuthProvider;
 use crate::infra::captcha::{CaptchaSettings, SECRET_MASK};
+
+pub mod providers;
 
 /// Settings refused, or a stored secret in them that does not open.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,272 @@
+//! A session's life: started (with its first tokens), its refresh token rotated with
+//! reuse detection and the grace window, and ended (PostgreSQL first, then the Redis
+//! layout the verifiers read).
+
+use portcullis_common::token::Amr;
+use uuid::Uuid;
+
+use super::{Deps, SignInError};
+use crate::domain::Ctx;
+use crate::domain::apps::App;
+use crate::domain::audit::{self, Actor, Event};
+use crate::domain::mailings::{self, Mailing};
+use crate::domain::sessions::{self, Inserted, Revoked, Which};
+use crate::domain::tokens::{self, Grant, Tokens};
+use crate::domain::users::{self, NewUser, User};
+use crate::infra::clock;
+use crate::infra::crypto::{digest, random_token};
+use crate::infra::store::DbError;
+
+/// Whose session [`start`] opens.
+#[derive(Debug)]
+pub enum Subject<'a> {
+    /// A user being created: inserted in the same transaction as the session (and the
+    /// mails of its registration), so a failure leaves none of them.
+    New(&'a NewUser, &'a [Mailing]),
+    /// A signed-in user; refused with `user_disabled` if disabled meanwhile.
+    Existing(&'a User),
+}
+
+/// Starts a session and returns the user and its first tokens. A session already bound to
+/// the same device is revoked in the same transaction.
+pub async fn start(
+    deps: Deps<'_>,
+    app: &App,
+    subject: Subject<'_>,
+    device: Option<&str>,
+    ctx: &Ctx,
+    amr: Vec<Amr>,
+) -> Result<(User, Tokens), SignInError> {
+    let refresh = random_token(32);
+    let sid = Uuid::now_v7();
+    let expires = clock::at(ctx.now + app.settings.refresh_token_ttl);
+    let mut client = deps.pool.get().await?;
+    let mut attempt = 0;
+    let mut mailed = false;
+    let (user, replaced) = loop {
+        attempt += 1;
+        let tx = client.transaction().await?;
+        let user = match subject {
+            Subject::New(new, mailings) => {
+                let user = users::insert(&tx, app.id, new).await?;
+                for mailing in mailings {
+                    mailings::mail_in(&tx, &deps.links, app, &user, mailing, ctx).await?;
+                    mailed = true;
+                }
+                user
+            }
+            Subject::Existing(user) => {
+                let user = users::lock_shared(&tx, user.id)
+                    .await?
+                    .ok_or(SignInError::InvalidCredentials)?;
+                if user.disabled(clock::at(ctx.now)) {
+                    return Err(SignInError::UserDisabled);
+                }
+                user
+            }
+        };
+        let replaced = match device {
+            Some(d) => {
+                let which = Which::Device {
+                    user: user.id,
+                    device: d.to_owned(),
+                };
+                sessions::revoke_in(&tx, &which, ctx.now).await?
+            }
+            None => Vec::new(),
+        };
+        let inserted = sessions::insert_in(
+            &tx, sid, user.id, app.id, device, &amr, expires, &refresh, ctx,
+        )
+        .await?;
+        // Two logins on one device at once: the loser retries and replaces the winner.
+        if inserted == Inserted::DeviceTaken {
+            if attempt < 3 {
+                continue;
+            }
+            return Err(DbError::Failed("a device's session kept being replaced".into()).into());
+        }
+        let amr_names = sessions::amr_names(&amr);
+        let details = serde_json::json!({ "session_id": sid, "amr": amr_names });
+        let event = |event| Event::by_user(app.id, user.id, event, details.clone(), ctx);
+        if matches!(subject, Subject::New(..)) {
+            audit::record(&tx, event("user.created")).await?;
+        }
+        audit::record(&tx, event("login.succeeded")).await?;
+        tx.commit().await?;
+        break (user, replaced);
+    };
+    drop(client);
+    if mailed {
+        deps.outbox.wake();
+    }
+    sessions::publish_sessions(deps.publisher, &replaced).await;
+    let tokens = issue(deps, app, &user, sid, refresh, amr, ctx.now).await?;
+    Ok((user, tokens))
+}
+
+/// An access token for `user`'s session `sid`, and the refresh token beside it.
+async fn issue(
+    deps: Deps<'_>,
+    app: &App,
+    user: &User,
+    sid: Uuid,
+    refresh_token: String,
+    amr: Vec<Amr>,
+    now: i64,
+) -> Result<Tokens, SignInError> {
+    let ttl = app.settings.access_token_ttl;
+    let app_id = app.id.to_string();
+    let (access_token, claims) = tokens::mint(
+        deps.keys,
+        deps.issuer,
+        Grant {
+            audience: &app_id,
+            sub: user.id,
+            sid,
+            roles: user.roles.clone(),
+            scope: user.scope.clone(),
+            amr,
+            guest: user.guest,
+            ttl,
+        },
+        user.issued_at(now),
+    )
+    .await?;
+    Ok(Tokens {
+        access_token,
+        refresh_token,
+        token_type: "Bearer",
+        expires_in: ttl,
+        expires_at: clock::at(claims.exp),
+        session_id: sid,
+        user_id: user.id,
+        roles: claims.roles,
+    })
+}
+
+/// Rotates `presented`: exactly one concurrent caller wins (an atomic
+/// `UPDATE ... WHERE used_at IS NULL`). A token presented again within the application's
+/// grace window gets the same successor; any other reuse revokes the whole session.
+pub async fn refresh(
+    deps: Deps<'_>,
+    app: &App,
+    presented: &str,
+    ctx: &Ctx,
+) -> Result<Tokens, SignInError> {
+    if presented.is_empty() || presented.len() > sessions::MAX_REFRESH_LEN {
+        return Err(SignInError::InvalidRefreshToken);
+    }
+    let hash = digest(presented);
+    // The successor is a function of the presented token, so the winning UPDATE records
+    // it at once and a retry within the grace window can recompute it.
+    let successor = deps.secrets.successor(presented);
+    let now = clock::at(ctx.now);
+    let mut client = deps.pool.get().await?;
+    if let Some(won) = sessions::rotate(&client, app.id, &hash, &digest(&successor), ctx).await? {
+        drop(client);
+        metrics::counter!("portcullis_refresh_total", "outcome" => "rotated").increment(1);
+        return issue(deps, app, &won.user, won.sid, successor, won.amr, ctx.now).await;
+    }
+
+    let tx = client.transaction().await?;
+    // Not rotatable: unknown, expired, revoked, or already used.
+    let found = sessions::presented_in(&tx, app.id, &hash, now).await?;
+    let Some(found) = found.filter(|f| f.live) else {
+        metrics::counter!("portcullis_refresh_total", "outcome" => "invalid").increment(1);
+        return Err(SignInError::InvalidRefreshToken);
+    };
+    let Some(used_at) = found.used_at else {
+        // Unused, on a live session, yet not rotated: the user is disabled or expired
+        // (or the token was rotated a moment ago by a concurrent request, and then it is
+        // used by now).
+        let user = users::lock_shared(&tx, found.user)
+            .await?
+            .ok_or(SignInError::InvalidCredentials)?;
+        return Err(if user.disabled(now) {
+            SignInError::UserDisabled
+        } else {
+            SignInError::InvalidRefreshToken
+        });
+    };
+    let grace = app.settings.refresh_token_reuse_grace_secs;
+    if grace > 0 && (now - used_at).whole_seconds() <= grace {
+        // The successor must still be the session's live token: a session never has two.
+        let live = match &found.successor_hash {
+            Some(h) => sessions::token_unused_in(&tx, h).await?,
+            None => false,
+        };
+        if live {
+            let user = users::lock_shared(&tx, found.user)
+                .await?
+                .ok_or(SignInError::InvalidCredentials)?;
+            tx.commit().await?;
+            drop(client);
+            if user.disabled(now) {
+                return Err(SignInError::UserDisabled);
+            }
+            metrics::counter!("portcullis_refresh_total", "outcome" => "grace").increment(1);
+            return issue(deps, app, &user, found.sid, successor, found.amr, ctx.now).await;
+        }
+    }
+    let which = Which::One {
+        user: found.user,
+        session: found.sid,
+    };
+    let revoked = sessions::revoke_in(&tx, &which, ctx.now).await?;
+    audit::record(
+        &tx,
+        Event {
+            app: Some(app.id),
+            user: Some(found.user),
+            actor: Actor::Anonymous,
+            event: "refresh_token.reused",
+            details: serde_json::json!({ "session_id": found.sid }),
+            ctx,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    drop(client);
+    metrics::counter!("portcullis_refresh_total", "outcome" => "reused").increment(1);
+    tracing::warn!(session = %found.sid, "refresh token reused; session revoked");
+    sessions::publish_sessions(deps.publisher, &revoked).await;
+    Err(SignInError::RefreshTokenReused)
+}
+
+/// Revokes sessions and publishes them: the common end of logout and session deletion,
+/// recorded as `session.revoked` with `reason`.
+pub async fn revoke(
+    deps: Deps<'_>,
+    app: Uuid,
+    which: &Which,
+    reason: &'static str,
+    ctx: &Ctx,
+) -> Result<Vec<Revoked>, DbError> {
+    let mut client = deps.pool.get().await?;
+    let tx = client.transaction().await?;
+    let revoked = sessions::revoke_in(&tx, which, ctx.now).await?;
+    if !revoked.is_empty() {
+        let user = match which {
+            Which::One { user, .. }
+            | Which::Device { user, .. }
+            | Which::AllOfUser { user, .. } => *user,
+        };
+        let sessions: Vec<Uuid> = revoked.iter().map(|r| r.session).collect();
+        audit::record(
+            &tx,
+            Event::by_user(
+                app,
+                user,
+                "session.revoked",
+                serde_json::json!({ "reason": reason, "sessions": sessions }),
+                ctx,
+            ),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    drop(client);
+    sessions::publish_sessions(deps.publisher, &revoked).await;
+    Ok(revoked)
+}
