@@ -113,11 +113,10 @@ fn sentinel_addr(entry: &str, tls: bool) -> Result<ConnectionAddr, ConfigError> 
 impl RedisConfig {
     /// Reads the Redis variables; `Ok(None)` when neither a URL nor Sentinels are set.
     pub fn from_env(env: &impl Env) -> Result<Option<Self>, ConfigError> {
-        let set = |var| env.get(var).filter(|v| !v.trim().is_empty());
         let target = match (
-            set(REDIS_URL),
-            set(REDIS_SENTINELS),
-            set(REDIS_SENTINEL_MASTER),
+            env.set(REDIS_URL),
+            env.set(REDIS_SENTINELS),
+            env.set(REDIS_SENTINEL_MASTER),
         ) {
             (None, None, None) => return Ok(None),
             (Some(_), Some(_), _) => {
@@ -134,11 +133,9 @@ impl RedisConfig {
             ),
             (Some(url), None, _) => Target::Server(node(REDIS_URL, &url)?),
             (None, Some(list), Some(master)) => {
-                let tls = match set(REDIS_SENTINEL_TLS).as_deref().map(str::trim) {
-                    None | Some("false") => false,
-                    Some("true") => true,
-                    Some(_) => return Err(err(REDIS_SENTINEL_TLS, "must be true or false")),
-                };
+                let tls = env.flag(REDIS_SENTINEL_TLS, false)?;
+                // Passwords as given, surrounding blanks included.
+                let password = |var| env.get(var).filter(|v| !v.trim().is_empty());
                 Target::Sentinel {
                     sentinels: list
                         .split(',')
@@ -146,8 +143,8 @@ impl RedisConfig {
                         .map(|s| sentinel_addr(s, tls))
                         .collect::<Result<_, _>>()?,
                     master: master.trim().to_owned(),
-                    password: set(REDIS_PASSWORD),
-                    sentinel_password: set(REDIS_SENTINEL_PASSWORD),
+                    password: password(REDIS_PASSWORD),
+                    sentinel_password: password(REDIS_SENTINEL_PASSWORD),
                     tls,
                 }
             }
@@ -166,7 +163,7 @@ impl RedisConfig {
         };
         if !matches!(target, Target::Sentinel { .. }) {
             for var in [REDIS_PASSWORD, REDIS_SENTINEL_PASSWORD, REDIS_SENTINEL_TLS] {
-                if set(var).is_some() {
+                if env.set(var).is_some() {
                     return Err(err(
                         var,
                         format!(
@@ -176,9 +173,9 @@ impl RedisConfig {
                 }
             }
         }
-        let roots = match set(REDIS_CA_FILE) {
+        let roots = match env.set(REDIS_CA_FILE) {
             None => None,
-            Some(path) => Some(read_pem(Path::new(path.trim()))?),
+            Some(path) => Some(read_pem(Path::new(&path))?),
         };
         Ok(Some(Self { target, roots }))
     }

@@ -432,11 +432,7 @@ pub fn files_from_env(
     client_ca_var: Option<&'static str>,
 ) -> Result<Option<Arc<ReloadingConfig>>, crate::env::ConfigError> {
     use crate::env::ConfigError;
-    let set = |var: &str| {
-        env.get(var)
-            .filter(|v| !v.trim().is_empty())
-            .map(PathBuf::from)
-    };
+    let set = |var: &str| env.set(var).map(PathBuf::from);
     let client_ca = client_ca_var.and_then(set);
     match (set(cert_var), set(key_var)) {
         (Some(cert), Some(key)) => {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ipnet::IpNet;
+use portcullis_common::env::http_url;
 pub use portcullis_common::env::{ConfigError, Env, ProcessEnv};
 use portcullis_common::redis_conn::{REDIS_URL, RedisConfig};
 use portcullis_common::tls::{self, ReloadingConfig};
@@ -72,35 +73,69 @@ fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::new(var, message)
 }
 
-fn required(env: &impl Env, var: &'static str) -> Result<String, ConfigError> {
-    match env.get(var) {
-        Some(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
-        _ => Err(err(var, "is required")),
-    }
+/// An `http(s)://` URL without a trailing slash (paths are appended to it).
+fn base_url(var: &'static str, value: String) -> Result<String, ConfigError> {
+    Ok(http_url(var, value)?.trim_end_matches('/').to_owned())
 }
 
-fn number<T: std::str::FromStr>(
-    env: &impl Env,
-    var: &'static str,
-    default: T,
-    valid: impl Fn(&T) -> bool,
-) -> Result<T, ConfigError> {
-    match env.get(var) {
-        None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .ok()
-            .filter(|n| valid(n))
-            .ok_or_else(|| err(var, format!("{v:?} is not an accepted number"))),
+/// `PORTCULLIS_DATABASE_URL`: a `postgres://` URL this control plane can use.
+fn database_url(env: &impl Env) -> Result<String, ConfigError> {
+    const VAR: &str = "PORTCULLIS_DATABASE_URL";
+    let url = env.required(VAR)?;
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(err(VAR, "must be a postgres:// URL"));
     }
+    // The URL may carry a password: the reason names the parameter, never the URL.
+    crate::infra::db_tls::DbTarget::parse(&url).map_err(|reason| err(VAR, reason))?;
+    Ok(url)
 }
 
-fn http_url(var: &'static str, value: String) -> Result<String, ConfigError> {
-    if !(value.starts_with("http://") || value.starts_with("https://")) {
-        return Err(err(var, "must be an http:// or https:// URL"));
+/// `PORTCULLIS_KEY_ENCRYPTION_KEY`: 32 bytes in base64.
+fn key_encryption_key(env: &impl Env) -> Result<[u8; 32], ConfigError> {
+    const VAR: &str = "PORTCULLIS_KEY_ENCRYPTION_KEY";
+    STANDARD
+        .decode(env.required(VAR)?)
+        .ok()
+        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        .ok_or_else(|| err(VAR, "must be 32 bytes in base64"))
+}
+
+/// `PORTCULLIS_TRUSTED_PROXIES`: CIDRs or single addresses.
+fn trusted_proxies(env: &impl Env) -> Result<Vec<IpNet>, ConfigError> {
+    env.list("PORTCULLIS_TRUSTED_PROXIES")
+        .iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| err("PORTCULLIS_TRUSTED_PROXIES", format!("{s:?} is not a CIDR")))
+        })
+        .collect()
+}
+
+/// Where mail and SMS go: `(smtp_url, mail_from, sms_url)`.
+fn messages(env: &impl Env) -> Result<(Option<String>, String, Option<String>), ConfigError> {
+    let smtp_url = env.set("PORTCULLIS_SMTP_URL");
+    if let Some(url) = &smtp_url {
+        crate::infra::outbox::check_smtp_url(url).map_err(|e| err("PORTCULLIS_SMTP_URL", e))?;
     }
-    Ok(value.trim_end_matches('/').to_owned())
+    let mail_from = match env.set("PORTCULLIS_MAIL_FROM") {
+        Some(from) => from,
+        None if smtp_url.is_some() => {
+            return Err(err(
+                "PORTCULLIS_MAIL_FROM",
+                "is required with PORTCULLIS_SMTP_URL",
+            ));
+        }
+        None => "portcullis@localhost".to_owned(),
+    };
+    if !crate::domain::users::check_email(&mail_from).is_ok_and(|m| m == mail_from) {
+        return Err(err("PORTCULLIS_MAIL_FROM", "must be an email address"));
+    }
+    let sms_url = env
+        .set("PORTCULLIS_SMS_WEBHOOK_URL")
+        .map(|u| base_url("PORTCULLIS_SMS_WEBHOOK_URL", u))
+        .transpose()?;
+    Ok((smtp_url, mail_from, sms_url))
 }
 
 impl Config {
@@ -114,111 +149,42 @@ impl Config {
         }
     }
 
+    /// Refusals name the first bad variable in the order of API.md §6 (listener, database,
+    /// Redis, issuer, ...).
     pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
-        let listen = env
-            .get("PORTCULLIS_LISTEN")
-            .unwrap_or_else(|| "0.0.0.0:8080".to_owned());
-        let listen = listen
-            .parse()
-            .map_err(|_| err("PORTCULLIS_LISTEN", format!("{listen:?} is not host:port")))?;
+        let listen = env.socket_addr("PORTCULLIS_LISTEN", "0.0.0.0:8080")?;
         let tls = tls::files_from_env(
             env,
             "PORTCULLIS_TLS_CERT_FILE",
             "PORTCULLIS_TLS_KEY_FILE",
             None,
         )?;
-        let database_url = required(env, "PORTCULLIS_DATABASE_URL")?;
-        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
-            return Err(err("PORTCULLIS_DATABASE_URL", "must be a postgres:// URL"));
-        }
-        // The URL may carry a password: the reason names the parameter, never the URL.
-        crate::infra::db_tls::DbTarget::parse(&database_url)
-            .map_err(|reason| err("PORTCULLIS_DATABASE_URL", reason))?;
+        let database_url = database_url(env)?;
         let redis = RedisConfig::from_env(env)?.ok_or_else(|| {
             err(
                 REDIS_URL,
                 "is required (or PORTCULLIS_REDIS_SENTINELS with PORTCULLIS_REDIS_SENTINEL_MASTER)",
             )
         })?;
-        let issuer = http_url("PORTCULLIS_ISSUER", required(env, "PORTCULLIS_ISSUER")?)?;
-        let public_url = match env.get("PORTCULLIS_PUBLIC_URL") {
-            Some(v) if !v.trim().is_empty() => http_url("PORTCULLIS_PUBLIC_URL", v)?,
-            _ => issuer.clone(),
+        let issuer = base_url("PORTCULLIS_ISSUER", env.required("PORTCULLIS_ISSUER")?)?;
+        let public_url = match env.set("PORTCULLIS_PUBLIC_URL") {
+            Some(v) => base_url("PORTCULLIS_PUBLIC_URL", v)?,
+            None => issuer.clone(),
         };
-        let admin_token = required(env, "PORTCULLIS_ADMIN_TOKEN")?;
+        let admin_token = env.required("PORTCULLIS_ADMIN_TOKEN")?;
         if admin_token.len() < 16 {
             return Err(err(
                 "PORTCULLIS_ADMIN_TOKEN",
                 "must be at least 16 characters",
             ));
         }
-        let kek = required(env, "PORTCULLIS_KEY_ENCRYPTION_KEY")?;
-        let key_encryption_key = STANDARD
-            .decode(&kek)
-            .ok()
-            .and_then(|k| <[u8; 32]>::try_from(k).ok())
-            .ok_or_else(|| {
-                err(
-                    "PORTCULLIS_KEY_ENCRYPTION_KEY",
-                    "must be 32 bytes in base64",
-                )
-            })?;
-        let trusted_proxies = env
-            .get("PORTCULLIS_TRUSTED_PROXIES")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                s.parse::<IpNet>()
-                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map_err(|_| err("PORTCULLIS_TRUSTED_PROXIES", format!("{s:?} is not a CIDR")))
-            })
-            .collect::<Result<_, _>>()?;
-        let rotation_days: u64 = number(env, "PORTCULLIS_KEY_ROTATION_DAYS", 30, |d| *d >= 1)?;
-        let lead: u64 = number(env, "PORTCULLIS_KEY_PUBLISH_LEAD_SECS", 120, |s| {
-            *s <= 86_400
-        })?;
-        let reconcile: u64 = number(env, "PORTCULLIS_RECONCILE_INTERVAL_SECS", 30, |s| *s >= 1)?;
+        let key_encryption_key = key_encryption_key(env)?;
+        let days: u64 = env.number("PORTCULLIS_KEY_ROTATION_DAYS", 30, |d| *d >= 1)?;
+        let lead: u64 = env.number("PORTCULLIS_KEY_PUBLISH_LEAD_SECS", 120, |s| *s <= 86_400)?;
+        let reconcile: u64 = env.number("PORTCULLIS_RECONCILE_INTERVAL_SECS", 30, |s| *s >= 1)?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let hash_workers = number(env, "PORTCULLIS_HASH_WORKERS", cores, |n| *n >= 1)?;
-        let db_pool_size = number(env, "PORTCULLIS_DB_POOL_SIZE", 16, |n| *n >= 1)?;
-        let drain: u64 = number(env, "PORTCULLIS_DRAIN_TIMEOUT_SECS", 10, |_| true)?;
-        let optional = |var| {
-            env.get(var)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        let smtp_url = optional("PORTCULLIS_SMTP_URL");
-        if let Some(url) = &smtp_url {
-            crate::infra::outbox::check_smtp_url(url).map_err(|e| err("PORTCULLIS_SMTP_URL", e))?;
-        }
-        let mail_from = match optional("PORTCULLIS_MAIL_FROM") {
-            Some(from) => from,
-            None if smtp_url.is_some() => {
-                return Err(err(
-                    "PORTCULLIS_MAIL_FROM",
-                    "is required with PORTCULLIS_SMTP_URL",
-                ));
-            }
-            None => "portcullis@localhost".to_owned(),
-        };
-        if !crate::domain::users::check_email(&mail_from).is_ok_and(|m| m == mail_from) {
-            return Err(err("PORTCULLIS_MAIL_FROM", "must be an email address"));
-        }
-        let webhook_allow_private = match optional("PORTCULLIS_WEBHOOK_ALLOW_PRIVATE").as_deref() {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(_) => {
-                return Err(err(
-                    "PORTCULLIS_WEBHOOK_ALLOW_PRIVATE",
-                    "must be true or false",
-                ));
-            }
-        };
-        let sms_webhook_url = optional("PORTCULLIS_SMS_WEBHOOK_URL")
-            .map(|u| http_url("PORTCULLIS_SMS_WEBHOOK_URL", u))
-            .transpose()?;
+        let drain: u64 = env.number("PORTCULLIS_DRAIN_TIMEOUT_SECS", 10, |_| true)?;
+        let (smtp_url, mail_from, sms_webhook_url) = messages(env)?;
         Ok(Self {
             listen,
             tls,
@@ -228,18 +194,18 @@ impl Config {
             public_url,
             admin_token,
             key_encryption_key,
-            trusted_proxies,
-            key_rotation_interval: Duration::from_secs(rotation_days * 86_400),
+            trusted_proxies: trusted_proxies(env)?,
+            key_rotation_interval: Duration::from_secs(days * 86_400),
             key_publish_lead: Duration::from_secs(lead),
             reconcile_interval: Duration::from_secs(reconcile),
-            hash_workers,
-            db_pool_size,
+            hash_workers: env.number("PORTCULLIS_HASH_WORKERS", cores, |n| *n >= 1)?,
+            db_pool_size: env.number("PORTCULLIS_DB_POOL_SIZE", 16, |n| *n >= 1)?,
             drain_timeout: Duration::from_secs(drain),
             smtp_url,
             mail_from,
             sms_webhook_url,
-            sms_webhook_token: optional("PORTCULLIS_SMS_WEBHOOK_TOKEN"),
-            webhook_allow_private,
+            sms_webhook_token: env.set("PORTCULLIS_SMS_WEBHOOK_TOKEN"),
+            webhook_allow_private: env.flag("PORTCULLIS_WEBHOOK_ALLOW_PRIVATE", false)?,
         })
     }
 }

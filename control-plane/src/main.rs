@@ -44,7 +44,12 @@ fn main() -> ExitCode {
             return portcullis_control_plane::migrate(&config).await.map(|_| ());
         }
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
-        portcullis_control_plane::run(listener, config, shutdown_signal()).await
+        portcullis_control_plane::run(
+            listener,
+            config,
+            portcullis_common::process::shutdown_signal(),
+        )
+        .await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -53,22 +58,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    ctrl_c.await.unwrap_or(());
 }

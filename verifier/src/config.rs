@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::core::Settings;
 use crate::policy::Policy;
 
+use portcullis_common::env::http_url;
 pub use portcullis_common::env::{ConfigError, Env, ProcessEnv};
 use portcullis_common::redis_conn::{REDIS_SENTINELS, RedisConfig};
 use portcullis_common::tls::{self, ReloadingConfig};
@@ -67,55 +68,21 @@ const CACHE_ENTRIES: &str = "PORTCULLIS_VERIFIER_CACHE_ENTRIES";
 const MAX_CONNECTIONS: &str = "PORTCULLIS_VERIFIER_MAX_CONNECTIONS";
 const DRAIN: &str = "PORTCULLIS_VERIFIER_DRAIN_SECS";
 
-fn list(value: &str) -> Vec<String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-fn number<T: std::str::FromStr>(
-    env: &impl Env,
-    var: &'static str,
-    default: T,
-) -> Result<T, ConfigError> {
-    match env.get(var).filter(|v| !v.trim().is_empty()) {
-        None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| err(var, format!("{v:?} is not a valid number"))),
-    }
-}
-
-fn addr(env: &impl Env, var: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
-    let v = env.get(var).unwrap_or_else(|| default.to_owned());
-    v.trim()
-        .parse()
-        .map_err(|_| err(var, format!("{v:?} is not a host:port socket address")))
-}
-
 impl Config {
     pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
-        let listen = addr(env, LISTEN, "0.0.0.0:8081")?;
-        let grpc_listen = match env.get(GRPC_LISTEN) {
-            Some(v) if v.trim().eq_ignore_ascii_case("off") => None,
-            _ => Some(addr(env, GRPC_LISTEN, "0.0.0.0:8082")?),
+        let listen = env.socket_addr(LISTEN, "0.0.0.0:8081")?;
+        let grpc_listen = match env.set(GRPC_LISTEN) {
+            Some(v) if v.eq_ignore_ascii_case("off") => None,
+            _ => Some(env.socket_addr(GRPC_LISTEN, "0.0.0.0:8082")?),
         };
 
         let tls = tls::files_from_env(env, TLS_CERT, TLS_KEY, Some(TLS_CLIENT_CA))?;
-        let set = |var| env.get(var).filter(|v| !v.trim().is_empty());
         let redis = RedisConfig::from_env(env)?;
-        let source = match (redis, set(JWKS_URL), set(JWKS_FILE)) {
+        let source = match (redis, env.set(JWKS_URL), env.set(JWKS_FILE)) {
             (Some(redis), None, None) => KeySource::Redis(Box::new(redis)),
-            (None, Some(url), None) => {
-                if !(url.starts_with("https://") || url.starts_with("http://")) {
-                    return Err(err(JWKS_URL, "must be an http:// or https:// URL"));
-                }
-                KeySource::JwksUrl { url }
-            }
+            (None, Some(url), None) => KeySource::JwksUrl {
+                url: http_url(JWKS_URL, url)?,
+            },
             (None, None, Some(path)) => KeySource::JwksFile { path: path.into() },
             (None, None, None) => {
                 return Err(err(
@@ -133,60 +100,46 @@ impl Config {
             }
         };
 
-        let issuers = list(&env.get(ISSUER).unwrap_or_default());
+        let issuers = env.list(ISSUER);
         if issuers.is_empty() {
             return Err(err(
                 ISSUER,
                 "required: the issuer URL(s) tokens must carry in `iss`",
             ));
         }
-        let leeway_secs: i64 = number(env, LEEWAY, 30)?;
-        if !(0..=600).contains(&leeway_secs) {
-            return Err(err(LEEWAY, "must be between 0 and 600 seconds"));
-        }
+        let leeway_secs: i64 = env.number(LEEWAY, 30, |s| (0..=600).contains(s))?;
+        // Set but empty: any `typ` is accepted.
         let typs = match env.get(TYP) {
-            Some(v) => list(&v),
+            Some(_) => env.list(TYP),
             None => vec![portcullis_common::token::ACCESS_TOKEN_TYP.to_owned()],
         };
         let settings = Settings {
             issuers,
-            audiences: list(&env.get(AUDIENCE).unwrap_or_default()),
+            audiences: env.list(AUDIENCE),
             leeway_secs,
             typs,
         };
 
-        let cookie = set(COOKIE).map(|c| c.trim().to_owned());
+        let cookie = env.set(COOKIE);
         let token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
         if cookie.as_ref().is_some_and(|c| !c.bytes().all(token_char)) {
             return Err(err(COOKIE, "not a valid cookie name"));
         }
-        let policy_file = set(POLICY_FILE).map(PathBuf::from);
+        let policy_file = env.set(POLICY_FILE).map(PathBuf::from);
         let policy = match &policy_file {
             Some(path) => Policy::from_file(path).map_err(|e| err(POLICY_FILE, e.to_string()))?,
             None => Policy::default(),
         };
 
-        let max_staleness_secs: i64 = number(env, MAX_STALENESS, 60)?;
-        if max_staleness_secs < 2 {
-            return Err(err(MAX_STALENESS, "must be at least 2 seconds"));
-        }
+        // At least 2 s, and resyncs at least once within it.
+        let max_staleness_secs: i64 = env.number(MAX_STALENESS, 60, |s| *s >= 2)?;
         let default_resync = (max_staleness_secs / 2).clamp(1, 30) as u64;
-        let resync: u64 = number(env, RESYNC, default_resync)?;
-        if resync == 0 || resync as i64 >= max_staleness_secs {
-            return Err(err(
-                RESYNC,
-                format!("must be between 1 and {MAX_STALENESS} - 1"),
-            ));
-        }
-        let cache_entries = number(env, CACHE_ENTRIES, 65_536usize)?;
-        if cache_entries > 1 << 24 {
-            return Err(err(CACHE_ENTRIES, "at most 16777216"));
-        }
-        let max_connections = number(env, MAX_CONNECTIONS, 10_000usize)?;
-        if max_connections == 0 {
-            return Err(err(MAX_CONNECTIONS, "must be at least 1"));
-        }
-        let drain: u64 = number(env, DRAIN, 10)?;
+        let resync: u64 = env.number(RESYNC, default_resync, |s| {
+            (1..max_staleness_secs).contains(&(*s as i64))
+        })?;
+        let cache_entries = env.number(CACHE_ENTRIES, 65_536usize, |n| *n <= 1 << 24)?;
+        let max_connections = env.number(MAX_CONNECTIONS, 10_000usize, |n| *n >= 1)?;
+        let drain: u64 = env.number(DRAIN, 10, |_| true)?;
 
         Ok(Self {
             listen,

@@ -44,29 +44,15 @@ fn main() {
             })?),
             None => None,
         };
-        run(config, Listeners { http, grpc }, shutdown_signal()).await
+        run(
+            config,
+            Listeners { http, grpc },
+            portcullis_common::process::shutdown_signal(),
+        )
+        .await
     });
     if let Err(e) = result {
         eprintln!("portcullis-verifier: {e}");
         std::process::exit(1);
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown requested; draining");
 }

@@ -2,10 +2,8 @@
 //! once at start-up and kept as handles, so counting a decision on the hot path is an
 //! atomic add with no label lookup or allocation.
 
-use std::sync::OnceLock;
-
 use metrics::{Counter, Histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use portcullis_common::ErrorCode;
 
 use crate::state::{Shared, unix_now};
@@ -14,23 +12,8 @@ const LATENCY_BUCKETS: [f64; 12] = [
     0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
 ];
 
-/// The `metrics` recorder is process-global by design of the facade; installing it twice
-/// (several servers in one test process) reuses the first.
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-
 fn handle() -> Option<&'static PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| {
-            PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Suffix("duration_seconds".into()),
-                    &LATENCY_BUCKETS,
-                )
-                .ok()?
-                .install_recorder()
-                .ok()
-        })
-        .as_ref()
+    portcullis_common::process::prometheus(&LATENCY_BUCKETS)
 }
 
 #[derive(Debug)]
