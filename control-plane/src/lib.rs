@@ -2,12 +2,15 @@
 //! rotation and signing keys on PostgreSQL, published to every verifier through Redis
 //! (API.md §2, §3, §5, §6).
 //!
-//! `main.rs` parses configuration and calls [`run`]; tests call [`run`] on port 0.
+//! `main.rs` parses configuration and calls [`run`]; tests call [`run`] on port 0, or
+//! [`assemble`] to drive the flows without HTTP.
 //!
-//! Layout: `http/` holds thin handlers (one file per resource); `sessions`, `users`,
-//! `apps`, `keys`, `tokens` hold the domain logic and its SQL; `publish` is the only Redis
-//! writer (and the reconciler); `limits` the shared rate limits; `crypto` the Argon2id pool,
-//! the AEAD for secrets at rest and token digests; `store` the pool and migrations.
+//! Layers, each importing only those below it (ARCHITECTURE.md draws them;
+//! `scripts/check-layers` enforces it): `http/` (extractors, wire types, the one error
+//! mapping, a file per resource) → `state` (what handlers share, and each flow's `Deps`)
+//! → `flows/` (one use case each: signing in, recovery, second factors, social login,
+//! administration, the maintenance schedule) → `domain/` (an aggregate each, owning its
+//! SQL) → `infra/` (store, publisher, outbox, egress, crypto, clock, limits, CAPTCHA).
 
 pub mod config;
 pub mod domain;
@@ -67,15 +70,10 @@ pub async fn migrate(config: &Config) -> Result<deadpool_postgres::Pool, StartEr
     }
 }
 
-/// Serves the control plane on `listener` until `shutdown` resolves, then drains.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
-    portcullis_common::tls::install_provider();
-    infra::metrics::install();
-    let tls = config.tls.clone();
+/// Everything a running control plane shares, from its configuration: the migrated
+/// database, Redis, the message transports and guarded clients, the key ring (refused
+/// when the stored keys do not open with this key-encryption key). No task is started.
+pub async fn assemble(config: Config) -> Result<AppState, StartError> {
     let pool = migrate(&config).await?;
     let publisher = Publisher::new(&config.redis)?;
     let client = infra::outbox::http_client().map_err(StartError::Messages)?;
@@ -100,14 +98,24 @@ pub async fn run(
     );
     // A key that does not open means the wrong encryption key: refuse to start.
     match state.keys.refresh().await {
-        Ok(_) => {}
-        Err(domain::keys::KeyError::Sealed(_)) => {
-            return Err(StartError::Keys(
-                "the signing keys in the database do not open with this key".into(),
-            ));
-        }
-        Err(e) => return Err(StartError::Keys(e.to_string())),
+        Ok(_) => Ok(state),
+        Err(domain::keys::KeyError::Sealed(_)) => Err(StartError::Keys(
+            "the signing keys in the database do not open with this key".into(),
+        )),
+        Err(e) => Err(StartError::Keys(e.to_string())),
     }
+}
+
+/// Serves the control plane on `listener` until `shutdown` resolves, then drains.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    portcullis_common::tls::install_provider();
+    infra::metrics::install();
+    let tls = config.tls.clone();
+    let state = assemble(config).await?;
     let maintenance = tokio::spawn(flows::maintenance::run(flows::maintenance::Maintenance {
         pool: state.pool.clone(),
         keys: state.keys.clone(),

@@ -443,10 +443,7 @@ pub async fn signed_in(
         .await?
         .ok_or_else(|| ApiError::unauthenticated(ErrorCode::TokenRevoked))?;
     if user.disabled(clock::at(clock::unix_now())) {
-        return Err(ApiError::new(
-            ErrorCode::UserDisabled,
-            "the user is disabled or expired",
-        ));
+        return Err(ApiError::unauthenticated(ErrorCode::UserDisabled));
     }
     Ok(SignedIn {
         app,

@@ -160,6 +160,25 @@ impl Captcha {
         }
         // A token passes once: a second presentation is refused here, before the provider
         // (which would refuse it too, but only while it remembers).
+        if !self.first_use(app, token).await {
+            count(provider, "reused");
+            return Err(CaptchaError::Refused);
+        }
+        let verdict = self.siteverify(settings, token, ip).await;
+        match verdict {
+            Ok(true) => count(provider, "passed"),
+            Ok(false) => count(provider, "refused"),
+            Err(_) => count(provider, "unavailable"),
+        }
+        match verdict? {
+            true => Ok(()),
+            false => Err(CaptchaError::Refused),
+        }
+    }
+
+    /// Whether `token` is presented to `app` for the first time (true when Redis cannot
+    /// say: the provider still checks it).
+    async fn first_use(&self, app: Uuid, token: &str) -> bool {
         let hex: String = Sha256::digest(token.as_bytes())[..16]
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -175,18 +194,21 @@ impl Captcha {
                     .with_expiration(redis::SetExpiry::EX(SEEN_FOR_SECS)),
             )
             .await;
-        if matches!(first, Ok(false)) {
-            count(provider, "reused");
-            return Err(CaptchaError::Refused);
-        }
-        let down = |why: String| {
-            count(provider, "unavailable");
-            CaptchaError::Unavailable(why)
-        };
+        !matches!(first, Ok(false))
+    }
+
+    /// The provider's verdict on `token` (its `siteverify` answer).
+    async fn siteverify(
+        &self,
+        settings: &CaptchaSettings,
+        token: &str,
+        ip: IpAddr,
+    ) -> Result<bool, CaptchaError> {
+        let down = CaptchaError::Unavailable;
         let url = settings
             .verify_url
             .as_deref()
-            .unwrap_or(provider.verify_url());
+            .unwrap_or(settings.provider.verify_url());
         let form = serde_urlencoded::to_string([
             ("secret", settings.secret.as_str()),
             ("response", token),
@@ -216,14 +238,7 @@ impl Captcha {
             return Err(down(format!("answered {}", answer.status)));
         }
         match serde_json::from_slice::<Verdict>(&answer.body) {
-            Ok(Verdict { success: true }) => {
-                count(provider, "passed");
-                Ok(())
-            }
-            Ok(Verdict { success: false }) => {
-                count(provider, "refused");
-                Err(CaptchaError::Refused)
-            }
+            Ok(Verdict { success }) => Ok(success),
             Err(_) => Err(down("the answer is not a siteverify verdict".into())),
         }
     }

@@ -6,6 +6,7 @@ mod audit;
 mod captcha;
 mod cookies;
 mod deployment;
+mod flows;
 mod maintenance;
 mod mfa;
 mod oauth;

@@ -80,31 +80,9 @@ pub async fn start(
         ),
     };
     let redirect_uri = redirect_uri.ok_or(OAuthError::Invalid("redirect_uri is required"))?;
-    if ask.code_challenge.is_some() && ask.code_challenge_method.unwrap_or("S256") != "S256" {
-        return Err(OAuthError::Invalid("code_challenge_method must be S256"));
-    }
     let client_state = client_state.as_deref();
     let client_challenge = ask.code_challenge;
-    let challenge_ok = |c: &str| {
-        c.len() == 43
-            && c.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    if client_challenge.is_some_and(|c| !challenge_ok(c)) {
-        return Err(OAuthError::Invalid(
-            "code_challenge must be an S256 challenge (43 base64url characters)",
-        ));
-    }
-    if !app.settings.redirect_allowed(&redirect_uri) {
-        return Err(OAuthError::Invalid(
-            "redirect_uri is not one of the application's allowed_redirect_uris",
-        ));
-    }
-    if client_state.is_some_and(|s| s.len() > 512 || s.chars().any(char::is_control)) {
-        return Err(OAuthError::Invalid(
-            "state is at most 512 printable characters",
-        ));
-    }
+    check_client(app, ask, &redirect_uri, client_state)?;
     let discovery = deps.oauth.discover(p).await?;
     let state = random_token(32);
     let verifier = random_token(32);
@@ -127,19 +105,75 @@ pub async fn start(
     identities::start_flow(&tx, &flow, now).await?;
     tx.commit().await?;
     let callback = callback_url(deps.public_url, app.id, &p.name);
+    let asked = Asked {
+        state: &state,
+        challenge: &challenge,
+        nonce: &nonce,
+        linking: link_user.is_some(),
+    };
+    Ok(Started {
+        location: authorize_url(p, &discovery.authorization_endpoint, &callback, &asked),
+        binding,
+    })
+}
+
+/// What the client application asked for, checked: a PKCE challenge of its own (S256),
+/// an allowed `redirect_uri`, a short printable `state`.
+fn check_client(
+    app: &App,
+    ask: &Authorize<'_>,
+    redirect_uri: &str,
+    client_state: Option<&str>,
+) -> Result<(), OAuthError> {
+    if ask.code_challenge.is_some() && ask.code_challenge_method.unwrap_or("S256") != "S256" {
+        return Err(OAuthError::Invalid("code_challenge_method must be S256"));
+    }
+    let challenge_ok = |c: &str| {
+        c.len() == 43
+            && c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if ask.code_challenge.is_some_and(|c| !challenge_ok(c)) {
+        return Err(OAuthError::Invalid(
+            "code_challenge must be an S256 challenge (43 base64url characters)",
+        ));
+    }
+    if !app.settings.redirect_allowed(redirect_uri) {
+        return Err(OAuthError::Invalid(
+            "redirect_uri is not one of the application's allowed_redirect_uris",
+        ));
+    }
+    if client_state.is_some_and(|s| s.len() > 512 || s.chars().any(char::is_control)) {
+        return Err(OAuthError::Invalid(
+            "state is at most 512 printable characters",
+        ));
+    }
+    Ok(())
+}
+
+/// What the provider's authorization request carries of the flow.
+struct Asked<'a> {
+    state: &'a str,
+    challenge: &'a str,
+    nonce: &'a str,
+    linking: bool,
+}
+
+/// The provider's authorization URL for this flow.
+fn authorize_url(p: &OAuthProvider, endpoint: &str, callback: &str, asked: &Asked<'_>) -> String {
     let scope = p.scopes();
     let mut pairs = vec![
         ("response_type", "code"),
         ("client_id", p.client_id.as_str()),
-        ("redirect_uri", callback.as_str()),
+        ("redirect_uri", callback),
         ("scope", scope.as_str()),
-        ("state", state.as_str()),
-        ("code_challenge", challenge.as_str()),
+        ("state", asked.state),
+        ("code_challenge", asked.challenge),
         ("code_challenge_method", "S256"),
     ];
     if p.kind != ProviderKind::Github {
-        pairs.push(("nonce", nonce.as_str()));
-        if link_user.is_some() {
+        pairs.push(("nonce", asked.nonce));
+        if asked.linking {
             // A link is never approved silently by a provider session in the browser.
             pairs.push(("prompt", "consent"));
         }
@@ -148,10 +182,7 @@ pub async fn start(
         // Apple posts the answer when names or emails are asked for.
         pairs.push(("response_mode", "form_post"));
     }
-    Ok(Started {
-        location: with_query(&discovery.authorization_endpoint, &pairs),
-        binding,
-    })
+    with_query(endpoint, &pairs)
 }
 
 /// Starts linking `p` to a signed-in user (who must have signed in recently, or prove it

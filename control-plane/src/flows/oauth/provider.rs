@@ -210,7 +210,7 @@ pub(super) async fn verify_id_token(
     id_token: &str,
     nonce: &str,
 ) -> Result<Asserted, OAuthError> {
-    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    use jsonwebtoken::{Algorithm, Validation};
     let header =
         jsonwebtoken::decode_header(id_token).map_err(|_| OAuthError::IdToken("header"))?;
     let allowed = [
@@ -225,6 +225,41 @@ pub(super) async fn verify_id_token(
     if !allowed.contains(&header.alg) {
         return Err(OAuthError::IdToken("algorithm"));
     }
+    let key = signing_key(oauth, discovery, &header).await?;
+    let mut validation = Validation::new(header.alg);
+    validation.leeway = CLOCK_LEEWAY_SECS;
+    validation.set_audience(&[p.client_id.as_str()]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+    // `iss` is compared below (Microsoft's multi-tenant issuer is a template).
+    let data = jsonwebtoken::decode::<IdClaims>(id_token, &key, &validation).map_err(|e| {
+        use jsonwebtoken::errors::ErrorKind;
+        OAuthError::IdToken(match e.kind() {
+            ErrorKind::ExpiredSignature => "expired",
+            ErrorKind::InvalidAudience => "audience",
+            ErrorKind::InvalidSignature => "signature",
+            ErrorKind::ImmatureSignature => "not yet valid",
+            _ => "malformed",
+        })
+    })?;
+    let c = data.claims;
+    check_claims(&c, discovery, p, nonce)?;
+    let verified = c.email_verified == Value::Bool(true) || c.email_verified == json!("true");
+    Ok(Asserted {
+        issuer: c.iss,
+        subject: c.sub,
+        email: c.email,
+        email_verified: verified,
+        name: c.name,
+    })
+}
+
+/// The provider's key `header` names (its only key when it names none), usable for the
+/// header's algorithm.
+async fn signing_key(
+    oauth: &OAuth,
+    discovery: &Discovery,
+    header: &jsonwebtoken::Header,
+) -> Result<jsonwebtoken::DecodingKey, OAuthError> {
     let jwks_uri = discovery
         .jwks_uri
         .as_deref()
@@ -248,23 +283,17 @@ pub(super) async fn verify_id_token(
     {
         return Err(OAuthError::IdToken("the key is for another algorithm"));
     }
-    let key = DecodingKey::from_jwk(jwk).map_err(|_| OAuthError::IdToken("unusable key"))?;
-    let mut validation = Validation::new(header.alg);
-    validation.leeway = CLOCK_LEEWAY_SECS;
-    validation.set_audience(&[p.client_id.as_str()]);
-    validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-    // `iss` is compared below (Microsoft's multi-tenant issuer is a template).
-    let data = jsonwebtoken::decode::<IdClaims>(id_token, &key, &validation).map_err(|e| {
-        use jsonwebtoken::errors::ErrorKind;
-        OAuthError::IdToken(match e.kind() {
-            ErrorKind::ExpiredSignature => "expired",
-            ErrorKind::InvalidAudience => "audience",
-            ErrorKind::InvalidSignature => "signature",
-            ErrorKind::ImmatureSignature => "not yet valid",
-            _ => "malformed",
-        })
-    })?;
-    let c = data.claims;
+    jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|_| OAuthError::IdToken("unusable key"))
+}
+
+/// The claims the library does not check: `iss` (a template for Microsoft's multi-tenant
+/// issuer), `azp`, the flow's `nonce` (in constant time), and `sub`.
+fn check_claims(
+    c: &IdClaims,
+    discovery: &Discovery,
+    p: &OAuthProvider,
+    nonce: &str,
+) -> Result<(), OAuthError> {
     let expected_iss = match &c.tid {
         Some(tid)
             if p.kind == ProviderKind::Microsoft && discovery.issuer.contains("{tenantid}") =>
@@ -292,14 +321,7 @@ pub(super) async fn verify_id_token(
     if c.sub.is_empty() || c.sub.len() > 255 {
         return Err(OAuthError::IdToken("subject"));
     }
-    let verified = c.email_verified == Value::Bool(true) || c.email_verified == json!("true");
-    Ok(Asserted {
-        issuer: c.iss,
-        subject: c.sub,
-        email: c.email,
-        email_verified: verified,
-        name: c.name,
-    })
+    Ok(())
 }
 
 /// GitHub: the user (`id`, `name`) and its primary verified email from the user API.

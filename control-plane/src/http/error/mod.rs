@@ -455,27 +455,4 @@ impl IntoResponse for ApiError {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_code_maps_to_its_status_and_a_problem_body() {
-        for code in ErrorCode::ALL {
-            let response = ApiError::new(code, "why").into_response();
-            assert_eq!(response.status().as_u16(), code.status(), "{code}");
-            assert_eq!(
-                response.headers()[header::CONTENT_TYPE],
-                "application/problem+json"
-            );
-        }
-        let limited = ApiError::rate_limited(7).into_response();
-        assert_eq!(limited.headers()[header::RETRY_AFTER], "7");
-    }
-
-    #[test]
-    fn internal_detail_stays_in_the_log() {
-        let e = ApiError::internal(&"connection string postgres://secret@db");
-        assert_eq!(e.detail, "internal error");
-    }
-}
+mod tests;
