@@ -1,5 +1,8 @@
 //! The control plane through its public surface: HTTP against real PostgreSQL and Redis,
 //! with the real verifier for the end-to-end checks. One integration binary (STYLE.md).
+//!
+//! A test here is a scenario read top to bottom (set up, act, check, act again); many
+//! run past 80 lines on purpose, since splitting one would hide its order.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod audit;

@@ -3,6 +3,9 @@
 //! library, the zero-allocation guarantee, and end to end against a real redis-server
 //! (also over TLS, as a Cluster and behind Sentinels), over HTTP, gRPC, TLS and mutual TLS,
 //! and behind nginx.
+//!
+//! A test here is a scenario read top to bottom (set up, act, check, act again); many
+//! run past 80 lines on purpose, since splitting one would hide its order.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, dead_code)]
 
 mod alloc;
