@@ -46,8 +46,11 @@ pub struct Config {
     pub sms_webhook_url: Option<String>,
     /// Sent as `Authorization: Bearer` to the SMS endpoint when set.
     pub sms_webhook_token: Option<String>,
-    /// Lets webhook targets resolve to loopback or private addresses (tests, on-premises).
-    pub webhook_allow_private: bool,
+    /// Lets outgoing calls (webhooks, CAPTCHA, identity providers) reach loopback or
+    /// private addresses (tests, on-premises); never link-local or metadata ones.
+    pub egress_allow_private: bool,
+    /// Settings read under a deprecated name, for a line in the log at start.
+    pub deprecated: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for Config {
@@ -65,6 +68,7 @@ impl std::fmt::Debug for Config {
             .field("mail_from", &self.mail_from)
             .field("smtp", &self.smtp_url.is_some())
             .field("sms", &self.sms_webhook_url.is_some())
+            .field("egress_allow_private", &self.egress_allow_private)
             .finish_non_exhaustive()
     }
 }
@@ -138,6 +142,21 @@ fn messages(env: &impl Env) -> Result<(Option<String>, String, Option<String>), 
     Ok((smtp_url, mail_from, sms_url))
 }
 
+const EGRESS_ALLOW_PRIVATE: &str = "PORTCULLIS_EGRESS_ALLOW_PRIVATE";
+/// The name `PORTCULLIS_EGRESS_ALLOW_PRIVATE` had when only webhooks used it.
+const WEBHOOK_ALLOW_PRIVATE: &str = "PORTCULLIS_WEBHOOK_ALLOW_PRIVATE";
+
+/// `PORTCULLIS_EGRESS_ALLOW_PRIVATE`, or its old name (then also returned, to be logged).
+fn egress_allow_private(env: &impl Env) -> Result<(bool, Vec<&'static str>), ConfigError> {
+    if env.set(EGRESS_ALLOW_PRIVATE).is_some() || env.set(WEBHOOK_ALLOW_PRIVATE).is_none() {
+        return Ok((env.flag(EGRESS_ALLOW_PRIVATE, false)?, Vec::new()));
+    }
+    Ok((
+        env.flag(WEBHOOK_ALLOW_PRIVATE, false)?,
+        vec![WEBHOOK_ALLOW_PRIVATE],
+    ))
+}
+
 impl Config {
     /// Where messages go.
     pub fn transports(&self) -> crate::infra::outbox::Transports {
@@ -185,6 +204,7 @@ impl Config {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let drain: u64 = env.number("PORTCULLIS_DRAIN_TIMEOUT_SECS", 10, |_| true)?;
         let (smtp_url, mail_from, sms_webhook_url) = messages(env)?;
+        let (egress_allow_private, deprecated) = egress_allow_private(env)?;
         Ok(Self {
             listen,
             tls,
@@ -205,7 +225,8 @@ impl Config {
             mail_from,
             sms_webhook_url,
             sms_webhook_token: env.set("PORTCULLIS_SMS_WEBHOOK_TOKEN"),
-            webhook_allow_private: env.flag("PORTCULLIS_WEBHOOK_ALLOW_PRIVATE", false)?,
+            egress_allow_private,
+            deprecated,
         })
     }
 }
@@ -260,6 +281,7 @@ mod tests {
             ("PORTCULLIS_MAIL_FROM", "not an address"),
             ("PORTCULLIS_SMS_WEBHOOK_URL", "ftp://sms"),
             ("PORTCULLIS_WEBHOOK_ALLOW_PRIVATE", "yes"),
+            ("PORTCULLIS_EGRESS_ALLOW_PRIVATE", "yes"),
         ];
         for (var, value) in cases {
             let mut env = base();
@@ -285,6 +307,17 @@ mod tests {
             Config::from_env(&env).unwrap_err().var,
             "PORTCULLIS_TLS_CERT_FILE",
             "an unreadable certificate"
+        );
+        let mut env = base();
+        env.insert("PORTCULLIS_WEBHOOK_ALLOW_PRIVATE", "true");
+        let old = Config::from_env(&env).unwrap();
+        assert!(old.egress_allow_private, "the old name still works");
+        assert_eq!(old.deprecated, ["PORTCULLIS_WEBHOOK_ALLOW_PRIVATE"]);
+        env.insert("PORTCULLIS_EGRESS_ALLOW_PRIVATE", "false");
+        let both = Config::from_env(&env).unwrap();
+        assert!(
+            !both.egress_allow_private && both.deprecated.is_empty(),
+            "the new name wins"
         );
         let mut env = base();
         env.remove("PORTCULLIS_ADMIN_TOKEN");

@@ -80,7 +80,7 @@ pub async fn assemble(config: Config) -> Result<AppState, StartError> {
     // One guarded client (the system roots read once) for webhooks, CAPTCHA and identity
     // providers.
     let egress =
-        infra::egress::Egress::new(config.webhook_allow_private).map_err(StartError::Messages)?;
+        infra::egress::Egress::new(config.egress_allow_private).map_err(StartError::Messages)?;
     let outbox =
         infra::outbox::Outbox::new(&config.transports(), client).map_err(StartError::Messages)?;
     let captcha = infra::captcha::Captcha::new(egress.clone(), publisher.connection());
@@ -115,6 +115,12 @@ pub async fn run(
     portcullis_common::tls::install_provider();
     infra::metrics::install();
     let tls = config.tls.clone();
+    for old in &config.deprecated {
+        tracing::warn!(
+            setting = old,
+            "deprecated setting name; see the README's configuration table for its new name"
+        );
+    }
     let state = assemble(config).await?;
     let maintenance = tokio::spawn(flows::maintenance::run(flows::maintenance::Maintenance {
         pool: state.pool.clone(),

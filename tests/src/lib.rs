@@ -46,23 +46,24 @@ pub mod github;
 pub mod http;
 pub mod mail;
 pub mod oidc;
+mod postgres;
+mod processes;
 mod redis_cluster;
 mod redis_sentinel;
+mod redis_server;
 pub mod sink;
 pub mod tls;
 pub mod tokens;
 
+pub use postgres::PostgresServer;
+pub use processes::find_binary;
 pub use redis_cluster::RedisCluster;
 pub use redis_sentinel::{RedisSentinelGroup, Secured};
-mod postgres;
-mod processes;
-mod redis_server;
-
-pub use postgres::PostgresServer;
-pub(crate) use postgres::*;
-pub use processes::find_binary;
-pub(crate) use processes::*;
 pub use redis_server::RedisServer;
+
+// What the modules share with each other (all `pub(crate)`).
+pub(crate) use postgres::*;
+pub(crate) use processes::*;
 pub(crate) use redis_server::*;
 
 use std::collections::BTreeSet;
@@ -116,6 +117,25 @@ pub fn free_port() -> u16 {
             .unwrap_or_else(PoisonError::into_inner);
         if handed_out.insert(port) {
             return port;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::net::{Ipv4Addr, TcpListener};
+
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_bindable() {
+        let ports: BTreeSet<u16> = (0..20).map(|_| free_port()).collect();
+        assert_eq!(ports.len(), 20);
+        for port in ports {
+            assert_ne!(port, 0);
+            drop(TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap());
         }
     }
 }

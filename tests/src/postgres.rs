@@ -15,9 +15,9 @@ use crate::tls::TestCa;
 use crate::*;
 
 /// How long a `postgres` may take to accept connections.
-pub(crate) const POSTGRES_READY_TIMEOUT: Duration = Duration::from_secs(30);
+const POSTGRES_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `stop()` waits for a clean PostgreSQL shutdown before killing it.
-pub(crate) const POSTGRES_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const POSTGRES_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A throwaway PostgreSQL cluster on a free 127.0.0.1 port, in its own temporary
 /// directory: superuser `postgres`, trust authentication, `fsync=off`.

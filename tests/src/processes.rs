@@ -16,11 +16,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 
 /// How many times a server start is attempted, each time on a new port.
-pub(crate) const START_ATTEMPTS: usize = 3;
+const START_ATTEMPTS: usize = 3;
 /// Poll interval while waiting for a server.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// Lines of a server log quoted in a start error.
-pub(crate) const LOG_TAIL_LINES: usize = 25;
+const LOG_TAIL_LINES: usize = 25;
 /// Start of the line written to a server log before each (re)start.
 pub(crate) const LOG_BANNER: &str = "===== portcullis-tests:";
 /// Hint appended to every missing-binary error.
@@ -54,7 +54,7 @@ pub fn find_binary(name: &str) -> Option<PathBuf> {
 }
 
 /// `/usr/lib/postgresql/<version>/bin` directories, newest version first.
-pub(crate) fn postgres_bin_dirs() -> Vec<PathBuf> {
+fn postgres_bin_dirs() -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir("/usr/lib/postgresql") else {
         return Vec::new();
     };
@@ -255,21 +255,7 @@ pub(crate) fn assert_refused(port: u16) {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::collections::BTreeSet;
-    use std::net::{Ipv4Addr, TcpListener};
-
     use super::*;
-    use crate::free_port;
-
-    #[test]
-    fn free_ports_are_distinct_and_bindable() {
-        let ports: BTreeSet<u16> = (0..20).map(|_| free_port()).collect();
-        assert_eq!(ports.len(), 20);
-        for port in ports {
-            assert_ne!(port, 0);
-            drop(TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap());
-        }
-    }
 
     #[test]
     fn missing_binary_names_the_package() {

@@ -15,7 +15,7 @@ use crate::tls::TestCa;
 use crate::*;
 
 /// How long a `redis-server` may take to answer `PING`.
-pub(crate) const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(10);
+const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connect, read and write timeout of one command sent by the harness to a Redis.
 pub(crate) const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Names of the CA, certificate and key files of a TLS server, in its directory.
@@ -362,7 +362,7 @@ impl Drop for RedisServer {
 /// Sentinel's configuration file, in its directory.
 pub(crate) const SENTINEL_CONFIG: &str = "sentinel.conf";
 /// A cluster node's configuration file, in its directory (kept across restarts).
-pub(crate) const CLUSTER_CONFIG: &str = "nodes.conf";
+const CLUSTER_CONFIG: &str = "nodes.conf";
 
 /// Runs `cmd` on the plain-TCP Redis (or Sentinel) at 127.0.0.1:`port` over a new
 /// connection, each step bounded by [`REDIS_COMMAND_TIMEOUT`].
@@ -392,12 +392,7 @@ pub(crate) fn command_name(cmd: &redis::Cmd) -> String {
 
 /// `INFO server` through `redis-cli --tls` trusting `ca` (authenticating with
 /// `password`, if any); `Some` when it answered.
-pub(crate) fn redis_tls_ping(
-    cli: &Path,
-    port: u16,
-    ca: &Path,
-    password: Option<&str>,
-) -> Option<RedisPong> {
+fn redis_tls_ping(cli: &Path, port: u16, ca: &Path, password: Option<&str>) -> Option<RedisPong> {
     let mut command = Command::new(cli);
     if let Some(password) = password {
         // The environment, not `-a`: no warning, and not on a command line.
@@ -453,7 +448,7 @@ pub(crate) fn redis_ping(port: u16) -> Option<RedisPong> {
 }
 
 /// [`redis_ping`], after `AUTH password` when there is one (which must answer `+OK`).
-pub(crate) fn redis_ping_auth(port: u16, password: Option<&str>) -> Option<RedisPong> {
+fn redis_ping_auth(port: u16, password: Option<&str>) -> Option<RedisPong> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
@@ -505,7 +500,7 @@ pub(crate) fn redis_ping_auth(port: u16, password: Option<&str>) -> Option<Redis
 
 /// The payload of a complete RESP bulk string (`$<len>\r\n<payload>\r\n`) at the start
 /// of `buf`, or `None` if it is incomplete or not a bulk string.
-pub(crate) fn complete_bulk_string(buf: &[u8]) -> Option<&[u8]> {
+fn complete_bulk_string(buf: &[u8]) -> Option<&[u8]> {
     let rest = buf.strip_prefix(b"$")?;
     let header_end = rest.windows(2).position(|w| w == b"\r\n")?;
     let len: usize = std::str::from_utf8(&rest[..header_end])

@@ -8,7 +8,7 @@
 //! listed and replayed. Targets that resolve to loopback, private, link-local, CGNAT or
 //! metadata addresses are refused (at creation, and again at every connection, so a DNS
 //! answer that changes cannot reach them: `infra::egress`) unless
-//! `PORTCULLIS_WEBHOOK_ALLOW_PRIVATE`; redirects are never followed.
+//! `PORTCULLIS_EGRESS_ALLOW_PRIVATE`; redirects are never followed.
 
 use std::time::Duration;
 

@@ -2,8 +2,9 @@
 //! identity providers): one client whose resolver drops loopback, private, link-local,
 //! CGNAT and metadata addresses, so what it connects to is what was checked, and a literal
 //! check for IP-address URLs (which never reach the resolver). Redirects are never
-//! followed. `allow_private` (`PORTCULLIS_WEBHOOK_ALLOW_PRIVATE`) lifts the guard for tests
-//! and on-premises targets.
+//! followed. `allow_private` (`PORTCULLIS_EGRESS_ALLOW_PRIVATE`) lifts the guard for tests
+//! and on-premises targets, except for link-local and metadata addresses ([`metadata`]),
+//! which stay refused.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -41,27 +42,59 @@ pub fn forbidden(ip: IpAddr) -> bool {
         }
         IpAddr::V6(a) => {
             let s = a.segments();
-            let embedded = |hi: u16, lo: u16| {
-                let [a, b] = hi.to_be_bytes();
-                let [c, d] = lo.to_be_bytes();
-                forbidden(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)))
-            };
             a.is_loopback()
                 || a.is_unspecified()
                 || a.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
-                || a.to_ipv4_mapped().is_some_and(|v4| forbidden(IpAddr::V4(v4)))
-                // IPv4-compatible ::a.b.c.d (deprecated, still routed by some stacks).
-                || (s[..6] == [0; 6] && embedded(s[6], s[7]))
-                // NAT64: the well-known 64:ff9b::/96 by its embedded address, the local-use
-                // 64:ff9b:1::/48 whole.
-                || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && embedded(s[6], s[7]))
+                // NAT64 local use, 64:ff9b:1::/48, whole.
                 || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
-                // 6to4: the IPv4 address in bits 16..48.
-                || (s[0] == 0x2002 && embedded(s[1], s[2]))
+                || embedded_v4(a).is_some_and(|v4| forbidden(IpAddr::V4(v4)))
         }
     }
+}
+
+/// Whether `ip` is a link-local or cloud metadata address (169.254.0.0/16, where
+/// 169.254.169.254 serves instance credentials; fe80::/10; AWS's fd00:ec2::254), in any
+/// IPv6 spelling. Refused even when private targets are allowed: no tenant setting is a
+/// reason to reach the instance's credentials.
+pub fn metadata(ip: IpAddr) -> bool {
+    const AWS_IMDS_V6: std::net::Ipv6Addr =
+        std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+    match ip {
+        IpAddr::V4(a) => a.is_link_local(),
+        IpAddr::V6(a) => {
+            a == AWS_IMDS_V6
+                || (a.segments()[0] & 0xffc0) == 0xfe80
+                || embedded_v4(a).is_some_and(|v4| v4.is_link_local())
+        }
+    }
+}
+
+/// The IPv4 address an IPv6 address carries, if it is one of the forms that route to it:
+/// IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d` (deprecated, still routed by
+/// some stacks), NAT64 `64:ff9b::a.b.c.d`, 6to4 `2002:aabb:ccdd::`.
+fn embedded_v4(a: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = a.segments();
+    let v4 = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        std::net::Ipv4Addr::new(a, b, c, d)
+    };
+    if let Some(mapped) = a.to_ipv4_mapped() {
+        return Some(mapped);
+    }
+    match s {
+        [0, 0, 0, 0, 0, 0, hi, lo] if (hi, lo) != (0, 0) && (hi, lo) != (0, 1) => Some(v4(hi, lo)),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(v4(hi, lo)),
+        [0x2002, hi, lo, ..] => Some(v4(hi, lo)),
+        _ => None,
+    }
+}
+
+/// Whether outgoing calls may reach `ip`.
+fn reachable(ip: IpAddr, allow_private: bool) -> bool {
+    !metadata(ip) && (allow_private || !forbidden(ip))
 }
 
 /// The DNS resolver of guarded connections: the system's, with forbidden addresses
@@ -85,7 +118,7 @@ impl tower_service::Service<Name> for GuardedResolver {
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
                 .await?
-                .filter(|a| allow_private || !forbidden(a.ip()))
+                .filter(|a| reachable(a.ip(), allow_private))
                 .collect();
             if addrs.is_empty() {
                 return Err(std::io::Error::other(
@@ -163,7 +196,8 @@ impl Egress {
             .unwrap_or("")
             .trim_start_matches('[')
             .trim_end_matches(']');
-        !self.allow_private && host.parse::<IpAddr>().is_ok_and(forbidden)
+        host.parse::<IpAddr>()
+            .is_ok_and(|ip| !reachable(ip, self.allow_private))
     }
 
     /// Sends `request` and reads at most `max_body` bytes of the answer (0: the body is not
@@ -214,9 +248,6 @@ impl Egress {
         if authority.as_str().contains('@') {
             return Err("must not carry credentials");
         }
-        if self.allow_private {
-            return Ok(());
-        }
         let host = authority
             .host()
             .trim_start_matches('[')
@@ -230,7 +261,7 @@ impl Egress {
                 .map(|a| a.ip())
                 .collect(),
         };
-        if addrs.is_empty() || addrs.iter().any(|ip| forbidden(*ip)) {
+        if addrs.is_empty() || addrs.iter().any(|ip| !reachable(*ip, self.allow_private)) {
             return Err("resolves to a loopback, private, link-local or metadata address");
         }
         Ok(())
@@ -290,10 +321,38 @@ mod tests {
         );
         assert!(egress.check_url("http://127.0.0.1/hook").await.is_err());
         assert!(egress.refuses(&"http://[::1]/x".parse().unwrap()));
-        assert!(
-            !Egress::new(true)
-                .unwrap()
-                .refuses(&"http://[::1]/x".parse().unwrap())
-        );
+        let open = Egress::new(true).unwrap();
+        assert!(!open.refuses(&"http://[::1]/x".parse().unwrap()));
+        assert!(open.check_url("http://127.0.0.1/hook").await.is_ok());
+        // Metadata stays out of reach with private targets allowed, in every spelling.
+        for url in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[fd00:ec2::254]/latest/meta-data/",
+            "http://[::ffff:169.254.169.254]/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://[fe80::1]/",
+        ] {
+            assert!(open.refuses(&url.parse().unwrap()), "{url}");
+            assert!(open.check_url(url).await.is_err(), "{url}");
+        }
+    }
+
+    #[test]
+    fn metadata_addresses() {
+        for bad in [
+            "169.254.169.254",
+            "169.254.0.1",
+            "fd00:ec2::254",
+            "fe80::a9fe:a9fe",
+            "::ffff:169.254.169.254",
+            "::169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+        ] {
+            assert!(metadata(bad.parse().unwrap()), "{bad}");
+        }
+        for fine in ["10.0.0.1", "127.0.0.1", "fd00:ec2::253", "::1", "::"] {
+            assert!(!metadata(fine.parse().unwrap()), "{fine}");
+        }
     }
 }

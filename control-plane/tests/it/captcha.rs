@@ -11,7 +11,7 @@ async fn registration_and_suspicious_logins_need_a_verified_captcha() {
     let mut provider = HttpSink::start().await.unwrap();
     provider.set_body(&json!({"success": true}));
     // The provider is on loopback, which CAPTCHA verify URLs may reach only when allowed.
-    let s = Stack::start_with(&[("PORTCULLIS_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    let s = Stack::start_with(&[("PORTCULLIS_EGRESS_ALLOW_PRIVATE", "true")]).await;
     let (owner, app, key) = s.owner_with_app().await;
     let settings = format!("/v1/apps/{app}/settings");
     for bad in [

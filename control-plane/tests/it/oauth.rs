@@ -23,7 +23,7 @@ struct World {
 }
 
 async fn world(accounts: &[OidcAccount], auto_link: bool) -> World {
-    let s = Stack::start_with(&[("PORTCULLIS_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    let s = Stack::start_with(&[("PORTCULLIS_EGRESS_ALLOW_PRIVATE", "true")]).await;
     let (owner, app, _) = s.owner_with_app().await;
     let callback = format!("{}/v1/apps/{app}/oauth/corp/callback", s.issuer);
     let op = tokio::task::block_in_place(|| {

@@ -28,7 +28,7 @@ struct World {
 }
 
 async fn world(client_secret: &str) -> World {
-    let s = Stack::start_with(&[("PORTCULLIS_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    let s = Stack::start_with(&[("PORTCULLIS_EGRESS_ALLOW_PRIVATE", "true")]).await;
     let (owner, app, _) = s.owner_with_app().await;
     let gh = GitHubStandIn::start(
         CLIENT_ID,

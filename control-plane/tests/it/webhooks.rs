@@ -34,7 +34,7 @@ print("ok" if any(hmac.compare_digest(expected, s) for s in sig.split(" ")) else
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_deliveries_retries_dead_letters_and_replay() {
     let mut receiver = HttpSink::start().await.unwrap();
-    let s = Stack::start_with(&[("PORTCULLIS_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    let s = Stack::start_with(&[("PORTCULLIS_EGRESS_ALLOW_PRIVATE", "true")]).await;
     let (_, app, key) = s.owner_with_app().await;
     let hooks = format!("/v1/apps/{app}/webhooks");
     for bad in [
@@ -240,5 +240,54 @@ async fn private_and_metadata_targets_are_refused() {
     assert_eq!(
         s.get(&hooks, Some(&key)).await.json()["webhooks"],
         json!([])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowing_private_targets_never_allows_metadata_ones() {
+    let s = Stack::start_with(&[("PORTCULLIS_EGRESS_ALLOW_PRIVATE", "true")]).await;
+    let (_, app, key) = s.owner_with_app().await;
+    let hooks = format!("/v1/apps/{app}/webhooks");
+    let private = s
+        .post(
+            &hooks,
+            Some(&key),
+            json!({"url": "http://10.0.0.1/", "events": ["*"]}),
+        )
+        .await;
+    assert_eq!(private.status, 201, "{}", private.body);
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fd00:ec2::254]/latest/meta-data/",
+        "http://[::ffff:169.254.169.254]/",
+    ] {
+        let r = s
+            .post(&hooks, Some(&key), json!({"url": url, "events": ["*"]}))
+            .await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "invalid_request"),
+            "{url}"
+        );
+    }
+    // A CAPTCHA provider at the metadata address is unreachable too: the check fails
+    // closed, as for any provider that cannot be reached.
+    let settings = format!("/v1/apps/{app}/settings");
+    let captcha = json!({"captcha": {"provider": "turnstile", "secret": "s",
+        "verify_url": "http://169.254.169.254/siteverify"}});
+    let put = s.call("PUT", &settings, Some(&key), Some(captcha)).await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    let r = s
+        .post(
+            &format!("/v1/apps/{app}/register"),
+            None,
+            json!({"email": "m@example.com", "password": PASSWORD, "captcha_token": "t"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (503, "unavailable"),
+        "{}",
+        r.body
     );
 }

@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Provider calls go through the SSRF-guarded client (`infra::egress`: no private
-//! addresses unless `PORTCULLIS_WEBHOOK_ALLOW_PRIVATE`, which also permits `http://`
+//! addresses unless `PORTCULLIS_EGRESS_ALLOW_PRIVATE`, which also permits `http://`
 //! issuers) in [`provider`]; the flow is [`flow`]. Client secrets are sealed in the
 //! settings (`domain::settings::providers`).
 
