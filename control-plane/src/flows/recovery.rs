@@ -218,8 +218,10 @@ pub async fn magic_sign_in(
     deps: Deps<'_>,
     app: &App,
     token: &str,
+    device: Option<&str>,
     ctx: &Ctx,
 ) -> Result<(SignIn, Option<String>), RecoveryError> {
+    let device = users::check_device(device)?;
     let mut client = deps.pool.get().await?;
     let tx = client.transaction().await?;
     let found = one_time::consume_in(&tx, app.id, Purpose::MagicLink, token, ctx.now)
@@ -274,6 +276,7 @@ pub async fn magic_sign_in(
         .filter(|uri| app.settings.redirect_allowed(uri))
         .map(str::to_owned);
     let signed_in =
-        signin::after_first_factor(deps, app, &user, vec![Amr::Magic], None, ctx).await?;
+        signin::after_first_factor(deps, app, &user, vec![Amr::Magic], device.as_deref(), ctx)
+            .await?;
     Ok((signed_in, redirect))
 }

@@ -133,6 +133,59 @@ pub struct SignInOptions {
     pub set_cookie: bool,
 }
 
+/// A client's device id: a JSON integer or string (the seed API documents an integer, most
+/// clients send a string). Kept as text, an integer as its decimal digits: `GET /sessions`
+/// returns `7` as `"7"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceId(pub String);
+
+impl DeviceId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = DeviceId;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an integer or a string")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<DeviceId, E> {
+                Ok(DeviceId(v.to_owned()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<DeviceId, E> {
+                Ok(DeviceId(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<DeviceId, E> {
+                Ok(DeviceId(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl utoipa::PartialSchema for DeviceId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Integer))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .max_length(Some(128)),
+            )
+            .description(Some(
+                "An integer or a string, kept as text (`GET /sessions` returns 7 as \"7\")",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for DeviceId {}
+
 /// For PATCH bodies: tells an absent field (`None`) from an explicit `null` (`Some(None)`).
 pub(super) fn present<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
     d: D,

@@ -174,7 +174,7 @@ pub(super) struct ExchangeBody {
     code: String,
     /// Required when `/authorize` was given a `code_challenge`.
     code_verifier: Option<String>,
-    device_id: Option<String>,
+    device_id: Option<super::DeviceId>,
     #[serde(default)]
     options: SignInOptions,
 }
@@ -196,7 +196,7 @@ async fn exchange(
         &app,
         &body.code,
         body.code_verifier.as_deref(),
-        body.device_id.as_deref(),
+        body.device_id.as_ref().map(super::DeviceId::as_str),
         &ctx,
     )
     .await?;

@@ -333,11 +333,17 @@ async fn magic_page(
     page.render(&state, &ctx, &app, params).await
 }
 
+#[derive(Debug, Deserialize, ToSchema)]
+pub(super) struct MagicVerify {
+    token: String,
+    device_id: Option<super::DeviceId>,
+}
+
 /// Sign in with a magic-link token (`amr: ["magic"]`); a user with a second factor gets a
 /// step-up instead of tokens. From the page's form, the browser is sent to the link's
 /// `redirect_uri` with the result in the URL fragment (never sent to a server).
 #[utoipa::path(post, path = "/v1/apps/{app}/magic-link/verify", tag = "recovery", params(("app" = String, Path)),
-    request_body = TokenBody,
+    request_body = MagicVerify,
     responses((status = 200, body = SignIn),
               (status = 303, description = "form post with a redirect_uri: back to it"),
               (status = 410, description = "token_expired_or_used", body = Problem)))]
@@ -345,9 +351,10 @@ async fn magic_verify(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(app): Path<String>,
-    body: Submitted<TokenBody>,
+    body: Submitted<MagicVerify>,
 ) -> Response {
-    match magic_sign_in(&state, &ctx, &app, &body.body.token).await {
+    let device = body.body.device_id.as_ref().map(super::DeviceId::as_str);
+    match magic_sign_in(&state, &ctx, &app, &body.body.token, device).await {
         Ok((signed_in, Some(redirect))) if body.html => {
             let fragment = match &signed_in {
                 SignIn::Tokens(t) => format!(
@@ -391,7 +398,8 @@ async fn magic_sign_in(
     ctx: &Ctx,
     app: &str,
     token: &str,
+    device: Option<&str>,
 ) -> Result<(SignIn, Option<String>), ApiError> {
     let app = public_app(state, app, route::MagicLinkVerify::NAME, ctx).await?;
-    Ok(recovery::magic_sign_in(state.signin(), &app, token, ctx).await?)
+    Ok(recovery::magic_sign_in(state.signin(), &app, token, device, ctx).await?)
 }

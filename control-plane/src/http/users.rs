@@ -54,7 +54,7 @@ pub(super) struct Registration {
     password: Option<String>,
     username: Option<String>,
     phone: Option<String>,
-    device_id: Option<String>,
+    device_id: Option<super::DeviceId>,
     #[serde(default)]
     options: RegisterOptions,
     /// The CAPTCHA provider's response token, when the application requires one (or the
@@ -88,7 +88,7 @@ async fn register(
         password: body.password.as_deref(),
         username: body.username.as_deref(),
         phone: body.phone.as_deref(),
-        device_id: body.device_id.as_deref(),
+        device_id: body.device_id.as_ref().map(super::DeviceId::as_str),
         verify_email: body.options.verify_email,
         send_reset_email: body.options.send_reset_email,
         captcha_token: captcha_token(body.captcha_token.as_deref(), &headers),
@@ -112,7 +112,7 @@ pub(super) struct Login {
     email: Option<String>,
     username: Option<String>,
     password: Option<String>,
-    device_id: Option<String>,
+    device_id: Option<super::DeviceId>,
     /// Needed once the address or the account has had failed sign-ins, when the
     /// application has a CAPTCHA provider (or the `x-captcha-token` header).
     captcha_token: Option<String>,
@@ -182,7 +182,7 @@ async fn login(
     let attempt = password::Attempt {
         login: &login,
         password: &password,
-        device_id: body.device_id.as_deref(),
+        device_id: body.device_id.as_ref().map(super::DeviceId::as_str),
         captcha_token: captcha_token(body.captcha_token.as_deref(), &headers),
     };
     let signed_in = password::login(state.signin(), &app, &attempt, &ctx).await?;
@@ -204,7 +204,7 @@ async fn login(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub(super) struct NewGuest {
     name: Option<String>,
-    device_id: Option<String>,
+    device_id: Option<super::DeviceId>,
 }
 
 /// A new guest user (no email, no password) and its session.
@@ -220,7 +220,7 @@ async fn guest(
         state.signin(),
         &app,
         body.name.as_deref(),
-        body.device_id.as_deref(),
+        body.device_id.as_ref().map(super::DeviceId::as_str),
         &ctx,
     )
     .await?;

@@ -379,12 +379,24 @@ async fn magic_links_sign_in_once_and_only_by_post() {
     let page = s.get(&path_of(&link), None).await;
     assert!(page.status == 200 && page.body.contains("method=\"post\""));
     let verify = format!("/v1/apps/{app}/magic-link/verify");
-    let r = s.post(&verify, None, json!({"token": token})).await;
+    // A device id may be an integer, as in the seed API.
+    let r = s
+        .post(&verify, None, json!({"token": token, "device_id": 9}))
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(
-        claims_of(r.json()["access_token"].as_str().unwrap())["amr"],
-        json!(["magic"])
-    );
+    let access = r.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(claims_of(&access)["amr"], json!(["magic"]));
+    let listed = s
+        .get(&format!("/v1/apps/{app}/sessions"), Some(&access))
+        .await;
+    let current = listed.json()["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["current"] == true)
+        .cloned()
+        .unwrap();
+    assert_eq!(current["device_id"], "9");
     let r = s.post(&verify, None, json!({"token": token})).await;
     assert_eq!(r.code(), "token_expired_or_used");
     // The first proof of the address claims the account: what whoever registered it set up

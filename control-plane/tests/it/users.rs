@@ -337,6 +337,49 @@ async fn guests_profiles_and_password_change() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_ids_may_be_integers_or_strings_and_come_back_as_text() {
+    let s = Stack::start().await;
+    let (_, app, _) = s.owner_with_app().await;
+    let at = |route: &str| format!("/v1/apps/{app}/{route}");
+    let r = s
+        .post(
+            &at("register"),
+            None,
+            json!({"email": "ann@example.com", "password": PASSWORD, "device_id": 7}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let first = r.json()["tokens"].clone();
+    // The same device, as a string this time: one device, so the session is replaced.
+    let login = json!({"email": "ann@example.com", "password": PASSWORD, "device_id": "7"});
+    let r = s.post(&at("login"), None, login).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let second = r.json();
+    let r = s
+        .get(&at("sessions"), second["access_token"].as_str())
+        .await;
+    let sessions = r.json()["sessions"].as_array().unwrap().clone();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0]["device_id"], "7");
+    assert_eq!(
+        s.get(&at("me"), first["access_token"].as_str())
+            .await
+            .code(),
+        "token_revoked"
+    );
+    let r = s.post(&at("guest"), None, json!({"device_id": 12})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    // Anything else is refused, and says what it takes.
+    for bad in [json!(1.5), json!(true), json!([7]), json!({"id": 7})] {
+        let r = s
+            .post(&at("guest"), None, json!({ "device_id": bad }))
+            .await;
+        assert_eq!(r.code(), "invalid_request", "{bad}");
+        assert!(r.body.contains("an integer or a string"), "{}", r.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_listed_and_revoked_and_bound_to_devices() {
     let s = Stack::start().await;
     let (_, app, _) = s.owner_with_app().await;
