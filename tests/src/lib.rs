@@ -24,6 +24,8 @@
 //!   sent (SMS providers, webhooks), answers a chosen status, and can go away.
 //! - [`oidc::OidcProvider`]: a real OpenID provider (npm `oidc-provider`, installed into a
 //!   cache directory on first use) with a headless sign-in through its own pages.
+//! - [`pypi::python`]: a Python with independent checkers from PyPI (an OpenAPI 3.1
+//!   validator), installed once into a cache directory.
 //! - [`github::GitHubStandIn`]: GitHub's OAuth app flow (authorize, access token, the
 //!   user API) on loopback, recording what it is sent.
 //!
@@ -48,6 +50,7 @@ pub mod mail;
 pub mod oidc;
 mod postgres;
 mod processes;
+pub mod pypi;
 mod redis_cluster;
 mod redis_sentinel;
 mod redis_server;

@@ -244,6 +244,28 @@ pub(crate) fn log_tail(path: &Path) -> String {
 }
 
 /// Asserts nothing listens on 127.0.0.1:`port` any more.
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/<name>` (below the temp dir without a home): where
+/// installed test tools are kept between runs.
+pub(crate) fn cache_dir(name: &str) -> PathBuf {
+    let absolute = |var: &str| {
+        env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|path| path.is_absolute())
+    };
+    absolute("XDG_CACHE_HOME")
+        .or_else(|| absolute("HOME").map(|home| home.join(".cache")))
+        .unwrap_or_else(env::temp_dir)
+        .join(name)
+}
+
+/// 64-bit FNV-1a: names a cache directory after what it was built from (not a security
+/// check).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) fn assert_refused(port: u16) {

@@ -46,7 +46,7 @@ pub(super) struct UserPage {
 }
 
 /// Users in creation order, a page at a time.
-#[utoipa::path(get, path = "/v1/apps/{app}/users", tag = "admin", params(("app" = String, Path), ListQuery),
+#[utoipa::path(get, path = "/v1/apps/{app}/users", operation_id = "listUsers", tag = "admin", params(("app" = String, Path), ListQuery),
     responses((status = 200, body = UserPage), (status = 401, body = Problem)))]
 async fn list(
     State(state): State<AppState>,
@@ -92,7 +92,7 @@ pub(super) struct UserCreate {
 }
 
 /// Create a user (no session is started).
-#[utoipa::path(post, path = "/v1/apps/{app}/users", tag = "admin", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/users", operation_id = "createUser", tag = "admin", params(("app" = String, Path)),
     request_body = UserCreate,
     responses((status = 201, body = UserView), (status = 409, description = "user_exists", body = Problem)))]
 async fn create(
@@ -132,7 +132,7 @@ async fn find_user(state: &AppState, app: Uuid, id: &str) -> Result<User, ApiErr
 }
 
 /// One user.
-#[utoipa::path(get, path = "/v1/apps/{app}/users/{id}", tag = "admin",
+#[utoipa::path(get, path = "/v1/apps/{app}/users/{id}", operation_id = "getUser", tag = "admin",
     params(("app" = String, Path), ("id" = String, Path)),
     responses((status = 200, body = UserView), (status = 404, body = Problem)))]
 async fn get_one(
@@ -163,7 +163,7 @@ pub(super) struct UserPatch {
 
 /// Update a user. Disabling it (or setting an expiry in the past) revokes its tokens;
 /// role changes reach tokens at their next refresh, or at once with `revoke_tokens`.
-#[utoipa::path(patch, path = "/v1/apps/{app}/users/{id}", tag = "admin",
+#[utoipa::path(patch, path = "/v1/apps/{app}/users/{id}", operation_id = "updateUser", tag = "admin",
     params(("app" = String, Path), ("id" = String, Path)), request_body = UserPatch,
     responses((status = 200, body = UserView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 async fn patch(
@@ -205,7 +205,7 @@ async fn patch(
 }
 
 /// Delete a user; every token of it is revoked.
-#[utoipa::path(delete, path = "/v1/apps/{app}/users/{id}", tag = "admin",
+#[utoipa::path(delete, path = "/v1/apps/{app}/users/{id}", operation_id = "deleteUser", tag = "admin",
     params(("app" = String, Path), ("id" = String, Path)),
     responses((status = 204, description = "deleted"), (status = 404, body = Problem)))]
 async fn delete(

@@ -47,7 +47,7 @@ pub(super) struct AppList {
 }
 
 /// Create an application; its API key is in this answer only.
-#[utoipa::path(post, path = "/v1/apps", tag = "apps", request_body = NewApp,
+#[utoipa::path(post, path = "/v1/apps", operation_id = "createApp", tag = "apps", request_body = NewApp,
     responses((status = 201, body = AppView), (status = 409, description = "app_exists", body = Problem)))]
 async fn create(
     State(state): State<AppState>,
@@ -65,7 +65,7 @@ async fn create(
 }
 
 /// The owner's applications.
-#[utoipa::path(get, path = "/v1/apps", tag = "apps", responses((status = 200, body = AppList)))]
+#[utoipa::path(get, path = "/v1/apps", operation_id = "listApps", tag = "apps", responses((status = 200, body = AppList)))]
 async fn list(State(state): State<AppState>, Owner(owner): Owner) -> ApiResult<Json<AppList>> {
     let client = state.pool.get().await?;
     let apps = apps::of_owner(&client, owner).await?;
@@ -75,7 +75,7 @@ async fn list(State(state): State<AppState>, Owner(owner): Owner) -> ApiResult<J
 }
 
 /// One application.
-#[utoipa::path(get, path = "/v1/apps/{app}", tag = "apps", params(("app" = String, Path)),
+#[utoipa::path(get, path = "/v1/apps/{app}", operation_id = "getApp", tag = "apps", params(("app" = String, Path)),
     responses((status = 200, body = AppView), (status = 404, description = "app_not_found", body = Problem)))]
 async fn get_one(OwnedApp(app): OwnedApp) -> Json<AppView> {
     Json(app.view(None))
@@ -93,7 +93,7 @@ pub(super) struct AppPatch {
 }
 
 /// Update an application's name, lifetimes or expiry.
-#[utoipa::path(patch, path = "/v1/apps/{app}", tag = "apps", params(("app" = String, Path)), request_body = AppPatch,
+#[utoipa::path(patch, path = "/v1/apps/{app}", operation_id = "updateApp", tag = "apps", params(("app" = String, Path)), request_body = AppPatch,
     responses((status = 200, body = AppView), (status = 409, description = "app_exists", body = Problem)))]
 async fn patch(
     State(state): State<AppState>,
@@ -112,7 +112,7 @@ async fn patch(
 }
 
 /// Delete an application with its users and sessions; their tokens are revoked.
-#[utoipa::path(delete, path = "/v1/apps/{app}", tag = "apps", params(("app" = String, Path)),
+#[utoipa::path(delete, path = "/v1/apps/{app}", operation_id = "deleteApp", tag = "apps", params(("app" = String, Path)),
     responses((status = 204, description = "deleted"), (status = 404, description = "app_not_found", body = Problem)))]
 async fn delete(
     State(state): State<AppState>,
@@ -124,7 +124,7 @@ async fn delete(
 }
 
 /// Replace the application's API key; the previous one stops working at once.
-#[utoipa::path(post, path = "/v1/apps/{app}/api-keys", tag = "apps", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/api-keys", operation_id = "rotateApiKey", tag = "apps", params(("app" = String, Path)),
     responses((status = 201, body = ApiKey), (status = 404, description = "app_not_found", body = Problem)))]
 async fn rotate_key(
     State(state): State<AppState>,
@@ -136,14 +136,14 @@ async fn rotate_key(
 }
 
 /// The application's settings, defaults filled in.
-#[utoipa::path(get, path = "/v1/apps/{app}/settings", tag = "apps", params(("app" = String, Path)),
+#[utoipa::path(get, path = "/v1/apps/{app}/settings", operation_id = "getSettings", tag = "apps", params(("app" = String, Path)),
     responses((status = 200, body = AppSettings)))]
 async fn settings_get(AppAdmin(app): AppAdmin) -> Json<AppSettings> {
     Json(app.settings.public())
 }
 
 /// Merge the named fields into the settings; invalid values change nothing.
-#[utoipa::path(put, path = "/v1/apps/{app}/settings", tag = "apps", params(("app" = String, Path)),
+#[utoipa::path(put, path = "/v1/apps/{app}/settings", operation_id = "updateSettings", tag = "apps", params(("app" = String, Path)),
     request_body = AppSettings, responses((status = 200, body = AppSettings), (status = 400, body = Problem)))]
 async fn settings_put(
     State(state): State<AppState>,

@@ -61,7 +61,7 @@ fn time(value: Option<&str>, what: &str) -> Result<Option<OffsetDateTime>, ApiEr
 }
 
 /// Security events of the application, newest first, a page at a time.
-#[utoipa::path(get, path = "/v1/apps/{app}/audit", tag = "admin", params(("app" = String, Path), AuditQuery),
+#[utoipa::path(get, path = "/v1/apps/{app}/audit", operation_id = "listAuditEvents", tag = "admin", params(("app" = String, Path), AuditQuery),
     responses((status = 200, body = AuditPage), (status = 400, body = Problem), (status = 401, body = Problem)))]
 async fn list(
     State(state): State<AppState>,

@@ -40,7 +40,7 @@ pub(super) struct MeView {
 }
 
 /// The signed-in user's profile, with the providers linked to it.
-#[utoipa::path(get, path = "/v1/apps/{app}/me", tag = "me", params(("app" = String, Path)),
+#[utoipa::path(get, path = "/v1/apps/{app}/me", operation_id = "getMe", tag = "me", params(("app" = String, Path)),
     responses((status = 200, body = MeView), (status = 401, body = Problem)))]
 async fn me_get(State(state): State<AppState>, me: SignedIn) -> ApiResult<Json<MeView>> {
     let client = state.pool.get().await?;
@@ -65,7 +65,7 @@ pub(super) struct ProfilePatch {
 /// Change username, email or phone. A new email or phone needs the current password or a
 /// second-factor code (they are where recovery and codes go); it is unverified, and the
 /// SMS or email factor bound to the old one is removed.
-#[utoipa::path(patch, path = "/v1/apps/{app}/me", tag = "me", params(("app" = String, Path)),
+#[utoipa::path(patch, path = "/v1/apps/{app}/me", operation_id = "updateMe", tag = "me", params(("app" = String, Path)),
     request_body = ProfilePatch,
     responses((status = 200, body = UserView),
               (status = 401, description = "invalid_credentials or invalid_code", body = Problem),
@@ -93,7 +93,7 @@ async fn me_patch(
 }
 
 /// Delete the signed-in user's account; every token of it is revoked.
-#[utoipa::path(delete, path = "/v1/apps/{app}/me", tag = "me", params(("app" = String, Path)),
+#[utoipa::path(delete, path = "/v1/apps/{app}/me", operation_id = "deleteMe", tag = "me", params(("app" = String, Path)),
     responses((status = 204, description = "deleted"), (status = 401, body = Problem)))]
 async fn me_delete(State(state): State<AppState>, ctx: Ctx, me: SignedIn) -> ApiResult<Response> {
     account::delete_user(&state.pool, &state.publisher, &me.user, Actor::User, &ctx).await?;
@@ -116,7 +116,7 @@ pub(super) struct PasswordChanged {
 }
 
 /// Change the password; with `kill_sessions`, every other session is revoked.
-#[utoipa::path(post, path = "/v1/apps/{app}/password/change", tag = "me", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/password/change", operation_id = "changePassword", tag = "me", params(("app" = String, Path)),
     request_body = PasswordChange,
     responses((status = 200, body = PasswordChanged),
               (status = 401, description = "invalid_credentials", body = Problem),
@@ -156,7 +156,7 @@ pub(super) struct SessionsRevoked {
 }
 
 /// The signed-in user's live sessions.
-#[utoipa::path(get, path = "/v1/apps/{app}/sessions", tag = "me", params(("app" = String, Path)),
+#[utoipa::path(get, path = "/v1/apps/{app}/sessions", operation_id = "listSessions", tag = "me", params(("app" = String, Path)),
     responses((status = 200, body = SessionList), (status = 401, body = Problem)))]
 async fn sessions_list(
     State(state): State<AppState>,
@@ -169,7 +169,7 @@ async fn sessions_list(
 }
 
 /// Revoke every session of the signed-in user, this one included.
-#[utoipa::path(delete, path = "/v1/apps/{app}/sessions", tag = "me", params(("app" = String, Path)),
+#[utoipa::path(delete, path = "/v1/apps/{app}/sessions", operation_id = "deleteAllSessions", tag = "me", params(("app" = String, Path)),
     responses((status = 200, body = SessionsRevoked), (status = 401, body = Problem)))]
 async fn sessions_delete_all(
     State(state): State<AppState>,
@@ -194,7 +194,7 @@ async fn sessions_delete_all(
 }
 
 /// Revoke one of the signed-in user's sessions.
-#[utoipa::path(delete, path = "/v1/apps/{app}/sessions/{sid}", tag = "me",
+#[utoipa::path(delete, path = "/v1/apps/{app}/sessions/{sid}", operation_id = "deleteSession", tag = "me",
     params(("app" = String, Path), ("sid" = String, Path)),
     responses((status = 200, body = SessionsRevoked), (status = 404, body = Problem)))]
 async fn session_delete(

@@ -43,7 +43,7 @@ pub(super) struct SecondStep {
 
 /// Complete a sign-in that answered `mfa_required`: the `mfa_token` with a code of one of
 /// the offered methods. `amr` records both factors.
-#[utoipa::path(post, path = "/v1/apps/{app}/login/mfa", tag = "mfa", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/login/mfa", operation_id = "loginMfa", tag = "mfa", params(("app" = String, Path)),
     request_body = SecondStep,
     responses((status = 200, body = Tokens),
               (status = 401, description = "invalid_code or invalid_mfa_token", body = Problem),
@@ -74,7 +74,7 @@ async fn login_mfa(
 }
 
 /// The signed-in user's second factors.
-#[utoipa::path(get, path = "/v1/apps/{app}/mfa", tag = "mfa", params(("app" = String, Path)),
+#[utoipa::path(get, path = "/v1/apps/{app}/mfa", operation_id = "listFactors", tag = "mfa", params(("app" = String, Path)),
     responses((status = 200, body = Enrolled), (status = 401, body = Problem)))]
 async fn factors(State(state): State<AppState>, me: SignedIn) -> ApiResult<Json<Enrolled>> {
     let client = state.pool.get().await?;
@@ -93,7 +93,7 @@ pub(super) struct TotpSecret {
 /// Start TOTP enrolment: a new secret (SHA-1, 6 digits, 30 s), confirmed by a first code.
 /// Within 15 minutes of signing in the session alone is enough; later it needs the
 /// `current_password` or a second-factor `code` (a stolen token must not enrol a factor).
-#[utoipa::path(post, path = "/v1/apps/{app}/mfa/totp/setup", tag = "mfa", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/mfa/totp/setup", operation_id = "setUpTotp", tag = "mfa", params(("app" = String, Path)),
     request_body = Proof,
     responses((status = 200, body = TotpSecret),
               (status = 401, description = "invalid_credentials: sign in again or give the password", body = Problem),
@@ -133,7 +133,7 @@ pub(super) struct Enabled {
 }
 
 /// Confirm TOTP enrolment with a first code; returns ten recovery codes.
-#[utoipa::path(post, path = "/v1/apps/{app}/mfa/totp/verify", tag = "mfa", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/mfa/totp/verify", operation_id = "verifyTotp", tag = "mfa", params(("app" = String, Path)),
     request_body = CodeBody,
     responses((status = 200, body = Enabled), (status = 401, description = "invalid_code", body = Problem)))]
 async fn totp_verify(
@@ -151,7 +151,7 @@ async fn totp_verify(
 
 /// Remove a factor (`totp`, `sms` or `email`). Needs a second-factor `code` (TOTP, recovery
 /// code, or a code sent to this session) or the `current_password`.
-#[utoipa::path(delete, path = "/v1/apps/{app}/mfa/{factor}", tag = "mfa",
+#[utoipa::path(delete, path = "/v1/apps/{app}/mfa/{factor}", operation_id = "removeFactor", tag = "mfa",
     params(("app" = String, Path), ("factor" = String, Path)),
     request_body = Proof,
     responses((status = 204, description = "removed"),
@@ -201,7 +201,7 @@ pub(super) struct CodeSent {
 
 /// Send a 6-digit code by SMS or email: with an `mfa_token`, for the second step of a
 /// sign-in; with a user access token, to enrol the channel (or to prove a second factor).
-#[utoipa::path(post, path = "/v1/apps/{app}/mfa/otp/send", tag = "mfa", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/mfa/otp/send", operation_id = "sendOtp", tag = "mfa", params(("app" = String, Path)),
     request_body = SendCode,
     responses((status = 202, body = CodeSent),
               (status = 401, description = "invalid_mfa_token", body = Problem),
@@ -243,7 +243,7 @@ pub(super) struct VerifyCode {
 }
 
 /// Enable SMS or email codes as a factor with the code sent to this session.
-#[utoipa::path(post, path = "/v1/apps/{app}/mfa/otp/verify", tag = "mfa", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/mfa/otp/verify", operation_id = "verifyOtp", tag = "mfa", params(("app" = String, Path)),
     request_body = VerifyCode,
     responses((status = 200, body = Enabled), (status = 401, description = "invalid_code", body = Problem)))]
 async fn otp_verify(
@@ -276,7 +276,7 @@ pub(super) struct RecoveryCodes {
 
 /// Ten new recovery codes; the previous ones stop working. Like TOTP setup, needs a
 /// sign-in within 15 minutes or a `current_password` / `code`.
-#[utoipa::path(post, path = "/v1/apps/{app}/mfa/recovery-codes", tag = "mfa", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/mfa/recovery-codes", operation_id = "regenerateRecoveryCodes", tag = "mfa", params(("app" = String, Path)),
     request_body = Proof,
     responses((status = 200, body = RecoveryCodes), (status = 400, body = Problem),
               (status = 401, description = "invalid_credentials or invalid_code", body = Problem)))]

@@ -63,7 +63,7 @@ fn found(location: &str) -> Result<Response, ApiError> {
 }
 
 /// Sends the browser to the provider (`302`), with `state`, PKCE S256 and a `nonce`.
-#[utoipa::path(get, path = "/v1/apps/{app}/oauth/{provider}/authorize", tag = "oauth",
+#[utoipa::path(get, path = "/v1/apps/{app}/oauth/{provider}/authorize", operation_id = "startOauth", tag = "oauth",
     params(("app" = String, Path), ("provider" = String, Path), AuthorizeQuery),
     responses((status = 302, description = "to the provider"),
               (status = 400, description = "redirect_uri not allowed", body = Problem),
@@ -138,7 +138,7 @@ async fn land(
 
 /// The provider's redirect target: signs in, creates or links the user, then `302` to
 /// the `redirect_uri` with a one-time `code` (or `linked`, or `error`).
-#[utoipa::path(get, path = "/v1/apps/{app}/oauth/{provider}/callback", tag = "oauth",
+#[utoipa::path(get, path = "/v1/apps/{app}/oauth/{provider}/callback", operation_id = "oauthCallback", tag = "oauth",
     params(("app" = String, Path), ("provider" = String, Path)),
     responses((status = 302, description = "back to the application"),
               (status = 400, description = "invalid_state", body = Problem)))]
@@ -154,7 +154,7 @@ async fn callback_get(
 }
 
 /// The same, for providers that post their answer (`response_mode=form_post`).
-#[utoipa::path(post, path = "/v1/apps/{app}/oauth/{provider}/callback", tag = "oauth",
+#[utoipa::path(post, path = "/v1/apps/{app}/oauth/{provider}/callback", operation_id = "oauthCallbackFormPost", tag = "oauth",
     params(("app" = String, Path), ("provider" = String, Path)),
     responses((status = 302, description = "back to the application"),
               (status = 400, description = "invalid_state", body = Problem)))]
@@ -181,7 +181,7 @@ pub(super) struct ExchangeBody {
 
 /// Trades the callback's one-time code (60 s, single use) for the usual sign-in answer:
 /// tokens with `amr: ["oauth"]`, or a step-up when the user has a second factor.
-#[utoipa::path(post, path = "/v1/apps/{app}/oauth/exchange", tag = "oauth", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/oauth/exchange", operation_id = "exchangeOauthCode", tag = "oauth", params(("app" = String, Path)),
     request_body = ExchangeBody,
     responses((status = 200, body = SignIn),
               (status = 410, description = "token_expired_or_used", body = Problem)))]
@@ -233,7 +233,7 @@ pub(super) struct LinkStart {
 
 /// Starts linking `provider` to the signed-in user. Like enrolling a factor, it needs a
 /// sign-in within the last 15 minutes, or the password or a second-factor code.
-#[utoipa::path(post, path = "/v1/apps/{app}/oauth/{provider}/link", tag = "oauth",
+#[utoipa::path(post, path = "/v1/apps/{app}/oauth/{provider}/link", operation_id = "startOauthLink", tag = "oauth",
     params(("app" = String, Path), ("provider" = String, Path)),
     request_body = LinkBody,
     responses((status = 200, body = LinkStart),
@@ -274,7 +274,7 @@ pub(super) struct ConfirmBody {
 /// Finishes a link: the `link_code` from the callback, with the session of the user who
 /// asked for the link (single use, 60 s). A link URL opened in someone else's browser
 /// therefore links nothing.
-#[utoipa::path(post, path = "/v1/apps/{app}/oauth/{provider}/link/confirm", tag = "oauth",
+#[utoipa::path(post, path = "/v1/apps/{app}/oauth/{provider}/link/confirm", operation_id = "confirmOauthLink", tag = "oauth",
     params(("app" = String, Path), ("provider" = String, Path)),
     request_body = ConfirmBody,
     responses((status = 200, description = "linked"),
@@ -293,7 +293,7 @@ async fn link_confirm(
 }
 
 /// Unlinks `provider` from the signed-in user; never the last way to sign in.
-#[utoipa::path(delete, path = "/v1/apps/{app}/oauth/{provider}/link", tag = "oauth",
+#[utoipa::path(delete, path = "/v1/apps/{app}/oauth/{provider}/link", operation_id = "unlinkOauthIdentity", tag = "oauth",
     params(("app" = String, Path), ("provider" = String, Path)),
     responses((status = 204, description = "unlinked"),
               (status = 403, description = "the last way to sign in", body = Problem),

@@ -32,7 +32,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "up")))]
+#[utoipa::path(get, path = "/healthz", operation_id = "getHealth", tag = "ops", responses((status = 200, description = "up")))]
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -45,7 +45,7 @@ pub(super) struct Readiness {
 }
 
 /// PostgreSQL and Redis are reachable.
-#[utoipa::path(get, path = "/readyz", tag = "ops",
+#[utoipa::path(get, path = "/readyz", operation_id = "getReadiness", tag = "ops",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 async fn readyz(State(state): State<AppState>) -> Response {
     let (postgres, redis) = tokio::join!(
@@ -72,7 +72,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text")))]
+#[utoipa::path(get, path = "/metrics", operation_id = "getMetrics", tag = "ops", responses((status = 200, description = "Prometheus text")))]
 async fn metrics_text() -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -82,7 +82,7 @@ async fn metrics_text() -> Response {
 }
 
 /// The public signing keys (RFC 7517): next, active and retired.
-#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "keys",
+#[utoipa::path(get, path = "/.well-known/jwks.json", operation_id = "getJwks", tag = "keys",
     responses((status = 200, description = "JWK Set"), (status = 503, body = Problem)))]
 async fn jwks(State(state): State<AppState>) -> ApiResult<Response> {
     let keys = state.keys.current().await?;
@@ -106,7 +106,7 @@ pub(super) struct Discovery {
 }
 
 /// OpenID Connect discovery (the parts that describe the access tokens).
-#[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "keys",
+#[utoipa::path(get, path = "/.well-known/openid-configuration", operation_id = "getOpenidConfiguration", tag = "keys",
     responses((status = 200, body = Discovery)))]
 async fn discovery(State(state): State<AppState>) -> Json<Discovery> {
     let issuer = state.config.issuer.clone();
@@ -125,7 +125,7 @@ pub(super) struct Rotated {
 
 /// Rotate: the next key (already published) becomes active, the active one retires, a new
 /// next key is published.
-#[utoipa::path(post, path = "/v1/admin/keys/rotate", tag = "admin",
+#[utoipa::path(post, path = "/v1/admin/keys/rotate", operation_id = "rotateSigningKey", tag = "admin",
     responses((status = 200, body = Rotated), (status = 401, body = Problem)))]
 async fn rotate(State(state): State<AppState>, ctx: Ctx, _: Operator) -> ApiResult<Json<Rotated>> {
     let kid = maintenance::rotate_keys(&state.pool, &state.keys, &state.publisher, &ctx).await?;
@@ -138,7 +138,7 @@ pub(super) struct KeyList {
 }
 
 /// Every signing key and its state.
-#[utoipa::path(get, path = "/v1/admin/keys", tag = "admin",
+#[utoipa::path(get, path = "/v1/admin/keys", operation_id = "listSigningKeys", tag = "admin",
     responses((status = 200, body = KeyList), (status = 401, body = Problem)))]
 async fn keys(State(state): State<AppState>, _: Operator) -> ApiResult<Json<KeyList>> {
     Ok(Json(KeyList {

@@ -35,7 +35,7 @@ pub(super) struct NewOwner {
 }
 
 /// Register an owner.
-#[utoipa::path(post, path = "/v1/owners", tag = "owners", request_body = NewOwner,
+#[utoipa::path(post, path = "/v1/owners", operation_id = "registerOwner", tag = "owners", request_body = NewOwner,
     responses((status = 201, body = OwnerView), (status = 409, description = "owner_exists", body = Problem),
               (status = 422, description = "weak_password", body = Problem)))]
 async fn create(
@@ -66,7 +66,7 @@ pub(super) struct OwnerToken {
 }
 
 /// Sign in as an owner.
-#[utoipa::path(post, path = "/v1/owners/login", tag = "owners", request_body = OwnerLogin,
+#[utoipa::path(post, path = "/v1/owners/login", operation_id = "loginOwner", tag = "owners", request_body = OwnerLogin,
     responses((status = 200, body = OwnerToken), (status = 401, description = "invalid_credentials", body = Problem)))]
 async fn login(
     State(state): State<AppState>,
@@ -82,7 +82,7 @@ async fn login(
 }
 
 /// The signed-in owner's profile.
-#[utoipa::path(get, path = "/v1/owners/me", tag = "owners",
+#[utoipa::path(get, path = "/v1/owners/me", operation_id = "getOwner", tag = "owners",
     responses((status = 200, body = OwnerView), (status = 401, body = Problem)))]
 async fn me_get(State(state): State<AppState>, Owner(id): Owner) -> ApiResult<Json<OwnerView>> {
     Ok(Json(owners::profile(state.admin(), id).await?))
@@ -99,7 +99,7 @@ pub(super) struct OwnerPatch {
 }
 
 /// Update the signed-in owner. A new password revokes the owner's other tokens.
-#[utoipa::path(patch, path = "/v1/owners/me", tag = "owners", request_body = OwnerPatch,
+#[utoipa::path(patch, path = "/v1/owners/me", operation_id = "updateOwner", tag = "owners", request_body = OwnerPatch,
     responses((status = 200, body = OwnerView), (status = 409, description = "owner_exists", body = Problem)))]
 async fn me_patch(
     State(state): State<AppState>,
@@ -120,7 +120,7 @@ async fn me_patch(
 }
 
 /// Delete the signed-in owner with every application, user and session below it.
-#[utoipa::path(delete, path = "/v1/owners/me", tag = "owners",
+#[utoipa::path(delete, path = "/v1/owners/me", operation_id = "deleteOwner", tag = "owners",
     responses((status = 204, description = "deleted"), (status = 401, body = Problem)))]
 async fn me_delete(
     State(state): State<AppState>,

@@ -63,7 +63,7 @@ pub(super) struct Forgot {
 }
 
 /// Mail a single-use password-reset link (30 minutes). Always `202`.
-#[utoipa::path(post, path = "/v1/apps/{app}/password/forgot", tag = "recovery", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/password/forgot", operation_id = "forgotPassword", tag = "recovery", params(("app" = String, Path)),
     request_body = Forgot,
     responses((status = 202, body = Accepted), (status = 429, description = "rate_limited", body = Problem)))]
 async fn forgot(
@@ -86,7 +86,7 @@ pub(super) struct Usable {
 }
 
 /// Whether a reset token is still usable (it is not used up by asking).
-#[utoipa::path(get, path = "/v1/apps/{app}/password/reset/{token}", tag = "recovery",
+#[utoipa::path(get, path = "/v1/apps/{app}/password/reset/{token}", operation_id = "checkResetToken", tag = "recovery",
     params(("app" = String, Path), ("token" = String, Path)),
     responses((status = 200, body = Usable), (status = 410, description = "token_expired_or_used", body = Problem)))]
 async fn reset_check(
@@ -108,7 +108,7 @@ pub(super) struct TokenQuery {
 }
 
 /// The page a reset mail links to: a form for the new password.
-#[utoipa::path(get, path = "/v1/apps/{app}/password/reset", tag = "recovery",
+#[utoipa::path(get, path = "/v1/apps/{app}/password/reset", operation_id = "passwordResetPage", tag = "recovery",
     params(("app" = String, Path), TokenQuery),
     responses((status = 200, description = "an HTML form", content_type = "text/html")))]
 async fn reset_page(
@@ -177,7 +177,7 @@ pub(super) struct ResetDone {
 /// Set a new password with a reset token: the token is used up, every session of the user
 /// is revoked (their access tokens too), and the next sign-in still asks for a second
 /// factor. Accepts JSON or the reset page's form.
-#[utoipa::path(post, path = "/v1/apps/{app}/password/reset", tag = "recovery", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/password/reset", operation_id = "resetPassword", tag = "recovery", params(("app" = String, Path)),
     request_body = Reset,
     responses((status = 200, body = ResetDone),
               (status = 410, description = "token_expired_or_used", body = Problem),
@@ -216,7 +216,7 @@ async fn reset_password(
 }
 
 /// Mail the signed-in user a link confirming their address (24 hours).
-#[utoipa::path(post, path = "/v1/apps/{app}/email/verify/send", tag = "recovery", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/email/verify/send", operation_id = "sendEmailVerification", tag = "recovery", params(("app" = String, Path)),
     responses((status = 202, body = Accepted), (status = 401, body = Problem), (status = 429, body = Problem)))]
 async fn verification_send(
     State(state): State<AppState>,
@@ -228,7 +228,7 @@ async fn verification_send(
 }
 
 /// The page a verification mail links to: one button that confirms.
-#[utoipa::path(get, path = "/v1/apps/{app}/email/verify", tag = "recovery",
+#[utoipa::path(get, path = "/v1/apps/{app}/email/verify", operation_id = "emailVerificationPage", tag = "recovery",
     params(("app" = String, Path), TokenQuery),
     responses((status = 200, description = "an HTML form", content_type = "text/html")))]
 async fn verify_page(
@@ -258,7 +258,7 @@ pub(super) struct Verified {
 }
 
 /// Confirm an email address with the mailed token (JSON or the page's form).
-#[utoipa::path(post, path = "/v1/apps/{app}/email/verify", tag = "recovery", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/email/verify", operation_id = "verifyEmail", tag = "recovery", params(("app" = String, Path)),
     request_body = TokenBody,
     responses((status = 200, body = Verified), (status = 410, description = "token_expired_or_used", body = Problem)))]
 async fn verify_email(
@@ -294,7 +294,7 @@ pub(super) struct MagicRequest {
 }
 
 /// Mail a single-use sign-in link (15 minutes). Always `202` for a well-formed request.
-#[utoipa::path(post, path = "/v1/apps/{app}/magic-link", tag = "recovery", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/magic-link", operation_id = "sendMagicLink", tag = "recovery", params(("app" = String, Path)),
     request_body = MagicRequest,
     responses((status = 202, body = Accepted),
               (status = 400, description = "redirect_uri not allowed", body = Problem),
@@ -314,7 +314,7 @@ async fn magic_link(
 
 /// The page a magic-link mail leads to: one button that signs in. A GET never uses the
 /// token up, so a mail scanner following the link signs no one in.
-#[utoipa::path(get, path = "/v1/apps/{app}/magic-link/verify", tag = "recovery",
+#[utoipa::path(get, path = "/v1/apps/{app}/magic-link/verify", operation_id = "magicLinkPage", tag = "recovery",
     params(("app" = String, Path), TokenQuery),
     responses((status = 200, description = "an HTML form", content_type = "text/html")))]
 async fn magic_page(
@@ -342,7 +342,7 @@ pub(super) struct MagicVerify {
 /// Sign in with a magic-link token (`amr: ["magic"]`); a user with a second factor gets a
 /// step-up instead of tokens. From the page's form, the browser is sent to the link's
 /// `redirect_uri` with the result in the URL fragment (never sent to a server).
-#[utoipa::path(post, path = "/v1/apps/{app}/magic-link/verify", tag = "recovery", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/magic-link/verify", operation_id = "signInWithMagicLink", tag = "recovery", params(("app" = String, Path)),
     request_body = MagicVerify,
     responses((status = 200, body = SignIn),
               (status = 303, description = "form post with a redirect_uri: back to it"),

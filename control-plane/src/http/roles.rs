@@ -30,7 +30,7 @@ pub(super) struct RoleList {
 }
 
 /// The application's roles, by name.
-#[utoipa::path(get, path = "/v1/apps/{app}/roles", tag = "admin", params(("app" = String, Path)),
+#[utoipa::path(get, path = "/v1/apps/{app}/roles", operation_id = "listRoles", tag = "admin", params(("app" = String, Path)),
     responses((status = 200, body = RoleList), (status = 401, body = Problem)))]
 async fn list(State(state): State<AppState>, AppAdmin(app): AppAdmin) -> ApiResult<Json<RoleList>> {
     let client = state.pool.get().await?;
@@ -47,7 +47,7 @@ pub(super) struct NewRole {
 }
 
 /// A new role.
-#[utoipa::path(post, path = "/v1/apps/{app}/roles", tag = "admin", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/roles", operation_id = "createRole", tag = "admin", params(("app" = String, Path)),
     request_body = NewRole,
     responses((status = 201, body = Role), (status = 409, description = "role_exists", body = Problem)))]
 async fn create(
@@ -75,7 +75,7 @@ pub(super) struct Revoke {
 
 /// Create or replace a role's permissions. Users' tokens carry the change from their next
 /// refresh, or at once with `revoke_tokens=true`.
-#[utoipa::path(put, path = "/v1/apps/{app}/roles/{name}", tag = "admin",
+#[utoipa::path(put, path = "/v1/apps/{app}/roles/{name}", operation_id = "putRole", tag = "admin",
     params(("app" = String, Path), ("name" = String, Path), Revoke),
     request_body = RolePermissions,
     responses((status = 200, body = Role), (status = 400, body = Problem)))]
@@ -94,7 +94,7 @@ async fn put(
 
 /// Delete a role; it is taken from every user holding it (their tokens lose it at the next
 /// refresh, or at once with `revoke_tokens=true`).
-#[utoipa::path(delete, path = "/v1/apps/{app}/roles/{name}", tag = "admin",
+#[utoipa::path(delete, path = "/v1/apps/{app}/roles/{name}", operation_id = "deleteRole", tag = "admin",
     params(("app" = String, Path), ("name" = String, Path), Revoke),
     responses((status = 204, description = "deleted"), (status = 404, body = Problem)))]
 async fn delete(

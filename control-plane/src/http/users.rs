@@ -71,7 +71,7 @@ pub(super) struct Registered {
 /// A new user and their first session. No password: a random one is set, and with
 /// `send_reset_email` a mail lets the user choose one. `verify_email` mails a link that
 /// confirms the address.
-#[utoipa::path(post, path = "/v1/apps/{app}/register", tag = "users", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/register", operation_id = "register", tag = "users", params(("app" = String, Path)),
     request_body = Registration,
     responses((status = 201, body = Registered), (status = 409, description = "user_exists", body = Problem),
               (status = 422, description = "weak_password", body = Problem),
@@ -154,7 +154,7 @@ fn basic(headers: &HeaderMap) -> Option<(String, String)> {
 /// Sign in with email or username and password (JSON or HTTP Basic). A user with a second
 /// factor (or any user, under an application's `required` MFA policy) gets a step-up
 /// (`mfa_required`, `mfa_token`, `methods`) to complete at `/login/mfa`.
-#[utoipa::path(post, path = "/v1/apps/{app}/login", tag = "users", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/login", operation_id = "login", tag = "users", params(("app" = String, Path)),
     request_body = Login,
     responses((status = 200, body = SignIn),
               (status = 401, description = "invalid_credentials", body = Problem),
@@ -208,7 +208,7 @@ pub(super) struct NewGuest {
 }
 
 /// A new guest user (no email, no password) and its session.
-#[utoipa::path(post, path = "/v1/apps/{app}/guest", tag = "users", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/guest", operation_id = "createGuest", tag = "users", params(("app" = String, Path)),
     request_body = NewGuest, responses((status = 201, body = Tokens), (status = 429, body = Problem)))]
 async fn guest(
     State(state): State<AppState>,
@@ -235,7 +235,7 @@ pub(super) struct RefreshRequest {
 }
 
 /// Exchange a refresh token for a new pair; the presented token is used up.
-#[utoipa::path(post, path = "/v1/apps/{app}/token/refresh", tag = "users", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/token/refresh", operation_id = "refreshTokens", tag = "users", params(("app" = String, Path)),
     request_body = RefreshRequest,
     responses((status = 200, body = Tokens),
               (status = 401, description = "invalid_refresh_token or refresh_token_reused", body = Problem)))]
@@ -278,7 +278,7 @@ pub(super) struct LoggedOut {
 }
 
 /// End a session, by its refresh token or one of its access tokens.
-#[utoipa::path(post, path = "/v1/apps/{app}/logout", tag = "users", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/logout", operation_id = "logout", tag = "users", params(("app" = String, Path)),
     request_body = RefreshRequest,
     responses((status = 200, body = LoggedOut), (status = 401, body = Problem)))]
 async fn logout(
@@ -333,7 +333,7 @@ pub(super) struct Introspection {
 }
 
 /// Check an access token the way the verifier does, with PostgreSQL's revocations.
-#[utoipa::path(post, path = "/v1/apps/{app}/verify", tag = "users", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/verify", operation_id = "verifyAccessToken", tag = "users", params(("app" = String, Path)),
     responses((status = 200, body = Introspection),
               (status = 401, description = "token_expired, invalid_signature, token_revoked or invalid_token", body = Problem)))]
 async fn verify(token: UserToken) -> ApiResult<Json<Introspection>> {

@@ -33,7 +33,7 @@ pub(super) struct WebhookList {
 }
 
 /// The application's webhooks.
-#[utoipa::path(get, path = "/v1/apps/{app}/webhooks", tag = "admin", params(("app" = String, Path)),
+#[utoipa::path(get, path = "/v1/apps/{app}/webhooks", operation_id = "listWebhooks", tag = "admin", params(("app" = String, Path)),
     responses((status = 200, body = WebhookList), (status = 401, body = Problem)))]
 async fn list(
     State(state): State<AppState>,
@@ -55,7 +55,7 @@ pub(super) struct WebhookBody {
 }
 
 /// A new webhook; its secret is shown only in this answer.
-#[utoipa::path(post, path = "/v1/apps/{app}/webhooks", tag = "admin", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/webhooks", operation_id = "createWebhook", tag = "admin", params(("app" = String, Path)),
     request_body = WebhookBody,
     responses((status = 201, body = Webhook), (status = 400, description = "a private or unusable url", body = Problem)))]
 async fn create(
@@ -83,7 +83,7 @@ fn webhook_id(id: &str) -> Result<Uuid, ApiError> {
 }
 
 /// Replace a webhook's URL and events (and its secret, when given).
-#[utoipa::path(put, path = "/v1/apps/{app}/webhooks/{id}", tag = "admin",
+#[utoipa::path(put, path = "/v1/apps/{app}/webhooks/{id}", operation_id = "replaceWebhook", tag = "admin",
     params(("app" = String, Path), ("id" = String, Path)), request_body = WebhookBody,
     responses((status = 200, body = Webhook), (status = 404, body = Problem)))]
 async fn put(
@@ -101,7 +101,7 @@ async fn put(
 }
 
 /// Delete a webhook; its pending deliveries fail.
-#[utoipa::path(delete, path = "/v1/apps/{app}/webhooks/{id}", tag = "admin",
+#[utoipa::path(delete, path = "/v1/apps/{app}/webhooks/{id}", operation_id = "deleteWebhook", tag = "admin",
     params(("app" = String, Path), ("id" = String, Path)),
     responses((status = 204, description = "deleted"), (status = 404, body = Problem)))]
 async fn delete(
@@ -129,7 +129,7 @@ pub(super) struct DeliveryList {
 }
 
 /// The webhook's deliveries, newest first; `state=failed` lists the dead letters.
-#[utoipa::path(get, path = "/v1/apps/{app}/webhooks/{id}/deliveries", tag = "admin",
+#[utoipa::path(get, path = "/v1/apps/{app}/webhooks/{id}/deliveries", operation_id = "listWebhookDeliveries", tag = "admin",
     params(("app" = String, Path), ("id" = String, Path), DeliveryQuery),
     responses((status = 200, body = DeliveryList), (status = 400, body = Problem)))]
 async fn deliveries(
@@ -158,7 +158,7 @@ async fn deliveries(
 }
 
 /// Send a dead letter again (with a new day of retries).
-#[utoipa::path(post, path = "/v1/apps/{app}/webhooks/{id}/deliveries/{delivery}/replay", tag = "admin",
+#[utoipa::path(post, path = "/v1/apps/{app}/webhooks/{id}/deliveries/{delivery}/replay", operation_id = "replayWebhookDelivery", tag = "admin",
     params(("app" = String, Path), ("id" = String, Path), ("delivery" = String, Path)),
     responses((status = 202, description = "queued again"), (status = 404, body = Problem)))]
 async fn replay(

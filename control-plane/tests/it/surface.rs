@@ -163,6 +163,37 @@ async fn openapi_health_and_metrics() {
         rendered == expected,
         "/openapi.json differs from {snapshot}; if the change is meant, rerun with UPDATE_OPENAPI=1"
     );
+    // Valid OpenAPI 3.1 by an independent validator (which also refuses a repeated
+    // operationId), and every operation named once, readably.
+    let file = std::env::temp_dir().join(format!("portcullis-openapi-{}.json", std::process::id()));
+    std::fs::write(&file, &rendered).unwrap();
+    let python = portcullis_tests::pypi::python().unwrap();
+    let out = Command::new(python)
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|ops| ops.as_object().unwrap().values())
+        .map(|op| op["operationId"].as_str().unwrap())
+        .collect();
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "{ids:?}");
+    assert!(
+        ids.iter()
+            .all(|id| id.len() > 4 && id.chars().all(|c| c.is_ascii_alphanumeric())),
+        "{ids:?}"
+    );
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     let paths = doc["paths"].as_object().unwrap();
     let expected = [

@@ -42,8 +42,8 @@ use serde_json::json;
 use tokio::net::TcpStream;
 
 use crate::{
-    ENSURE_DEPS_HINT, LOG_BANNER, POLL_INTERVAL, TempDir, find_binary, free_port, log_tail,
-    open_log, percent_encode, retry, wait_timeout,
+    ENSURE_DEPS_HINT, LOG_BANNER, POLL_INTERVAL, TempDir, cache_dir, find_binary, fnv1a, free_port,
+    log_tail, open_log, percent_encode, retry, wait_timeout,
 };
 
 use self::browser::*;
@@ -453,22 +453,9 @@ fn installed_modules() -> Result<PathBuf> {
     if let Some(modules) = installed.as_ref() {
         return Ok(modules.clone());
     }
-    let modules = install(&source_dir(), &cache_dir())?;
+    let modules = install(&source_dir(), &cache_dir("portcullis-oidc"))?;
     *installed = Some(modules.clone());
     Ok(modules)
-}
-
-/// `${XDG_CACHE_HOME:-$HOME/.cache}/portcullis-oidc` (the temp dir without a home).
-fn cache_dir() -> PathBuf {
-    let absolute = |name: &str| {
-        std::env::var_os(name)
-            .map(PathBuf::from)
-            .filter(|path| path.is_absolute())
-    };
-    absolute("XDG_CACHE_HOME")
-        .or_else(|| absolute("HOME").map(|home| home.join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("portcullis-oidc")
 }
 
 /// Installs the packages of `source`'s lock file under `cache` unless there already;
@@ -549,13 +536,6 @@ fn npm_ci(npm: &Path, source: &Path, dir: &Path, files: &[&str]) -> Result<()> {
             )
         }
     }
-}
-
-/// 64-bit FNV-1a: names the cache directory of a lock file (not a security check).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// The path and query of `url` when it is at `origin` (absolute, or a path), else `None`.
