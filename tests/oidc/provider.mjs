@@ -11,7 +11,8 @@
 //     "cookie_keys": ["secret", ...],
 //     "clients": [{ "client_id", "client_secret", "redirect_uris": [...],
 //                   "token_endpoint_auth_method": "client_secret_basic" | "client_secret_post" }],
-//     "accounts": [{ "sub", "email", "email_verified" }]
+//     "accounts": [{ "sub", "email", "email_verified" }],
+//     "default_claims": false   // true: oidc-provider's own ID-token claims behaviour
 //   }
 //
 // Prints `oidc-provider ready on ISSUER` on stdout once listening. Everything is kept in
@@ -69,10 +70,9 @@ const provider = new Provider(config.issuer, {
     email: ['email', 'email_verified'],
     profile: ['name'],
   },
-  // Put the scopes' claims into the ID token of the code flow too (the default keeps
-  // them for userinfo), as the big providers do: the relying party reads email and
-  // email_verified from the ID token.
-  conformIdTokenClaims: false,
+  // Unless default_claims: put the scopes' claims into the ID token of the code flow too
+  // (the default keeps them for userinfo, OIDC Core 5.4), as the big providers do.
+  conformIdTokenClaims: Boolean(config.default_claims),
   async findAccount(_ctx, sub) {
     const account = accounts.get(sub);
     if (!account) return undefined;

@@ -23,14 +23,20 @@ struct World {
 }
 
 async fn world(accounts: &[OidcAccount], auto_link: bool) -> World {
+    world_with(accounts, auto_link, false).await
+}
+
+/// With `default_claims`, the provider keeps the scopes' claims for UserInfo.
+async fn world_with(accounts: &[OidcAccount], auto_link: bool, default_claims: bool) -> World {
     let s = Stack::start_with(&[("PORTCULLIS_EGRESS_ALLOW_PRIVATE", "true")]).await;
     let (owner, app, _) = s.owner_with_app().await;
     let callback = format!("{}/v1/apps/{app}/oauth/corp/callback", s.issuer);
     let op = tokio::task::block_in_place(|| {
-        OidcProvider::start(
-            &[OidcClient::new("portcullis", CLIENT_SECRET, &[&callback])],
-            accounts,
-        )
+        let clients = [OidcClient::new("portcullis", CLIENT_SECRET, &[&callback])];
+        match default_claims {
+            true => OidcProvider::start_with_default_claims(&clients, accounts),
+            false => OidcProvider::start(&clients, accounts),
+        }
         .unwrap()
     });
     let r = s
@@ -563,4 +569,36 @@ async fn a_provider_that_is_down_gives_a_clear_error_and_creates_nothing() {
     assert_eq!(r.status, 200, "{}", r.body);
     let answer = sign_in(&w, "fay-sub").await;
     assert_eq!(exchange(&w, &answer["code"]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_kept_for_userinfo_is_read_from_userinfo() {
+    // oidc-provider's own default: the ID token of the code flow carries only `sub`.
+    let accounts = [
+        OidcAccount::new("carol-sub", "carol@example.com", true),
+        OidcAccount::new("bob-sub", "bob@example.com", true),
+    ];
+    let w = world_with(&accounts, true, true).await;
+    w.s.register(&w.app, "carol@example.com").await;
+    w.s.sql("UPDATE users SET email_verified = true WHERE email_canonical = 'carol@example.com'")
+        .await;
+    // The verified address from UserInfo links to the existing account...
+    let answer = sign_in(&w, "carol-sub").await;
+    let tokens = exchange(&w, &answer["code"]).await.json();
+    let carol = w.s.login(&w.app, "carol@example.com").await;
+    assert_eq!(tokens["user_id"], carol["user_id"], "{answer:?}");
+    // ...and a new user signs up with it, verified.
+    let answer = sign_in(&w, "bob-sub").await;
+    let tokens = exchange(&w, &answer["code"]).await.json();
+    let bob =
+        w.s.sql_value(&format!(
+            "SELECT email || ' ' || email_verified FROM users WHERE id = '{}'",
+            tokens["user_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(bob, "bob@example.com true");
+    let identity =
+        w.s.sql_value("SELECT email FROM oauth_identities WHERE subject = 'bob-sub'")
+            .await;
+    assert_eq!(identity, "bob@example.com");
 }

@@ -141,6 +141,10 @@ pub struct OidcProvider {
     accounts: Vec<OidcAccount>,
     /// Signs the provider's cookies; the same across restarts.
     cookie_key: String,
+    /// `oidc-provider`'s default claims behaviour: with an access token issued, the ID
+    /// token carries only `sub` and the scopes' claims are at UserInfo (OIDC Core §5.4).
+    /// Otherwise the ID token carries them too, as the big providers do.
+    default_claims: bool,
     child: Option<Child>,
 }
 
@@ -155,6 +159,28 @@ impl OidcProvider {
     /// fails (quoting its log), or when the provider does not come up (quoting its log,
     /// which also shows a configuration `oidc-provider` refuses, e.g. a bad redirect URI).
     pub fn start(clients: &[OidcClient], accounts: &[OidcAccount]) -> Result<Self> {
+        Self::start_as(clients, accounts, false)
+    }
+
+    /// Like [`start`](Self::start), with `oidc-provider`'s default claims behaviour: the
+    /// ID token of the code flow carries only `sub`; `email`, `email_verified` and
+    /// `name` are at the UserInfo endpoint.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_with_default_claims(
+        clients: &[OidcClient],
+        accounts: &[OidcAccount],
+    ) -> Result<Self> {
+        Self::start_as(clients, accounts, true)
+    }
+
+    fn start_as(
+        clients: &[OidcClient],
+        accounts: &[OidcAccount],
+        default_claims: bool,
+    ) -> Result<Self> {
         let node = find_binary("node").ok_or_else(missing_node)?;
         let modules = installed_modules()?;
         let dir = TempDir::new("oidc")?;
@@ -175,6 +201,7 @@ impl OidcProvider {
             clients: clients.to_vec(),
             accounts: accounts.to_vec(),
             cookie_key: format!("{:032x}", rand::random::<u128>()),
+            default_claims,
             child: None,
         };
         retry("oidc-provider did not start", |_| {
@@ -291,6 +318,7 @@ impl OidcProvider {
             "cookie_keys": [self.cookie_key],
             "clients": clients,
             "accounts": accounts,
+            "default_claims": self.default_claims,
         });
         let path = self.dir.path.join("config.json");
         fs::write(&path, config.to_string())

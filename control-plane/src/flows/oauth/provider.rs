@@ -34,6 +34,8 @@ pub(super) struct Discovery {
     pub jwks_uri: Option<String>,
     #[serde(default)]
     pub token_endpoint_auth_methods_supported: Vec<String>,
+    #[serde(default)]
+    pub userinfo_endpoint: Option<String>,
 }
 
 /// The provider client: HTTP through the SSRF guard, discovery and key sets cached.
@@ -133,6 +135,7 @@ impl OAuth {
                 token_endpoint: format!("{issuer}/login/oauth/access_token"),
                 jwks_uri: None,
                 token_endpoint_auth_methods_supported: vec!["client_secret_post".into()],
+                userinfo_endpoint: None,
             }));
         }
         if let Some(d) = self.discovery.get(&issuer) {
@@ -444,5 +447,38 @@ pub(super) async fn redeem(
     let id_token = answer
         .id_token
         .ok_or(OAuthError::IdToken("the provider sent none"))?;
-    verify_id_token(oauth, &discovery, p, &id_token, &flow.nonce).await
+    let asserted = verify_id_token(oauth, &discovery, p, &id_token, &flow.nonce).await?;
+    let asked_email = p.scopes().split(' ').any(|s| s == "email");
+    match (&asserted.email, asked_email, answer.access_token.as_deref()) {
+        (None, true, Some(token)) => with_userinfo(oauth, &discovery, asserted, token).await,
+        _ => Ok(asserted),
+    }
+}
+
+/// The ID token lacks the email its scope asked for: a provider may keep scope claims
+/// for the UserInfo endpoint when it also issues an access token (OIDC Core §5.4, the
+/// default of many, `oidc-provider` among them). Reads them there (§5.3), from the same
+/// subject (§5.3.2: a different `sub` is refused, never mixed in).
+async fn with_userinfo(
+    oauth: &OAuth,
+    discovery: &Discovery,
+    mut asserted: Asserted,
+    access_token: &str,
+) -> Result<Asserted, OAuthError> {
+    let Some(endpoint) = discovery.userinfo_endpoint.as_deref() else {
+        return Ok(asserted);
+    };
+    let info = oauth.get_json(endpoint, Some(access_token)).await?;
+    if info.get("sub").and_then(Value::as_str) != Some(asserted.subject.as_str()) {
+        return Err(OAuthError::IdToken(
+            "the userinfo subject is not the ID token's",
+        ));
+    }
+    asserted.email = info.get("email").and_then(Value::as_str).map(str::to_owned);
+    let verified = info.get("email_verified").unwrap_or(&Value::Null);
+    asserted.email_verified = *verified == Value::Bool(true) || *verified == json!("true");
+    if asserted.name.is_none() {
+        asserted.name = info.get("name").and_then(Value::as_str).map(str::to_owned);
+    }
+    Ok(asserted)
 }
