@@ -3,7 +3,9 @@
 //! advisory lock, so every replica agrees on the active key.
 //!
 //! A key is published (as `next`) one rotation before it signs anything; a retired key stays
-//! published until every token it could have signed has expired.
+//! published until every token it could have signed has expired. An emergency rotation
+//! ([`KeyRing::withdraw`]) skips both waits: the active key goes straight to `withdrawn`
+//! (unpublished, so its tokens are refused) and the next key signs at once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -290,6 +292,43 @@ impl KeyRing {
         tx.commit().await?;
         self.current.store(None);
         Ok(Rotation::Done(kid))
+    }
+
+    /// The emergency rotation, for a key that may have leaked: `active -> withdrawn` (out of
+    /// the published set now, not when its tokens expire), `next -> active` at once
+    /// (however briefly it has been published), and a fresh `next`. Returns the withdrawn
+    /// kid and the new active one.
+    ///
+    /// The trade-off: a verifier polling a JWKS URL may not have the promoted key yet, and
+    /// refuses its tokens (`unknown_key`) until it refetches, which an unknown kid makes it
+    /// do. Other replicas of the control plane see the change within [`CACHE_FOR`].
+    pub async fn withdraw(&self) -> Result<(String, String), KeyError> {
+        let mut client = self.pool.get().await?;
+        self.ensure(&mut client).await?;
+        let tx = client.transaction().await?;
+        tx.exec("SELECT pg_advisory_xact_lock($1)", &[&KEY_LOCK])
+            .await?;
+        let withdrawn: String = tx
+            .q_one(
+                "UPDATE signing_keys SET state = 'withdrawn', retired_at = now(),
+                     remove_after = now()
+                 WHERE state = 'active' RETURNING kid",
+                &[],
+            )
+            .await?
+            .get(0);
+        let active: String = tx
+            .q_one(
+                "UPDATE signing_keys SET state = 'active', activated_at = now()
+                 WHERE state = 'next' RETURNING kid",
+                &[],
+            )
+            .await?
+            .get(0);
+        self.insert(&tx, "next").await?;
+        tx.commit().await?;
+        self.current.store(None);
+        Ok((withdrawn, active))
     }
 
     /// The schedule: rotates when the active key is older than `interval`, and removes

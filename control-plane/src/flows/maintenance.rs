@@ -165,23 +165,37 @@ pub async fn reconcile(
     Ok(repaired)
 }
 
-/// Rotates now: the next key (already published) becomes active, the active one retires,
-/// a new next key is published (by the reconcile pass when Redis is down now). Returns
-/// the new active key's id.
+/// An operator's rotation: planned ([`KeyRing::rotate`], refused inside the publish
+/// lead), or with `emergency` (the reason, recorded) the withdrawal of the active key
+/// ([`KeyRing::withdraw`]). Either way the new set is published now (by the reconcile pass
+/// when Redis is down now). Returns the new active key's id.
 pub async fn rotate_keys(
     pool: &Pool,
     keys: &KeyRing,
     publisher: &Publisher,
+    emergency: Option<&str>,
     ctx: &Ctx,
 ) -> Result<String, KeyError> {
-    let kid = keys.rotate().await?;
+    let (kid, details) = match emergency {
+        None => {
+            let kid = keys.rotate().await?;
+            (kid.clone(), serde_json::json!({ "kid": kid }))
+        }
+        Some(reason) => {
+            let (withdrawn, kid) = keys.withdraw().await?;
+            let details = serde_json::json!({
+                "kid": kid, "emergency": true, "withdrawn": withdrawn, "reason": reason,
+            });
+            (kid, details)
+        }
+    };
     let client = pool.get().await.map_err(DbError::from)?;
     let rotated = Event {
         app: None,
         user: None,
         actor: Actor::Operator,
         event: "keys.rotated",
-        details: serde_json::json!({ "kid": kid }),
+        details,
         ctx,
     };
     audit::record(&client, rotated).await?;
@@ -193,6 +207,9 @@ pub async fn rotate_keys(
             tracing::warn!(error = %e, "JWKS not published after rotation; the reconciler will")
         }
     }
-    tracing::info!(%kid, "signing key rotated by the operator");
+    match emergency {
+        Some(reason) => tracing::warn!(%kid, %reason, "signing key withdrawn by the operator"),
+        None => tracing::info!(%kid, "signing key rotated by the operator"),
+    }
     Ok(kid)
 }

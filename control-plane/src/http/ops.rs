@@ -7,16 +7,16 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::Operator;
+use super::extract::{JsonBody, Operator};
 use crate::domain::Ctx;
 use crate::domain::keys::KeyInfo;
 use crate::flows::maintenance;
-use crate::http::error::{ApiResult, Problem};
+use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::infra::store;
 use crate::state::AppState;
 
@@ -117,18 +117,52 @@ async fn discovery(State(state): State<AppState>) -> Json<Discovery> {
     })
 }
 
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default)]
+pub(super) struct Rotate {
+    /// Withdraw the active key now (it may have leaked): it leaves the published set and
+    /// every token it signed is refused; the next key signs at once.
+    emergency: bool,
+    /// Why, for the audit log (required with `emergency`).
+    reason: Option<String>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct Rotated {
     /// The key that signs from now on (the previous `next`).
     kid: String,
 }
 
-/// Rotate: the next key (already published) becomes active, the active one retires, a new
-/// next key is published.
+/// Rotate. Planned: the next key (already published) becomes active, the active one
+/// retires (published until its tokens expire), a new next key is published; `429` while
+/// the next key has been published for less than the publish lead. Emergency: the active
+/// key is withdrawn at once (unpublished, its tokens refused), the next key signs at once.
 #[utoipa::path(post, path = "/v1/admin/keys/rotate", operation_id = "rotateSigningKey", tag = "admin",
-    responses((status = 200, body = Rotated), (status = 401, body = Problem)))]
-async fn rotate(State(state): State<AppState>, ctx: Ctx, _: Operator) -> ApiResult<Json<Rotated>> {
-    let kid = maintenance::rotate_keys(&state.pool, &state.keys, &state.publisher, &ctx).await?;
+    request_body = Rotate,
+    responses((status = 200, body = Rotated), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 429, description = "planned, inside the publish lead", body = Problem)))]
+async fn rotate(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    _: Operator,
+    JsonBody(body): JsonBody<Rotate>,
+) -> ApiResult<Json<Rotated>> {
+    let reason = body.reason.as_deref().map(str::trim);
+    let reason = match (body.emergency, reason) {
+        (false, _) => None,
+        (true, Some(r))
+            if (1..=500).contains(&r.chars().count()) && !r.contains(char::is_control) =>
+        {
+            Some(r)
+        }
+        (true, _) => {
+            return Err(ApiError::bad_request(
+                "an emergency rotation needs a reason of 1..=500 characters",
+            ));
+        }
+    };
+    let (pool, keys, publisher) = (&state.pool, &state.keys, &state.publisher);
+    let kid = maintenance::rotate_keys(pool, keys, publisher, reason, &ctx).await?;
     Ok(Json(Rotated { kid }))
 }
 

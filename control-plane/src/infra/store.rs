@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("../../migrations/0003_roles.sql")),
     (4, include_str!("../../migrations/0004_webhooks.sql")),
     (5, include_str!("../../migrations/0005_oauth.sql")),
+    (6, include_str!("../../migrations/0006_key_withdrawal.sql")),
 ];
 
 /// Advisory lock key for migrations ("portcull" in ASCII).

@@ -165,6 +165,90 @@ async fn key_rotation_end_to_end() {
     );
 }
 
+/// A leaked key: withdrawn at once, everything it signed refused at the verifier (and at
+/// the control plane), the next key signing immediately, the event audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emergency_rotation_withdraws_the_key_and_refuses_its_tokens() {
+    // A long publish lead: a planned rotation would be refused; an emergency is not.
+    let s = Stack::start_with(&[("PORTCULLIS_KEY_PUBLISH_LEAD_SECS", "3600")]).await;
+    let v = s.verifier().await;
+    let (_, app, _) = s.owner_with_app().await;
+    let ann = s.register(&app, "ann@example.com").await;
+    let leaked = ann["access_token"].as_str().unwrap().to_owned();
+    let leaked_kid = header_of(&leaked)["kid"].as_str().unwrap().to_owned();
+    assert_eq!(v.status(&leaked).await, 200);
+
+    let rotate = "/v1/admin/keys/rotate";
+    let planned = s.post(rotate, Some(ADMIN_TOKEN), json!({})).await;
+    assert_eq!(planned.code(), "rate_limited", "{}", planned.body);
+    for bad in [
+        json!({"emergency": true}),
+        json!({"emergency": true, "reason": " "}),
+    ] {
+        let r = s.post(rotate, Some(ADMIN_TOKEN), bad.clone()).await;
+        assert_eq!(r.code(), "invalid_request", "{bad}");
+    }
+    let reason = "the signing host was compromised";
+    let r = s
+        .post(
+            rotate,
+            Some(ADMIN_TOKEN),
+            json!({"emergency": true, "reason": reason}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let new_kid = r.json()["kid"].as_str().unwrap().to_owned();
+    assert_ne!(new_kid, leaked_kid);
+
+    // Gone from the published set, and refused everywhere within the sync latency.
+    let jwks = s.get("/.well-known/jwks.json", None).await.json();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(!kids.contains(&leaked_kid.as_str()), "{kids:?}");
+    assert!(kids.contains(&new_kid.as_str()), "{kids:?}");
+    eventually(Duration::from_secs(10), || async {
+        v.status(&leaked).await == 401
+    })
+    .await;
+    assert_eq!(
+        s.get(&format!("/v1/apps/{app}/me"), Some(&leaked))
+            .await
+            .status,
+        401
+    );
+    // The new key signs at once, and its tokens verify.
+    let fresh = s.login(&app, "ann@example.com").await;
+    let token = fresh["access_token"].as_str().unwrap();
+    assert_eq!(header_of(token)["kid"], new_kid.as_str());
+    assert_eq!(v.status(token).await, 200);
+
+    let keys = s.get("/v1/admin/keys", Some(ADMIN_TOKEN)).await.json();
+    let state_of = |kid: &str| {
+        keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == kid)
+            .map(|k| k["state"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(state_of(&leaked_kid).as_deref(), Some("withdrawn"));
+    assert_eq!(state_of(&new_kid).as_deref(), Some("active"));
+    let audited = s
+        .sql_value(
+            "SELECT details::text FROM audit_events WHERE event = 'keys.rotated' \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .await;
+    let details: serde_json::Value = serde_json::from_str(audited.as_str().unwrap()).unwrap();
+    assert_eq!(details["emergency"], true);
+    assert_eq!(details["withdrawn"], leaked_kid.as_str());
+    assert_eq!(details["reason"], reason);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushed_redis_is_healed_by_the_reconciler() {
     let s = Stack::start().await;
