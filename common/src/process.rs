@@ -1,9 +1,24 @@
-//! What both binaries do as processes: install the Prometheus recorder, and wait for the
-//! signal to shut down.
+//! What both binaries do as processes: log, install the Prometheus recorder, and wait for
+//! the signal to shut down.
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Logs to stderr, filtered by `PORTCULLIS_LOG` (`tracing` syntax, default `info`), in
+/// colour only when stderr is a terminal and `NO_COLOR` is unset: a log file or a
+/// collector gets plain text.
+pub fn init_logging() {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .init();
+}
 
 /// The `metrics` recorder is process-global by design of the facade; installing it twice
 /// (several servers in one test process) reuses the first.

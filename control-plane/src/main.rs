@@ -5,15 +5,9 @@
 use std::process::ExitCode;
 
 use portcullis_control_plane::config::{Config, ProcessEnv};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    portcullis_common::process::init_logging();
     let config = match Config::from_env(&ProcessEnv) {
         Ok(c) => c,
         Err(e) => {

@@ -25,6 +25,11 @@ impl Drop for Process {
 }
 
 fn spawn(vars: &[(&str, String)]) -> Process {
+    spawn_logging(vars, Stdio::null())
+}
+
+/// [`spawn`], with stderr (the log) to `log`.
+fn spawn_logging(vars: &[(&str, String)], log: Stdio) -> Process {
     let port = portcullis_tests::free_port();
     let http: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let child = Command::new(BIN)
@@ -37,7 +42,7 @@ fn spawn(vars: &[(&str, String)]) -> Process {
         .env("PORTCULLIS_VERIFIER_ISSUER", ISS)
         .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     Process { child, http }
@@ -91,10 +96,14 @@ async fn sigterm_drains_and_exits_cleanly() {
     let dir = temp_dir("sigterm");
     let key = signing_key(41);
     std::fs::write(dir.join("jwks.json"), jwks_of(&[&key])).unwrap();
-    let mut p = spawn(&[(
-        "PORTCULLIS_VERIFIER_JWKS_FILE",
-        dir.join("jwks.json").display().to_string(),
-    )]);
+    let log = dir.join("verifier.log");
+    let mut p = spawn_logging(
+        &[(
+            "PORTCULLIS_VERIFIER_JWKS_FILE",
+            dir.join("jwks.json").display().to_string(),
+        )],
+        std::fs::File::create(&log).unwrap().into(),
+    );
     eventually(Duration::from_secs(10), || ready(p.http)).await;
     assert_eq!(
         verify(p.http, &live_token(&key, &new_id(), &new_id()))
@@ -119,6 +128,10 @@ async fn sigterm_drains_and_exits_cleanly() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(status.expect("exited within 5 s").code(), Some(0));
+    // A log written to a file is plain text: no colour codes.
+    let written = std::fs::read_to_string(&log).unwrap();
+    assert!(written.contains("shutdown requested"), "{written}");
+    assert!(!written.contains('\x1b'), "{written:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
