@@ -328,6 +328,18 @@ class MinimalInstallTest(ChartTestCase):
             self.assertNotIn(var, env(c))
         self.assertIn("checksum/secret", d["spec"]["template"]["metadata"]["annotations"])
 
+    def test_private_egress_under_either_name(self) -> None:
+        self.assertNotIn("PORTCULLIS_EGRESS_ALLOW_PRIVATE", env(self.control_plane(MINIMAL)))
+        for name in ["egressAllowPrivate", "webhookAllowPrivate"]:
+            values = merged(MINIMAL, {"controlPlane": {"config": {name: True}}})
+            c = self.control_plane(values)
+            self.assertEqual(env_value(c, "PORTCULLIS_EGRESS_ALLOW_PRIVATE"), "true", name)
+
+    @staticmethod
+    def control_plane(values: dict[str, Any]) -> dict:
+        d = by_kind(render(CHART, values), "Deployment")["auth-portcullis-control-plane"]
+        return containers(d)["control-plane"]
+
     def test_chart_secret_holds_the_values(self) -> None:
         import base64
 
