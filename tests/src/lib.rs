@@ -28,6 +28,8 @@
 //!   validator), installed once into a cache directory.
 //! - [`github::GitHubStandIn`]: GitHub's OAuth app flow (authorize, access token, the
 //!   user API) on loopback, recording what it is sent.
+//! - [`browser::run`]: a headless Chromium (Debian's `chromium`, driven by npm
+//!   `playwright-core`) with a WebAuthn virtual authenticator, for the passkey tests.
 //!
 //! Servers are independent of each other, so tests using them can run in parallel:
 //! give every test its own server. Dropping a server kills its process and removes its
@@ -44,9 +46,11 @@
 //! When the tests run as root, PostgreSQL (which refuses to run as root) is run as the
 //! `postgres` system user.
 
+pub mod browser;
 pub mod github;
 pub mod http;
 pub mod mail;
+mod npm;
 pub mod oidc;
 mod postgres;
 mod processes;
@@ -99,6 +103,22 @@ where
 
 /// Ports handed out by [`free_port`] in this process, never handed out twice.
 static HANDED_OUT_PORTS: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// This crate's directory (`tests/`) in the checkout being tested, found at run time: a
+/// compile-time `env!("CARGO_MANIFEST_DIR")` would keep the path of whichever checkout
+/// first built a shared target directory (cargo does not rebuild a moved workspace).
+pub fn crate_dir() -> std::path::PathBuf {
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .and_then(|running| {
+            running
+                .ancestors()
+                .map(|dir| dir.join("tests"))
+                .find(|dir| dir.join("src/lib.rs").is_file() && dir.join("oidc").is_dir())
+        })
+        .unwrap_or_else(|| built.to_path_buf())
+}
 
 /// Returns a TCP port on 127.0.0.1 that was free a moment ago.
 ///

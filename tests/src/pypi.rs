@@ -35,7 +35,7 @@ pub fn python() -> Result<PathBuf> {
 }
 
 fn requirements() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("pypi/requirements.txt")
+    crate::crate_dir().join("pypi/requirements.txt")
 }
 
 fn install() -> Result<PathBuf> {

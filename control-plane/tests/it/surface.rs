@@ -153,15 +153,19 @@ async fn openapi_health_and_metrics() {
     let doc = r.json();
     // The published document is part of the contract: a change to it shows up here (and in
     // review) as a change to the snapshot. `UPDATE_OPENAPI=1` rewrites it.
-    let snapshot = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openapi.json");
+    // The directory at run time (not `env!`): a shared target directory may have been
+    // built from another checkout.
+    let snapshot = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap())
+        .join("tests/openapi.json");
     let rendered = serde_json::to_string_pretty(&doc).unwrap() + "\n";
     if std::env::var_os("UPDATE_OPENAPI").is_some() {
-        std::fs::write(snapshot, &rendered).unwrap();
+        std::fs::write(&snapshot, &rendered).unwrap();
     }
-    let expected = std::fs::read_to_string(snapshot).unwrap();
+    let expected = std::fs::read_to_string(&snapshot).unwrap();
     assert!(
         rendered == expected,
-        "/openapi.json differs from {snapshot}; if the change is meant, rerun with UPDATE_OPENAPI=1"
+        "/openapi.json differs from {}; if the change is meant, rerun with UPDATE_OPENAPI=1",
+        snapshot.display()
     );
     // Valid OpenAPI 3.1 by an independent validator (which also refuses a repeated
     // operationId), and every operation named once, readably.

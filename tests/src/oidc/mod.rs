@@ -18,8 +18,9 @@
 //!
 //! The npm packages are installed once per version of the lock file into
 //! `${XDG_CACHE_HOME:-$HOME/.cache}/portcullis-oidc/<hash>/` (`npm ci`, from the npm
-//! registry or npm's own cache), the first time a test needs them; later runs start at
-//! once. Missing `node` or `npm` produce an error naming the Debian packages.
+//! registry or npm's own cache; this crate's `npm` module), the first time a test needs
+//! them; later runs start at once. Missing `node` or `npm` produce an error naming the
+//! Debian packages.
 //!
 //! Not a mock and not for production: the accounts have no passwords, and nothing is
 //! persisted.
@@ -28,9 +29,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{self, Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -41,10 +40,14 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpStream;
 
+use crate::npm::{self, missing_node};
 use crate::{
-    ENSURE_DEPS_HINT, LOG_BANNER, POLL_INTERVAL, TempDir, cache_dir, find_binary, fnv1a, free_port,
-    log_tail, open_log, percent_encode, retry, wait_timeout,
+    LOG_BANNER, POLL_INTERVAL, TempDir, find_binary, free_port, log_tail, open_log, percent_encode,
+    retry,
 };
+// The unit tests (`tests.rs`, through `super::*`) check the cache directories' hash.
+#[cfg(test)]
+use crate::fnv1a;
 
 use self::browser::*;
 
@@ -55,8 +58,6 @@ mod tests;
 
 /// How long Node.js may take to print the provider's ready line.
 const OIDC_READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long `npm ci` may take (a cold npm cache downloads ~100 small packages).
-const NPM_INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// The start of the line `provider.mjs` prints once it listens.
 const READY_LINE: &str = "oidc-provider ready on ";
 /// Bound on one HTTP exchange of [`OidcProvider::sign_in`].
@@ -182,7 +183,7 @@ impl OidcProvider {
         default_claims: bool,
     ) -> Result<Self> {
         let node = find_binary("node").ok_or_else(missing_node)?;
-        let modules = installed_modules()?;
+        let modules = npm::installed(&source_dir(), "portcullis-oidc")?;
         let dir = TempDir::new("oidc")?;
         // ES modules resolve packages next to the importing file (NODE_PATH is ignored
         // for `import`): the script runs from its own directory, beside a link to the
@@ -446,16 +447,9 @@ enum Consent {
     Deny,
 }
 
-fn missing_node() -> anyhow::Error {
-    anyhow!(
-        "node or npm not found on PATH: install them with 'apt-get install nodejs npm' \
-         {ENSURE_DEPS_HINT}"
-    )
-}
-
 /// `tests/oidc`: the provider's script, package.json and package-lock.json.
 fn source_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("oidc")
+    crate::crate_dir().join("oidc")
 }
 
 /// The log's lines written since its last banner (this start's).
@@ -464,105 +458,6 @@ fn this_run(log: &Path) -> String {
     match text.rfind(LOG_BANNER) {
         Some(start) => text[start..].to_owned(),
         None => text,
-    }
-}
-
-/// `node_modules` of `tests/oidc/package-lock.json`, installed on first use.
-///
-/// One directory per lock file content (plus package.json) under the cache directory.
-/// An install runs `npm ci` in a private temporary directory and renames it into place
-/// when complete: a directory under its final name is always whole, so processes
-/// racing to install (nextest, parallel `cargo test` runs) cost at most a duplicate
-/// download, never a half-installed tree. Within this process a mutex makes the tests
-/// wait for one install.
-fn installed_modules() -> Result<PathBuf> {
-    static INSTALLED: Mutex<Option<PathBuf>> = Mutex::new(None);
-    let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(modules) = installed.as_ref() {
-        return Ok(modules.clone());
-    }
-    let modules = install(&source_dir(), &cache_dir("portcullis-oidc"))?;
-    *installed = Some(modules.clone());
-    Ok(modules)
-}
-
-/// Installs the packages of `source`'s lock file under `cache` unless there already;
-/// returns the `node_modules` directory.
-fn install(source: &Path, cache: &Path) -> Result<PathBuf> {
-    const FILES: [&str; 2] = ["package.json", "package-lock.json"];
-    let mut manifest = Vec::new();
-    for file in FILES {
-        let path = source.join(file);
-        manifest.extend(fs::read(&path).with_context(|| format!("reading {}", path.display()))?);
-        manifest.push(0);
-    }
-    let done = cache.join(format!("{:016x}", fnv1a(&manifest)));
-    let modules = done.join("node_modules");
-    if modules.join("oidc-provider").join("package.json").is_file() {
-        return Ok(modules);
-    }
-
-    let npm = find_binary("npm").ok_or_else(missing_node)?;
-    fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let tmp = cache.join(format!(
-        ".install-{}-{}",
-        process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let result = npm_ci(&npm, source, &tmp, &FILES).and_then(|()| {
-        match fs::rename(&tmp, &done) {
-            Ok(()) => Ok(()),
-            // Another process finished first: its tree is as good as ours.
-            Err(_) if modules.join("oidc-provider").join("package.json").is_file() => Ok(()),
-            Err(err) => Err(anyhow!(
-                "renaming {} to {}: {err}",
-                tmp.display(),
-                done.display()
-            )),
-        }
-    });
-    let _ = fs::remove_dir_all(&tmp);
-    result.map(|()| modules)
-}
-
-/// `npm ci` of `source`'s `files` copied into `dir`, bounded by [`NPM_INSTALL_TIMEOUT`].
-fn npm_ci(npm: &Path, source: &Path, dir: &Path, files: &[&str]) -> Result<()> {
-    for file in files {
-        fs::copy(source.join(file), dir.join(file))
-            .with_context(|| format!("copying {file} to {}", dir.display()))?;
-    }
-    let log = dir.join("npm.log");
-    let (stdout, stderr) = open_log(&log, "npm ci")?;
-    let mut child = Command::new(npm)
-        // --ignore-scripts: none of these packages needs an install script; none runs.
-        .args([
-            "ci",
-            "--ignore-scripts",
-            "--no-audit",
-            "--no-fund",
-            "--prefer-offline",
-        ])
-        .current_dir(dir)
-        .env("npm_config_update_notifier", "false")
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .with_context(|| format!("spawning {} ci", npm.display()))?;
-    match wait_timeout(&mut child, NPM_INSTALL_TIMEOUT) {
-        Some(status) if status.success() => Ok(()),
-        Some(status) => bail!("npm ci of tests/oidc failed ({status}); {}", log_tail(&log)),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "npm ci of tests/oidc took over {NPM_INSTALL_TIMEOUT:?}; {}",
-                log_tail(&log)
-            )
-        }
     }
 }
 
