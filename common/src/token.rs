@@ -65,6 +65,11 @@ pub enum Amr {
     Magic,
     Oauth,
     Guest,
+    /// A key held in hardware proved possession (a passkey that cannot leave its device,
+    /// RFC 8176).
+    Hwk,
+    /// A key that may be synced between devices proved possession (a synced passkey).
+    Swk,
 }
 /// Signs raw header and payload bytes into a compact JWS (RFC 7515 §7.1) with Ed25519.
 /// The control plane signs its access tokens here; tests also sign malformed JSON with it.

@@ -10,6 +10,7 @@ pub mod mailings;
 pub mod messages;
 pub mod one_time;
 pub mod owners;
+pub mod passkeys;
 pub mod passwords;
 pub mod revocations;
 pub mod roles;

@@ -7,5 +7,6 @@ pub mod delivery;
 pub mod maintenance;
 pub mod mfa;
 pub mod oauth;
+pub mod passkeys;
 pub mod recovery;
 pub mod signin;

@@ -16,9 +16,11 @@ use super::extract::{AppAdmin, JsonBody};
 use super::{created, expiry_patch};
 use crate::domain::Ctx;
 use crate::domain::audit::Actor;
+use crate::domain::passkeys::PasskeyView;
 use crate::domain::users::{self, Changes, NewUser, User, UserView, check_roles};
 use crate::flows::account;
 use crate::flows::admin;
+use crate::flows::passkeys::manage;
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
@@ -26,6 +28,8 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
         .routes(routes!(get_one, patch, delete))
+        .routes(routes!(list_passkeys))
+        .routes(routes!(delete_passkey))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -216,5 +220,39 @@ async fn delete(
 ) -> ApiResult<Response> {
     let user = find_user(&state, app.id, &id).await?;
     account::delete_user(&state.pool, &state.publisher, &user, Actor::Admin, &ctx).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A user's passkeys.
+#[utoipa::path(get, path = "/v1/apps/{app}/users/{id}/passkeys", operation_id = "listUserPasskeys", tag = "admin",
+    params(("app" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = Vec<PasskeyView>), (status = 404, body = Problem)))]
+async fn list_passkeys(
+    State(state): State<AppState>,
+    AppAdmin(app): AppAdmin,
+    Path((_, id)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<PasskeyView>>> {
+    let user = find_user(&state, app.id, &id).await?;
+    Ok(Json(manage::list(state.mfa(), user.id).await?))
+}
+
+/// Delete a user's passkey (refused when it is their last way to sign in). Their sessions
+/// stay: revoke them with `PATCH …/users/{id}` and `revoke_tokens`.
+#[utoipa::path(delete, path = "/v1/apps/{app}/users/{id}/passkeys/{passkey}", operation_id = "deleteUserPasskey", tag = "admin",
+    params(("app" = String, Path), ("id" = String, Path), ("passkey" = String, Path)),
+    responses((status = 204, description = "deleted"),
+              (status = 403, description = "forbidden: the last way to sign in", body = Problem),
+              (status = 404, body = Problem)))]
+async fn delete_passkey(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    AppAdmin(app): AppAdmin,
+    Path((_, id, passkey)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    let user = find_user(&state, app.id, &id).await?;
+    let passkey = passkey
+        .parse::<Uuid>()
+        .map_err(|_| ApiError::not_found("passkey"))?;
+    manage::delete(state.mfa(), &app, user.id, passkey, Actor::Admin, &ctx).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -322,6 +322,9 @@ pub mod route {
     EmailVerify = "email-verify",
     MagicLink = "magic-link",
     MagicLinkVerify = "magic-link-verify",
+    PasskeyBegin = "passkey-begin",
+    PasskeyFinish = "passkey-finish",
+    LoginMfaPasskey = "login-mfa-passkey",
     }
 }
 

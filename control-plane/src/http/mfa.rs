@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use webauthn_rs::prelude::PublicKeyCredential;
 
 use super::error::{ApiError, ApiResult, Problem};
 use super::extract::{JsonBody, LiveApp, PublicApp, SignedIn, limit_ip, route, signed_in};
@@ -17,12 +18,13 @@ use crate::domain::Ctx;
 use crate::domain::factors::{self, Channel, Enrolled, Method};
 use crate::domain::tokens::Tokens;
 use crate::flows::mfa::{Proof, enrol};
-use crate::flows::signin::stepup;
+use crate::flows::signin::stepup::{self, Answer};
 use crate::state::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(login_mfa))
+        .routes(routes!(login_mfa_passkey))
         .routes(routes!(factors))
         .routes(routes!(totp_setup))
         .routes(routes!(totp_verify))
@@ -36,9 +38,35 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 pub(super) struct SecondStep {
     mfa_token: String,
     method: Method,
-    code: String,
+    /// The code, for every method but `webauthn`.
+    code: Option<String>,
+    /// For `webauthn`: the `PublicKeyCredential` from `navigator.credentials.get()` with
+    /// the options of `/login/mfa/webauthn`, as JSON.
+    #[schema(value_type = Option<Object>)]
+    credential: Option<PublicKeyCredential>,
     #[serde(default)]
     options: SignInOptions,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub(super) struct StepUpToken {
+    mfa_token: String,
+}
+
+/// The passkey request options of a sign-in that answered `mfa_required` with `webauthn`
+/// among its methods; then `/login/mfa` with `method: "webauthn"` and the `credential`.
+#[utoipa::path(post, path = "/v1/apps/{app}/login/mfa/webauthn", operation_id = "loginMfaPasskeyOptions", tag = "mfa", params(("app" = String, Path)),
+    request_body = StepUpToken,
+    responses((status = 200, description = "`{\"publicKey\": PublicKeyCredentialRequestOptions}`", body = Object),
+              (status = 401, description = "invalid_mfa_token", body = Problem)))]
+async fn login_mfa_passkey(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PublicApp(app, _): PublicApp<route::LoginMfaPasskey>,
+    JsonBody(body): JsonBody<StepUpToken>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let options = stepup::passkey_options(state.signin(), &app, &body.mfa_token, &ctx).await?;
+    Ok(Json(options))
 }
 
 /// Complete a sign-in that answered `mfa_required`: the `mfa_token` with a code of one of
@@ -54,12 +82,21 @@ async fn login_mfa(
     PublicApp(app, _): PublicApp<route::LoginMfa>,
     JsonBody(body): JsonBody<SecondStep>,
 ) -> ApiResult<Response> {
+    let answer = match (&body.credential, &body.code) {
+        (Some(credential), _) => Answer::Passkey(credential),
+        (None, Some(code)) => Answer::Code(code),
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "code (or, for webauthn, credential) is required",
+            ));
+        }
+    };
     let tokens = stepup::finish(
         state.signin(),
         &app,
         &body.mfa_token,
         body.method,
-        &body.code,
+        answer,
         &ctx,
     )
     .await?;

@@ -34,6 +34,7 @@ mod oauth;
 mod ops;
 mod owners;
 mod pages;
+mod passkeys;
 mod recovery;
 mod roles;
 mod users;
@@ -62,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .merge(me::routes())
         .merge(recovery::routes())
         .merge(mfa::routes())
+        .merge(passkeys::routes())
         .merge(oauth::routes())
         .merge(admin::routes())
         .merge(audit::routes())

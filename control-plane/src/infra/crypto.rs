@@ -100,6 +100,12 @@ impl Secrets {
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
 
+    /// The key of the decoy passkey credential ids shown for an account without passkeys
+    /// (the same ones every time for one name, so no answer tells the two apart).
+    pub fn decoy_key(&self) -> Vec<u8> {
+        self.code_mac(b"passkey decoy credential ids v1", "")
+    }
+
     /// What the database stores for a low-entropy code (a 6-digit OTP, a recovery code):
     /// HMAC-SHA256 under a server key, bound to `context` (the code's row or its user), so a
     /// stolen table cannot be brute-forced offline.

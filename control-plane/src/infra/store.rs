@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("../../migrations/0004_webhooks.sql")),
     (5, include_str!("../../migrations/0005_oauth.sql")),
     (6, include_str!("../../migrations/0006_key_withdrawal.sql")),
+    (7, include_str!("../../migrations/0007_passkeys.sql")),
 ];
 
 /// Advisory lock key for migrations ("portcull" in ASCII).

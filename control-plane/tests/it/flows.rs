@@ -259,7 +259,17 @@ async fn a_totp_step_up_takes_a_fresh_code_once_and_a_recovery_code_once() {
     assert_eq!(c.methods, [Method::Totp, Method::RecoveryCode]);
     let finish = |token: String, method, code: String, at| {
         let (deps, app) = (w.state.signin(), w.app.clone());
-        async move { stepup::finish(deps, &app, &token, method, &code, &ctx(at)).await }
+        async move {
+            stepup::finish(
+                deps,
+                &app,
+                &token,
+                method,
+                stepup::Answer::Code(&code),
+                &ctx(at),
+            )
+            .await
+        }
     };
     // The code that confirmed the factor is spent; a wrong one is wrong.
     for code in [oathtool(&secret, t0), "000000".to_owned()] {

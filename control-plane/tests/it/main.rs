@@ -15,6 +15,8 @@ mod mfa;
 mod oauth;
 mod oauth_github;
 mod owners_apps;
+mod passkeys;
+mod passkeys_browser;
 mod recovery;
 mod refresh;
 mod roles;

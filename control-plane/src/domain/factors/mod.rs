@@ -52,6 +52,8 @@ pub enum Method {
     RecoveryCode,
     Sms,
     Email,
+    /// A passkey (`/login/mfa/webauthn` gives the options, `credential` the answer).
+    Webauthn,
 }
 
 /// A channel for one-time codes.

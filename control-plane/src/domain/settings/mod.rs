@@ -5,9 +5,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use self::passkeys::PasskeySettings;
 use self::providers::OAuthProvider;
 use crate::infra::captcha::{CaptchaSettings, SECRET_MASK};
 
+pub mod passkeys;
 pub mod providers;
 
 /// Settings refused, or a stored secret in them that does not open.
@@ -52,6 +54,9 @@ pub struct AppSettings {
     pub cookies: CookieSettings,
     /// Social login providers (`/oauth/{name}/…`); client secrets sealed, shown masked.
     pub oauth_providers: Vec<OAuthProvider>,
+    /// Passkeys (WebAuthn); absent: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passkeys: Option<PasskeySettings>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -161,6 +166,7 @@ impl Default for AppSettings {
             captcha: None,
             cookies: CookieSettings::default(),
             oauth_providers: Vec::new(),
+            passkeys: None,
         }
     }
 }
@@ -275,6 +281,9 @@ impl AppSettings {
                 .map_err(|why| SettingsError::Invalid(why.into()))?;
         }
         providers::validate(&self.oauth_providers)?;
+        if let Some(passkeys) = &self.passkeys {
+            passkeys.validate()?;
+        }
         let c = &self.cookies;
         check(
             cookie_name_ok(&c.access_name)

@@ -18,6 +18,7 @@ use crate::domain::apps::App;
 use crate::domain::audit::{self, Event};
 use crate::domain::identities::{self, Asserted, Flow, NewFlow};
 use crate::domain::one_time::{self, Purpose};
+use crate::domain::passkeys;
 use crate::domain::settings::providers::{OAuthProvider, ProviderKind};
 use crate::domain::users::{self, NewUser, User};
 use crate::flows::mfa::{self, Proof};
@@ -526,8 +527,8 @@ pub async fn confirm_link(
     Ok(())
 }
 
-/// Unlinks `provider` from `user`, unless it is the last way to sign in (no password and
-/// no other identity).
+/// Unlinks `provider` from `user`, unless it is the last way to sign in (no password, no
+/// other identity, no passkey).
 pub async fn unlink(
     deps: Deps<'_>,
     app: Uuid,
@@ -542,7 +543,10 @@ pub async fn unlink(
     if this == 0 {
         return Err(OAuthError::NotLinked);
     }
-    if others == 0 && !users::has_password_in(&tx, user.id).await? {
+    if others == 0
+        && !users::has_password_in(&tx, user.id).await?
+        && passkeys::count_in(&tx, user.id).await? == 0
+    {
         return Err(OAuthError::LastWayIn);
     }
     identities::unlink_in(&tx, user.id, provider).await?;

@@ -73,7 +73,9 @@ pub enum OAuthError {
     CodeUsed(&'static str),
     #[error("linked identity not found")]
     NotLinked,
-    #[error("this is the last way to sign in: set a password or link another provider first")]
+    #[error(
+        "this is the last way to sign in: set a password, add a passkey or link another provider first"
+    )]
     LastWayIn,
     /// The request's fault; the text says what (for the client).
     #[error("{0}")]

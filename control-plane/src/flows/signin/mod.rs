@@ -1,9 +1,11 @@
 //! Signing in, and what a signed-in session does with its tokens: password login,
 //! registration and guests ([`password`]), the second step when a factor is needed
 //! ([`stepup`]), and the session itself: started, its refresh token rotated, ended
-//! ([`session`]). Every other way in (a magic link, a social login) ends in
+//! ([`session`]). A passkey ([`passkey`]) is two factors at once and starts the session
+//! itself; every other way in (a magic link, a social login) ends in
 //! [`after_first_factor`].
 
+pub mod passkey;
 pub mod password;
 pub mod session;
 pub mod stepup;
@@ -22,6 +24,7 @@ use crate::domain::passwords::PasswordError;
 use crate::domain::tokens::Tokens;
 use crate::domain::users::{User, UserError};
 use crate::flows::mfa::MfaError;
+use crate::flows::passkeys::PasskeyError;
 use crate::infra::captcha::{Captcha, CaptchaError};
 use crate::infra::clock;
 use crate::infra::crypto::{HashError, PasswordHasherPool, Secrets};
@@ -92,6 +95,8 @@ pub enum SignInError {
     Mfa(#[from] MfaError),
     #[error(transparent)]
     Factor(#[from] FactorError),
+    #[error(transparent)]
+    Passkey(#[from] PasskeyError),
     #[error(transparent)]
     Mail(#[from] MailError),
     #[error(transparent)]

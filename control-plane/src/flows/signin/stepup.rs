@@ -9,13 +9,16 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 use uuid::Uuid;
+use webauthn_rs::prelude::PublicKeyCredential;
 
+use super::passkey::{check_step_up, step_up_options};
 use super::session::{self, Subject};
 use super::{Deps, SignInError};
 use crate::domain::Ctx;
 use crate::domain::apps::App;
 use crate::domain::factors::{self, Channel, MAX_ATTEMPTS, Method};
 use crate::domain::one_time::{self, Purpose};
+use crate::domain::passkeys;
 use crate::domain::settings::MfaPolicy;
 use crate::domain::tokens::Tokens;
 use crate::domain::users::{self, User};
@@ -61,6 +64,9 @@ pub async fn methods_for(
             _ => None,
         })
         .collect();
+    if app.settings.passkeys.is_some() && passkeys::count_in(client, user.id).await? > 0 {
+        methods.insert(0, Method::Webauthn);
+    }
     if !methods.is_empty() && e.recovery_codes_left > 0 {
         methods.push(Method::RecoveryCode);
     }
@@ -129,13 +135,38 @@ fn offered(found: &one_time::Found) -> Vec<Method> {
         .unwrap_or_default()
 }
 
-/// `POST /login/mfa`: checks `code` for `method` against the step-up `mfa_token`.
+/// What `/login/mfa` presents for the method: a code, or a passkey's answer.
+#[derive(Debug, Clone, Copy)]
+pub enum Answer<'a> {
+    Code(&'a str),
+    Passkey(&'a PublicKeyCredential),
+}
+
+/// `POST /login/mfa/webauthn`: the passkey request options of the step-up `mfa_token`
+/// (when it offers `webauthn`); a new call replaces the previous challenge.
+pub async fn passkey_options(
+    deps: Deps<'_>,
+    app: &App,
+    mfa_token: &str,
+    ctx: &Ctx,
+) -> Result<Value, SignInError> {
+    let client = deps.pool.get().await?;
+    let found = step_up(&client, app, mfa_token, ctx.now, false).await?;
+    if !offered(&found).contains(&Method::Webauthn) {
+        return Err(SignInError::Invalid(
+            "a passkey is not offered for this sign-in".into(),
+        ));
+    }
+    step_up_options(&client, app, found.user, &digest(mfa_token), ctx.now).await
+}
+
+/// `POST /login/mfa`: checks the answer for `method` against the step-up `mfa_token`.
 pub async fn complete(
     deps: Deps<'_>,
     app: &App,
     mfa_token: &str,
     method: Method,
-    code: &str,
+    answer: Answer<'_>,
     ctx: &Ctx,
 ) -> Result<Passed, SignInError> {
     let mut client = deps.pool.get().await?;
@@ -151,15 +182,32 @@ pub async fn complete(
     // Locked: two concurrent tries with one token are counted one after the other.
     let found = step_up(&tx, app, mfa_token, ctx.now, true).await?;
     let (secrets, user, now) = (deps.secrets, found.user, ctx.now);
-    let ok = match method {
-        Method::Totp => factors::check_totp_in(&tx, secrets, user, code, now, None).await?,
-        Method::RecoveryCode => {
+    let mut key_amr = Vec::new();
+    let ok = match (method, answer) {
+        (Method::Webauthn, Answer::Passkey(credential)) => {
+            match check_step_up(&tx, app, user, &hash, credential, ctx).await? {
+                Some(amr) => {
+                    key_amr = amr;
+                    true
+                }
+                None => false,
+            }
+        }
+        (Method::Webauthn, Answer::Code(_)) | (_, Answer::Passkey(_)) => {
+            return Err(SignInError::Invalid(
+                "method webauthn takes a credential; the others a code".into(),
+            ));
+        }
+        (Method::Totp, Answer::Code(code)) => {
+            factors::check_totp_in(&tx, secrets, user, code, now, None).await?
+        }
+        (Method::RecoveryCode, Answer::Code(code)) => {
             factors::use_recovery_code_in(&tx, secrets, user, code, now, None).await?
         }
-        Method::Sms => {
+        (Method::Sms, Answer::Code(code)) => {
             factors::check_otp_in(&tx, secrets, user, &hash, Some(Channel::Sms), code, now).await?
         }
-        Method::Email => {
+        (Method::Email, Answer::Code(code)) => {
             factors::check_otp_in(&tx, secrets, user, &hash, Some(Channel::Email), code, now)
                 .await?
         }
@@ -184,8 +232,10 @@ pub async fn complete(
         .cloned()
         .and_then(|a| serde_json::from_value(a).ok())
         .unwrap_or_default();
-    if method != Method::RecoveryCode {
-        amr.push(Amr::Otp);
+    match method {
+        Method::RecoveryCode => {}
+        Method::Webauthn => amr.extend(key_amr.into_iter().filter(|a| *a != Amr::Mfa)),
+        _ => amr.push(Amr::Otp),
     }
     amr.push(Amr::Mfa);
     Ok(Passed {
@@ -229,10 +279,10 @@ pub async fn finish(
     app: &App,
     mfa_token: &str,
     method: Method,
-    code: &str,
+    answer: Answer<'_>,
     ctx: &Ctx,
 ) -> Result<Tokens, SignInError> {
-    let passed = complete(deps, app, mfa_token, method, code, ctx).await?;
+    let passed = complete(deps, app, mfa_token, method, answer, ctx).await?;
     let client = deps.pool.get().await?;
     let user = users::find(&client, app.id, passed.user)
         .await?

@@ -23,6 +23,7 @@ use crate::flows::account::AccountError;
 use crate::flows::admin::AdminError;
 use crate::flows::mfa::MfaError;
 use crate::flows::oauth::OAuthError;
+use crate::flows::passkeys::PasskeyError;
 use crate::flows::recovery::RecoveryError;
 use crate::flows::signin::SignInError;
 use crate::infra::captcha::CaptchaError;
@@ -219,6 +220,20 @@ impl From<MfaError> for ApiError {
     }
 }
 
+impl From<PasskeyError> for ApiError {
+    fn from(e: PasskeyError) -> Self {
+        use ErrorCode::*;
+        match e {
+            PasskeyError::Off | PasskeyError::Invalid(_) => Self::bad_request(e.to_string()),
+            PasskeyError::Ceremony => Self::new(InvalidState, e.to_string()),
+            PasskeyError::NotFound => Self::not_found("passkey"),
+            PasskeyError::LastWayIn => Self::new(Forbidden, e.to_string()),
+            PasskeyError::Mfa(e) => e.into(),
+            PasskeyError::Db(e) => e.into(),
+        }
+    }
+}
+
 impl From<SignInError> for ApiError {
     fn from(e: SignInError) -> Self {
         use ErrorCode::*;
@@ -235,6 +250,7 @@ impl From<SignInError> for ApiError {
             SignInError::User(e) => e.into(),
             SignInError::Mfa(e) => e.into(),
             SignInError::Factor(e) => e.into(),
+            SignInError::Passkey(e) => e.into(),
             SignInError::Mail(e) => e.into(),
             SignInError::Keys(e) => e.into(),
             SignInError::Limit(e) => e.into(),

@@ -122,6 +122,20 @@ fn every_error_variant_maps_to_its_code() {
         (OAuthError::CodeUsed("x").into(), TokenExpiredOrUsed),
         (OAuthError::NotLinked.into(), NotFound),
         (OAuthError::LastWayIn.into(), Forbidden),
+        (PasskeyError::Off.into(), InvalidRequest),
+        (PasskeyError::Ceremony.into(), InvalidState),
+        (PasskeyError::NotFound.into(), NotFound),
+        (PasskeyError::LastWayIn.into(), Forbidden),
+        (PasskeyError::Invalid("x".into()).into(), InvalidRequest),
+        (
+            PasskeyError::Mfa(MfaError::ProofRequired).into(),
+            InvalidCredentials,
+        ),
+        (PasskeyError::Db(down()).into(), Unavailable),
+        (
+            SignInError::Passkey(PasskeyError::Ceremony).into(),
+            InvalidState,
+        ),
         (OAuthError::Invalid("x").into(), InvalidRequest),
         (OAuthError::Unavailable("x".into()).into(), Unavailable),
         (
