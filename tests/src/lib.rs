@@ -24,6 +24,8 @@
 //!   sent (SMS providers, webhooks), answers a chosen status, and can go away.
 //! - [`oidc::OidcProvider`]: a real OpenID provider (npm `oidc-provider`, installed into a
 //!   cache directory on first use) with a headless sign-in through its own pages.
+//! - [`rp::RelyingParty`]: a certified OpenID relying party (npm `openid-client`, installed
+//!   like the provider's packages) as the client of an OpenID Provider under test.
 //! - [`pypi::python`]: a Python with independent checkers from PyPI (an OpenAPI 3.1
 //!   validator), installed once into a cache directory.
 //! - [`github::GitHubStandIn`]: GitHub's OAuth app flow (authorize, access token, the
@@ -58,6 +60,7 @@ pub mod pypi;
 mod redis_cluster;
 mod redis_sentinel;
 mod redis_server;
+pub mod rp;
 pub mod sink;
 pub mod tls;
 pub mod tokens;
