@@ -125,6 +125,14 @@ impl AppState {
     }
 
     /// What second factors work with.
+    pub fn provider(&self) -> crate::flows::provider::Deps<'_> {
+        crate::flows::provider::Deps {
+            signin: self.signin(),
+            public_url: &self.config.public_url,
+            tokens: &self.tokens,
+        }
+    }
+
     pub fn mfa(&self) -> mfa::Deps<'_> {
         mfa::Deps {
             pool: &self.pool,

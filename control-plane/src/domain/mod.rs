@@ -3,6 +3,8 @@
 
 pub mod apps;
 pub mod audit;
+pub mod authorizations;
+pub mod clients;
 pub mod factors;
 pub mod identities;
 pub mod keys;

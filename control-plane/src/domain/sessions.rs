@@ -97,6 +97,51 @@ pub async fn revoke_in(
         .collect())
 }
 
+/// What [`revoke_bound_in`] ends: every session of a client, or of a browser's sign-in
+/// at the provider.
+#[derive(Clone, Copy, Debug)]
+pub enum Bound {
+    Client(Uuid),
+    ProviderSession(Uuid),
+}
+
+/// Revokes the live sessions `bound` names, as [`revoke_in`] does; with their users.
+pub async fn revoke_bound_in(
+    tx: &impl GenericClient,
+    bound: Bound,
+    now: i64,
+) -> Result<Vec<(Revoked, Uuid)>, DbError> {
+    let until = crate::domain::revocation_until(now);
+    let (column, id) = match bound {
+        Bound::Client(id) => ("client_id", id),
+        Bound::ProviderSession(id) => ("provider_session", id),
+    };
+    let sql = format!(
+        "WITH r AS (
+             UPDATE sessions SET revoked_at = $1
+             WHERE {column} = $2 AND revoked_at IS NULL
+             RETURNING id, user_id),
+         i AS (
+             INSERT INTO revocations (kind, subject, until)
+             SELECT 'session', r.id::text, $3 FROM r
+             ON CONFLICT (kind, subject) DO UPDATE SET until = GREATEST(revocations.until, EXCLUDED.until))
+         SELECT id, user_id FROM r"
+    );
+    let rows = tx.q(&sql, &[&clock::at(now), &id, &until]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                Revoked {
+                    session: r.get(0),
+                    until,
+                },
+                r.get(1),
+            )
+        })
+        .collect())
+}
+
 /// Records a per-user cutoff and closes the user's sessions. Returns the cutoff: every
 /// token of `user` issued at or before it is refused.
 ///
@@ -185,13 +230,14 @@ pub async fn insert_in(
     amr: &[Amr],
     expires: OffsetDateTime,
     refresh_token: &str,
+    binding: Option<&Binding>,
     ctx: &Ctx,
 ) -> Result<Inserted, DbError> {
     let inserted = tx
         .exec(
             "INSERT INTO sessions (id, user_id, app_id, device_id, user_agent, ip, amr,
-                 created_at, last_seen_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
+                 created_at, last_seen_at, expires_at, client_id, scope, provider_session)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11, $12)",
             &[
                 &sid,
                 &user,
@@ -202,6 +248,9 @@ pub async fn insert_in(
                 &amr_names(amr),
                 &clock::at(ctx.now),
                 &expires,
+                &binding.map(|b| b.client),
+                &binding.map(|b| b.scope.as_str()),
+                &binding.and_then(|b| b.provider_session),
             ],
         )
         .await;
@@ -219,12 +268,25 @@ pub async fn insert_in(
     Ok(Inserted::Yes)
 }
 
+/// A session opened for an OAuth client (Portcullis as an OpenID Provider): its tokens
+/// carry the client's id and the granted scope, and only that client refreshes them.
+#[derive(Clone, Debug)]
+pub struct Binding {
+    pub client: Uuid,
+    /// Space-separated.
+    pub scope: String,
+    /// The browser's sign-in at the provider the session came from (ends it).
+    pub provider_session: Option<Uuid>,
+}
+
 /// A refresh token rotated: the session's user (read under a shared lock) and the session.
 #[derive(Debug)]
 pub struct Rotated {
     pub user: User,
     pub sid: Uuid,
     pub amr: Vec<Amr>,
+    /// The granted scope of a client's session.
+    pub scope: Option<String>,
 }
 
 /// Rotates the unused token `hash` of a live session of `app` to `successor_hash`, in one
@@ -237,14 +299,16 @@ pub async fn rotate(
     app: Uuid,
     hash: &[u8],
     successor_hash: &[u8],
+    for_client: Option<Uuid>,
     ctx: &Ctx,
 ) -> Result<Option<Rotated>, DbError> {
     let sql = format!(
         "WITH target AS (
-             SELECT rt.hash, s.id AS sid, s.user_id, s.amr
+             SELECT rt.hash, s.id AS sid, s.user_id, s.amr, s.scope
              FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id
              WHERE rt.hash = $1 AND rt.used_at IS NULL AND s.app_id = $2
-               AND s.revoked_at IS NULL AND s.expires_at > $3),
+               AND s.revoked_at IS NULL AND s.expires_at > $3
+               AND s.client_id IS NOT DISTINCT FROM $7),
          holder AS (
              SELECT {USER_COLUMNS} FROM users
              WHERE id = (SELECT user_id FROM target) AND active
@@ -254,13 +318,13 @@ pub async fn rotate(
              UPDATE refresh_tokens rt SET used_at = $3, successor_hash = $4
              FROM target t
              WHERE rt.hash = t.hash AND rt.used_at IS NULL AND EXISTS (SELECT 1 FROM holder)
-             RETURNING t.sid, t.amr),
+             RETURNING t.sid, t.amr, t.scope),
          successor AS (
              INSERT INTO refresh_tokens (hash, session_id) SELECT $4, sid FROM won),
          seen AS (
              UPDATE sessions SET last_seen_at = $3, ip = $5, user_agent = COALESCE($6, user_agent)
              FROM won WHERE sessions.id = won.sid)
-         SELECT holder.*, won.sid, won.amr FROM won, holder"
+         SELECT holder.*, won.sid, won.amr, won.scope FROM won, holder"
     );
     let won = client
         .q_opt(
@@ -272,6 +336,7 @@ pub async fn rotate(
                 &successor_hash,
                 &ctx.ip.to_string(),
                 &ctx.user_agent,
+                &for_client,
             ],
         )
         .await?;
@@ -282,6 +347,7 @@ pub async fn rotate(
             user: User::from_row(&row),
             sid: row.get(n),
             amr: amr_parse(&amr),
+            scope: row.get(n + 2),
         }
     }))
 }
@@ -296,22 +362,25 @@ pub struct Presented {
     pub amr: Vec<Amr>,
     /// The session is neither revoked nor expired.
     pub live: bool,
+    pub scope: Option<String>,
 }
 
-/// The refresh token `hash` of `app`, whatever its state.
+/// The refresh token `hash` of `app` (and of `for_client`'s sessions, or of none's),
+/// whatever its state.
 pub async fn presented_in(
     tx: &impl GenericClient,
     app: Uuid,
     hash: &[u8],
+    for_client: Option<Uuid>,
     now: OffsetDateTime,
 ) -> Result<Option<Presented>, DbError> {
     let row = tx
         .q_opt(
             "SELECT rt.used_at, rt.successor_hash, s.id, s.user_id, s.amr,
-                    s.revoked_at IS NULL AND s.expires_at > $3 AS live
+                    s.revoked_at IS NULL AND s.expires_at > $3 AS live, s.scope
              FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id
-             WHERE rt.hash = $1 AND s.app_id = $2",
-            &[&hash, &app, &now],
+             WHERE rt.hash = $1 AND s.app_id = $2 AND s.client_id IS NOT DISTINCT FROM $4",
+            &[&hash, &app, &now, &for_client],
         )
         .await?;
     Ok(row.map(|row| {
@@ -323,6 +392,7 @@ pub async fn presented_in(
             user: row.get(3),
             amr: amr_parse(&amr),
             live: row.get(5),
+            scope: row.get(6),
         }
     }))
 }
@@ -355,6 +425,14 @@ pub async fn session_of_refresh(
         )
         .await?;
     Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// The user of session `id`, if it exists.
+pub async fn user_of(client: &impl GenericClient, id: Uuid) -> Result<Option<Uuid>, DbError> {
+    Ok(client
+        .q_opt("SELECT user_id FROM sessions WHERE id = $1", &[&id])
+        .await?
+        .map(|r| r.get(0)))
 }
 
 /// When session `id` began, if it still exists.

@@ -54,6 +54,8 @@ pub struct Principal {
 #[derive(Debug)]
 pub struct Grant<'a> {
     pub audience: &'a str,
+    /// An OAuth client's id; none: the audience (the application itself).
+    pub client_id: Option<String>,
     pub sub: Uuid,
     pub sid: Uuid,
     pub roles: Vec<String>,
@@ -77,7 +79,7 @@ pub async fn mint(
         iss: issuer.to_owned(),
         sub: grant.sub.to_string(),
         aud: grant.audience.to_owned(),
-        client_id: grant.audience.to_owned(),
+        client_id: grant.client_id.unwrap_or_else(|| grant.audience.to_owned()),
         iat: now,
         nbf: now,
         exp: now + grant.ttl,

@@ -115,6 +115,7 @@ async fn prune(pool: &Pool, with_audit: bool) -> Result<(), DbError> {
     outbox::prune(&client).await?;
     crate::domain::one_time::prune(&client).await?;
     crate::domain::passkeys::prune(&client).await?;
+    crate::domain::authorizations::prune(&client).await?;
     crate::domain::factors::prune(&client).await?;
     if with_audit {
         audit::prune(&client).await?;

@@ -8,5 +8,6 @@ pub mod maintenance;
 pub mod mfa;
 pub mod oauth;
 pub mod passkeys;
+pub mod provider;
 pub mod recovery;
 pub mod signin;

@@ -404,16 +404,21 @@ pub async fn user_principal(
         Some(token) => token,
         None => cookie(headers, &app.settings.cookies.access_name).ok_or_else(missing_token)?,
     };
-    Ok(state
+    let app_id = app.id.to_string();
+    let principal = state
         .tokens
-        .authenticate(
-            &state.keys,
-            &state.pool,
-            token,
-            &app.id.to_string(),
-            clock::unix_now(),
-        )
-        .await?)
+        .authenticate(&state.keys, &state.pool, token, &app_id, clock::unix_now())
+        .await?;
+    // A token the provider issued to an OAuth client is for the application's services
+    // (within its scope), never for the account routes: a third party must not change the
+    // password or add a passkey with it.
+    if principal.claims.client_id != app_id {
+        return Err(ApiError::new(
+            ErrorCode::InvalidToken,
+            "this token was issued to an OAuth client: it is not accepted here",
+        ));
+    }
+    Ok(principal)
 }
 
 /// A signed-in user of the `{app}` of the path, who still exists and is enabled.

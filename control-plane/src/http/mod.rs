@@ -25,6 +25,7 @@ use crate::state::AppState;
 mod admin;
 mod apps;
 mod audit;
+mod clients;
 mod cookies;
 pub mod error;
 pub mod extract;
@@ -35,6 +36,7 @@ mod ops;
 mod owners;
 mod pages;
 mod passkeys;
+mod provider;
 mod recovery;
 mod roles;
 mod users;
@@ -64,6 +66,8 @@ pub fn router(state: AppState) -> Router {
         .merge(recovery::routes())
         .merge(mfa::routes())
         .merge(passkeys::routes())
+        .merge(provider::routes())
+        .merge(clients::routes())
         .merge(oauth::routes())
         .merge(admin::routes())
         .merge(audit::routes())

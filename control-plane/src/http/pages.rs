@@ -65,6 +65,16 @@ pub(super) fn page(
     message: &str,
     form: Option<Form<'_>>,
 ) -> Response {
+    page_with(status, title, message, form.as_slice())
+}
+
+/// An HTML page with any number of forms (a choice: allow or deny).
+pub(super) fn page_with(
+    status: StatusCode,
+    title: &str,
+    message: &str,
+    forms: &[Form<'_>],
+) -> Response {
     let mut html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
@@ -74,7 +84,7 @@ pub(super) fn page(
         t = escape(title),
         m = escape(message),
     );
-    if let Some(form) = form {
+    for form in forms {
         html.push_str(&format!(
             "<form method=\"post\" action=\"{}\">",
             escape(form.action)

@@ -256,7 +256,7 @@ async fn refresh(
     // A refresh by cookie answers with cookies, and its body leaves the refresh token out:
     // it never leaves its HttpOnly cookie.
     let by_cookie = body.refresh_token.is_none() && bearer(&headers).is_none();
-    let tokens = session::refresh(state.signin(), &app, presented, &ctx).await?;
+    let tokens = session::refresh(state.signin(), &app, presented, None, &ctx).await?;
     let mut shown = tokens.clone();
     if by_cookie {
         shown.refresh_token.clear();

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (5, include_str!("../../migrations/0005_oauth.sql")),
     (6, include_str!("../../migrations/0006_key_withdrawal.sql")),
     (7, include_str!("../../migrations/0007_passkeys.sql")),
+    (8, include_str!("../../migrations/0008_openid_provider.sql")),
 ];
 
 /// Advisory lock key for migrations ("portcull" in ASCII).

@@ -156,9 +156,15 @@ async fn a_password_sign_in_decides_between_tokens_a_step_up_and_a_refusal() {
     let refused = w.login("ann@example.com", PASSWORD, now).await.unwrap_err();
     assert!(matches!(refused, SignInError::UserDisabled), "{refused:?}");
     // And their refresh token no longer rotates (disabling revoked the session).
-    let refused = session::refresh(w.state.signin(), &w.app, &tokens.refresh_token, &ctx(now))
-        .await
-        .unwrap_err();
+    let refused = session::refresh(
+        w.state.signin(),
+        &w.app,
+        &tokens.refresh_token,
+        None,
+        &ctx(now),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(refused, SignInError::InvalidRefreshToken),
         "{refused:?}"
@@ -193,7 +199,7 @@ async fn refresh_rotates_once_forgives_a_retry_in_the_grace_window_and_kills_the
     let t0 = unix_now();
     let refresh = |token: String, at: i64| {
         let (deps, app) = (w.state.signin(), w.app.clone());
-        async move { session::refresh(deps, &app, &token, &ctx(at)).await }
+        async move { session::refresh(deps, &app, &token, None, &ctx(at)).await }
     };
 
     let second = refresh(first.refresh_token.clone(), t0).await.unwrap();

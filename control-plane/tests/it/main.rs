@@ -17,6 +17,7 @@ mod oauth_github;
 mod owners_apps;
 mod passkeys;
 mod passkeys_browser;
+mod provider;
 mod recovery;
 mod refresh;
 mod roles;

@@ -349,7 +349,10 @@ fn migrate_subcommand_applies_the_schema_once() {
         ])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1,2,3,4,5,6,7");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1,2,3,4,5,6,7,8"
+    );
     let out = Command::new(bin)
         .arg("frobnicate")
         .env_clear()

@@ -342,7 +342,9 @@ impl AppSettings {
 
 /// An absolute `http(s)://host...` URI of at most 2,000 characters, with no fragment, no
 /// whitespace and no credentials.
-fn redirect_uri_ok(uri: &str) -> bool {
+/// An absolute http(s) URI without credentials, fragment, whitespace, of at most 2000
+/// characters: what may be redirected to (or called back).
+pub fn redirect_uri_ok(uri: &str) -> bool {
     let rest = uri
         .strip_prefix("https://")
         .or_else(|| uri.strip_prefix("http://"));

@@ -5,6 +5,7 @@
 //! access away revokes the tokens it concerns.
 
 pub mod apps;
+pub mod clients;
 pub mod owners;
 pub mod roles;
 pub mod users;

@@ -85,6 +85,7 @@ pub async fn login(
     deps.limiter.forgive(failures).await;
     let grant = Grant {
         audience: OWNER_AUDIENCE,
+        client_id: None,
         sub: found.id,
         sid: Uuid::now_v7(),
         roles: Vec::new(),

@@ -109,8 +109,27 @@ pub async fn login(
     attempt: &Attempt<'_>,
     ctx: &Ctx,
 ) -> Result<SignIn, SignInError> {
-    let (login, password) = (attempt.login, attempt.password);
     let device = check_device(attempt.device_id)?;
+    let user = check(deps, app, attempt, ctx).await?;
+    let signed_in =
+        after_first_factor(deps, app, &user, vec![Amr::Pwd], device.as_deref(), ctx).await?;
+    let outcome = match signed_in {
+        SignIn::Tokens(_) => "ok",
+        SignIn::Mfa(_) => "mfa_required",
+    };
+    metrics::counter!("portcullis_logins_total", "outcome" => outcome).increment(1);
+    Ok(signed_in)
+}
+
+/// The password check of a sign-in (here, and on the OpenID Provider's page): the user
+/// the email or username names, if the password is theirs.
+pub async fn check(
+    deps: Deps<'_>,
+    app: &App,
+    attempt: &Attempt<'_>,
+    ctx: &Ctx,
+) -> Result<User, SignInError> {
+    let (login, password) = (attempt.login, attempt.password);
     // Oversized or NUL-bearing passwords are refused like wrong ones, before any hashing.
     if passwords::check_shape(password).is_err() || login.len() > 320 {
         return Err(SignInError::InvalidCredentials);
@@ -171,14 +190,7 @@ pub async fn login(
         return Err(SignInError::InvalidCredentials);
     };
     deps.limiter.forgive(failures).await;
-    let signed_in =
-        after_first_factor(deps, app, &user, vec![Amr::Pwd], device.as_deref(), ctx).await?;
-    let outcome = match signed_in {
-        SignIn::Tokens(_) => "ok",
-        SignIn::Mfa(_) => "mfa_required",
-    };
-    metrics::counter!("portcullis_logins_total", "outcome" => outcome).increment(1);
-    Ok(signed_in)
+    Ok(user)
 }
 
 /// A new guest user (no email, no password) and its session.

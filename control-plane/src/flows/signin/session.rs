@@ -9,8 +9,9 @@ use super::{Deps, SignInError};
 use crate::domain::Ctx;
 use crate::domain::apps::App;
 use crate::domain::audit::{self, Actor, Event};
+use crate::domain::clients::Client;
 use crate::domain::mailings::{self, Mailing};
-use crate::domain::sessions::{self, Inserted, Revoked, Which};
+use crate::domain::sessions::{self, Binding, Inserted, Revoked, Which};
 use crate::domain::tokens::{self, Grant, Tokens};
 use crate::domain::users::{self, NewUser, User};
 use crate::infra::clock;
@@ -27,6 +28,27 @@ pub enum Subject<'a> {
     Existing(&'a User),
 }
 
+/// The OAuth client a session's tokens are for (Portcullis as an OpenID Provider), and
+/// the scope granted to it.
+#[derive(Clone, Copy, Debug)]
+pub struct ForClient<'a> {
+    pub client: &'a Client,
+    /// Space-separated.
+    pub scope: &'a str,
+    /// The browser's sign-in at the provider the session comes from.
+    pub provider_session: Option<Uuid>,
+}
+
+impl ForClient<'_> {
+    fn binding(&self) -> Binding {
+        Binding {
+            client: self.client.id,
+            scope: self.scope.to_owned(),
+            provider_session: self.provider_session,
+        }
+    }
+}
+
 /// Starts a session and returns the user and its first tokens. A session already bound to
 /// the same device is revoked in the same transaction.
 pub async fn start(
@@ -37,9 +59,40 @@ pub async fn start(
     ctx: &Ctx,
     amr: Vec<Amr>,
 ) -> Result<(User, Tokens), SignInError> {
+    open(deps, app, subject, device, None, ctx, amr).await
+}
+
+/// Starts a session of `user` for an OAuth client: its tokens carry the client's id and
+/// the granted scope, with the client's lifetimes.
+pub async fn start_for_client(
+    deps: Deps<'_>,
+    app: &App,
+    user: &User,
+    for_client: ForClient<'_>,
+    ctx: &Ctx,
+    amr: Vec<Amr>,
+) -> Result<Tokens, SignInError> {
+    let subject = Subject::Existing(user);
+    let (_, tokens) = open(deps, app, subject, None, Some(for_client), ctx, amr).await?;
+    Ok(tokens)
+}
+
+async fn open(
+    deps: Deps<'_>,
+    app: &App,
+    subject: Subject<'_>,
+    device: Option<&str>,
+    for_client: Option<ForClient<'_>>,
+    ctx: &Ctx,
+    amr: Vec<Amr>,
+) -> Result<(User, Tokens), SignInError> {
     let refresh = random_token(32);
     let sid = Uuid::now_v7();
-    let expires = clock::at(ctx.now + app.settings.refresh_token_ttl);
+    let refresh_ttl = for_client
+        .and_then(|f| f.client.refresh_token_ttl)
+        .map_or(app.settings.refresh_token_ttl, i64::from);
+    let expires = clock::at(ctx.now + refresh_ttl);
+    let binding = for_client.map(|f| f.binding());
     let mut client = deps.pool.get().await?;
     let mut attempt = 0;
     let mut mailed = false;
@@ -76,7 +129,16 @@ pub async fn start(
             None => Vec::new(),
         };
         let inserted = sessions::insert_in(
-            &tx, sid, user.id, app.id, device, &amr, expires, &refresh, ctx,
+            &tx,
+            sid,
+            user.id,
+            app.id,
+            device,
+            &amr,
+            expires,
+            &refresh,
+            binding.as_ref(),
+            ctx,
         )
         .await?;
         // Two logins on one device at once: the loser retries and replaces the winner.
@@ -101,31 +163,64 @@ pub async fn start(
         deps.outbox.wake();
     }
     sessions::publish_sessions(deps.publisher, &replaced).await;
-    let tokens = issue(deps, app, &user, sid, refresh, amr, ctx.now).await?;
+    let issued = Issued {
+        sid,
+        refresh_token: refresh,
+        amr,
+        for_client,
+    };
+    let tokens = issue(deps, app, &user, issued, ctx.now).await?;
     Ok((user, tokens))
 }
 
-/// An access token for `user`'s session `sid`, and the refresh token beside it.
+/// What [`issue`] makes tokens of.
+struct Issued<'a> {
+    sid: Uuid,
+    refresh_token: String,
+    amr: Vec<Amr>,
+    for_client: Option<ForClient<'a>>,
+}
+
+/// An access token for `user`'s session, and the refresh token beside it. A client's token
+/// carries its id and the granted scope (and the roles only with the `roles` scope).
 async fn issue(
     deps: Deps<'_>,
     app: &App,
     user: &User,
-    sid: Uuid,
-    refresh_token: String,
-    amr: Vec<Amr>,
+    issued: Issued<'_>,
     now: i64,
 ) -> Result<Tokens, SignInError> {
-    let ttl = app.settings.access_token_ttl;
+    let Issued {
+        sid,
+        refresh_token,
+        amr,
+        for_client,
+    } = issued;
+    let ttl = for_client
+        .and_then(|f| f.client.access_token_ttl)
+        .map_or(app.settings.access_token_ttl, i64::from);
     let app_id = app.id.to_string();
+    let (client_id, scope, roles) = match for_client {
+        Some(f) => {
+            let roles = if f.scope.split(' ').any(|s| s == "roles") {
+                user.roles.clone()
+            } else {
+                Vec::new()
+            };
+            (Some(f.client.id.to_string()), f.scope.to_owned(), roles)
+        }
+        None => (None, user.scope.clone(), user.roles.clone()),
+    };
     let (access_token, claims) = tokens::mint(
         deps.keys,
         deps.issuer,
         Grant {
             audience: &app_id,
+            client_id,
             sub: user.id,
             sid,
-            roles: user.roles.clone(),
-            scope: user.scope.clone(),
+            roles,
+            scope,
             amr,
             guest: user.guest,
             ttl,
@@ -148,10 +243,14 @@ async fn issue(
 /// Rotates `presented`: exactly one concurrent caller wins (an atomic
 /// `UPDATE ... WHERE used_at IS NULL`). A token presented again within the application's
 /// grace window gets the same successor; any other reuse revokes the whole session.
+///
+/// A client's session (`for_client`) refreshes only for that client; any other only
+/// without one.
 pub async fn refresh(
     deps: Deps<'_>,
     app: &App,
     presented: &str,
+    for_client: Option<&Client>,
     ctx: &Ctx,
 ) -> Result<Tokens, SignInError> {
     if presented.is_empty() || presented.len() > sessions::MAX_REFRESH_LEN {
@@ -163,15 +262,25 @@ pub async fn refresh(
     let successor = deps.secrets.successor(presented);
     let now = clock::at(ctx.now);
     let mut client = deps.pool.get().await?;
-    if let Some(won) = sessions::rotate(&client, app.id, &hash, &digest(&successor), ctx).await? {
+    let client_id = for_client.map(|c| c.id);
+    let successor_hash = digest(&successor);
+    let rotated = sessions::rotate(&client, app.id, &hash, &successor_hash, client_id, ctx);
+    if let Some(won) = rotated.await? {
         drop(client);
         metrics::counter!("portcullis_refresh_total", "outcome" => "rotated").increment(1);
-        return issue(deps, app, &won.user, won.sid, successor, won.amr, ctx.now).await;
+        let scope = won.scope.unwrap_or_default();
+        let issued = Issued {
+            sid: won.sid,
+            refresh_token: successor,
+            amr: won.amr,
+            for_client: bound(for_client, &scope),
+        };
+        return issue(deps, app, &won.user, issued, ctx.now).await;
     }
 
     let tx = client.transaction().await?;
     // Not rotatable: unknown, expired, revoked, or already used.
-    let found = sessions::presented_in(&tx, app.id, &hash, now).await?;
+    let found = sessions::presented_in(&tx, app.id, &hash, client_id, now).await?;
     let Some(found) = found.filter(|f| f.live) else {
         metrics::counter!("portcullis_refresh_total", "outcome" => "invalid").increment(1);
         return Err(SignInError::InvalidRefreshToken);
@@ -206,7 +315,14 @@ pub async fn refresh(
                 return Err(SignInError::UserDisabled);
             }
             metrics::counter!("portcullis_refresh_total", "outcome" => "grace").increment(1);
-            return issue(deps, app, &user, found.sid, successor, found.amr, ctx.now).await;
+            let scope = found.scope.unwrap_or_default();
+            let issued = Issued {
+                sid: found.sid,
+                refresh_token: successor,
+                amr: found.amr,
+                for_client: bound(for_client, &scope),
+            };
+            return issue(deps, app, &user, issued, ctx.now).await;
         }
     }
     let which = Which::One {
@@ -232,6 +348,14 @@ pub async fn refresh(
     tracing::warn!(session = %found.sid, "refresh token reused; session revoked");
     sessions::publish_sessions(deps.publisher, &revoked).await;
     Err(SignInError::RefreshTokenReused)
+}
+
+fn bound<'a>(client: Option<&'a Client>, scope: &'a str) -> Option<ForClient<'a>> {
+    client.map(|client| ForClient {
+        client,
+        scope,
+        provider_session: None,
+    })
 }
 
 /// Revokes sessions and publishes them: the common end of logout and session deletion,

@@ -24,6 +24,7 @@ use crate::flows::admin::AdminError;
 use crate::flows::mfa::MfaError;
 use crate::flows::oauth::OAuthError;
 use crate::flows::passkeys::PasskeyError;
+use crate::flows::provider::{OAuthCode, ProviderError};
 use crate::flows::recovery::RecoveryError;
 use crate::flows::signin::SignInError;
 use crate::infra::captcha::CaptchaError;
@@ -230,6 +231,27 @@ impl From<PasskeyError> for ApiError {
             PasskeyError::LastWayIn => Self::new(Forbidden, e.to_string()),
             PasskeyError::Mfa(e) => e.into(),
             PasskeyError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<ProviderError> for ApiError {
+    fn from(e: ProviderError) -> Self {
+        use ErrorCode::*;
+        match e {
+            // The OAuth endpoints answer these in OAuth's form; a page shows them as this.
+            ProviderError::OAuth(code, detail) => match code {
+                OAuthCode::InvalidClient | OAuthCode::InvalidToken => {
+                    Self::new(InvalidCredentials, detail)
+                }
+                OAuthCode::AccessDenied | OAuthCode::UnauthorizedClient => {
+                    Self::new(Forbidden, detail)
+                }
+                _ => Self::bad_request(detail),
+            },
+            ProviderError::SignIn(e) => e.into(),
+            ProviderError::Keys(e) => e.into(),
+            ProviderError::Db(e) => e.into(),
         }
     }
 }

@@ -1,0 +1,762 @@
+//! Portcullis as an OpenID Provider (API.md §3 "OpenID Provider"): discovery, the
+//! authorization endpoint and its pages, token, UserInfo, introspection, revocation and
+//! logout, per application (issuer `{PUBLIC_URL}/v1/apps/{app}`).
+//!
+//! The OAuth endpoints answer errors as OAuth requires (RFC 6749 §5.2 JSON
+//! `{error, error_description}`; RFC 6750 `WWW-Authenticate` at UserInfo), not as problem
+//! documents: that is what every OAuth client reads. The pages carry no script, are never
+//! framed, and each form holds a CSRF token that must match a `SameSite=Strict` cookie.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{LiveApp, bearer, cookie, limit_ip};
+use super::pages::{Form, page, page_with, problem_page};
+use crate::domain::Ctx;
+use crate::domain::apps::App;
+use crate::domain::factors::Method;
+use crate::flows::provider::authorize::{self, Next, Refused, Request, SignedIn, Valid};
+use crate::flows::provider::endpoints::{self, LoggedOut, LogoutRequest};
+use crate::flows::provider::token::{self, ClientAuth, TokenRequest, TokenResponse};
+use crate::flows::provider::{OAuthCode, ProviderError, issuer};
+use crate::flows::signin::password::Attempt;
+use crate::infra::crypto::random_token;
+use crate::state::AppState;
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(discovery))
+        .routes(routes!(authorize_page, authorize_form))
+        .routes(routes!(token_endpoint))
+        .routes(routes!(userinfo_get, userinfo_post))
+        .routes(routes!(introspect))
+        .routes(routes!(revoke))
+        .routes(routes!(logout))
+}
+
+/// The browser's sign-in at the provider (an opaque secret; SSO across clients).
+const SESSION_COOKIE: &str = "portcullis_op";
+/// The double-submit CSRF token of the provider's forms.
+const CSRF_COOKIE: &str = "portcullis_op_csrf";
+
+fn cookie_path(app: &App) -> String {
+    format!("/v1/apps/{}/oauth2", app.id)
+}
+
+fn endpoint(state: &AppState, app: &App, path: &str) -> String {
+    format!("{}{path}", issuer(&state.config.public_url, app.id))
+}
+
+/// The provider's metadata (OpenID Connect Discovery 1.0, RFC 8414).
+#[utoipa::path(get, path = "/v1/apps/{app}/.well-known/openid-configuration", operation_id = "providerDiscovery", tag = "provider",
+    params(("app" = String, Path)),
+    responses((status = 200, description = "the provider's metadata", body = Object)))]
+async fn discovery(State(state): State<AppState>, LiveApp(app): LiveApp) -> Json<Value> {
+    let public = state.config.public_url.trim_end_matches('/');
+    let auth_methods = ["client_secret_basic", "client_secret_post", "none"];
+    Json(json!({
+        "issuer": issuer(&state.config.public_url, app.id),
+        "authorization_endpoint": endpoint(&state, &app, "/oauth2/authorize"),
+        "token_endpoint": endpoint(&state, &app, "/oauth2/token"),
+        "userinfo_endpoint": endpoint(&state, &app, "/oauth2/userinfo"),
+        "introspection_endpoint": endpoint(&state, &app, "/oauth2/introspect"),
+        "revocation_endpoint": endpoint(&state, &app, "/oauth2/revoke"),
+        "end_session_endpoint": endpoint(&state, &app, "/oauth2/logout"),
+        "jwks_uri": format!("{public}/.well-known/jwks.json"),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["EdDSA"],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "code_challenge_methods_supported": ["S256"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access", "roles"],
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "amr", "sid",
+                             "email", "email_verified", "name", "preferred_username", "roles"],
+        "prompt_values_supported": ["none", "login", "consent"],
+        "authorization_response_iss_parameter_supported": true,
+        "backchannel_logout_supported": false,
+        "frontchannel_logout_supported": false,
+    }))
+}
+
+/// An OAuth error as JSON (RFC 6749 §5.2), or, for anything else, the problem document.
+fn oauth_error(e: ProviderError) -> Response {
+    match e {
+        ProviderError::OAuth(code, description) => {
+            let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            let body = json!({"error": code.as_str(), "error_description": description});
+            let mut response = (status, Json(body)).into_response();
+            if code == OAuthCode::InvalidClient {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"portcullis\""),
+                );
+            }
+            no_store(&mut response);
+            response
+        }
+        other => ApiError::from(other).into_response(),
+    }
+}
+
+fn no_store(response: &mut Response) {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+/// The authorization endpoint (GET): checks the request, then signs the browser in, asks
+/// for consent, or sends the code back.
+#[utoipa::path(get, path = "/v1/apps/{app}/oauth2/authorize", operation_id = "providerAuthorize", tag = "provider",
+    params(("app" = String, Path)),
+    responses((status = 303, description = "back to the client with a code or an error"),
+              (status = 200, description = "the sign-in or consent page", content_type = "text/html"),
+              (status = 400, description = "unknown client or unregistered redirect URI: a page, no redirect", content_type = "text/html")))]
+async fn authorize_page(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    LiveApp(app): LiveApp,
+    headers: HeaderMap,
+    Query(request): Query<Request>,
+) -> Response {
+    let deps = state.provider();
+    let valid = match authorize::validate(deps, &app, &request).await {
+        Ok(valid) => valid,
+        Err(refused) => return refused_page(refused),
+    };
+    let browser = authorize::browser(deps, app.id, cookie(&headers, SESSION_COOKIE), ctx.now).await;
+    let next = match browser {
+        Ok(browser) => authorize::next(deps, &app, &valid, browser.as_ref(), false, ctx.now).await,
+        Err(e) => Err(e),
+    };
+    match next {
+        Ok(next) => show(&app, &request, &valid, next, &headers, None),
+        Err(e) => failed_page(e),
+    }
+}
+
+/// The forms of the provider's pages: the request's parameters again, the CSRF token, and
+/// what was filled in.
+#[derive(Debug, Default, Deserialize)]
+struct Submitted {
+    #[serde(flatten)]
+    request: Request,
+    csrf: Option<String>,
+    /// `sign_in`, `second_factor` or `consent`.
+    action: Option<String>,
+    login: Option<String>,
+    password: Option<String>,
+    mfa_token: Option<String>,
+    method: Option<String>,
+    code: Option<String>,
+    /// `yes` to allow (consent).
+    allow: Option<String>,
+}
+
+/// The authorization endpoint's forms (POST): sign-in, second factor, consent.
+#[utoipa::path(post, path = "/v1/apps/{app}/oauth2/authorize", operation_id = "providerAuthorizeForm", tag = "provider",
+    params(("app" = String, Path)),
+    responses((status = 303, description = "back to the client, or on to the next page"),
+              (status = 200, description = "the next page, or this one with what was wrong", content_type = "text/html")))]
+async fn authorize_form(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    LiveApp(app): LiveApp,
+    headers: HeaderMap,
+    axum::extract::Form(form): axum::extract::Form<Submitted>,
+) -> Response {
+    let deps = state.provider();
+    let csrf_ok = match (cookie(&headers, CSRF_COOKIE), form.csrf.as_deref()) {
+        (Some(a), Some(b)) => {
+            use subtle::ConstantTimeEq as _;
+            !a.is_empty() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+        }
+        _ => false,
+    };
+    if !csrf_ok {
+        return page(
+            StatusCode::FORBIDDEN,
+            "Request refused",
+            "The form expired or came from another site. Go back to the application and start again.",
+            None,
+        );
+    }
+    let valid = match authorize::validate(deps, &app, &form.request).await {
+        Ok(valid) => valid,
+        Err(refused) => return refused_page(refused),
+    };
+    let outcome = match form.action.as_deref() {
+        Some("sign_in") => sign_in(&state, &app, &form, &ctx).await,
+        Some("second_factor") => second_factor(&state, &app, &form, &ctx).await,
+        Some("consent") => consent(&state, &app, &valid, &form, &headers, &ctx).await,
+        _ => Err(ApiError::bad_request("unknown action")),
+    };
+    match outcome {
+        Ok(Step::Show(next, set)) => show(&app, &form.request, &valid, next, &headers, set),
+        Ok(Step::SecondFactor(challenge)) => {
+            second_factor_page(&app, &form.request, &headers, &challenge, None)
+        }
+        Err(e) if form.action.as_deref() == Some("sign_in") => {
+            sign_in_page(&app, &form.request, &valid, &headers, Some(&e.detail))
+        }
+        Err(e) => problem_page(&e),
+    }
+}
+
+/// What a form leads to.
+enum Step {
+    /// The next page or redirect; with a new browser session's cookie to set.
+    Show(Next, Option<String>),
+    SecondFactor(crate::flows::signin::stepup::Challenge),
+}
+
+async fn sign_in(
+    state: &AppState,
+    app: &App,
+    form: &Submitted,
+    ctx: &Ctx,
+) -> Result<Step, ApiError> {
+    limit_ip(state, app, "provider-sign-in", ctx).await?;
+    let attempt = Attempt {
+        login: form.login.as_deref().unwrap_or(""),
+        password: form.password.as_deref().unwrap_or(""),
+        device_id: None,
+        captcha_token: None,
+    };
+    let signed_in = authorize::sign_in(state.provider(), app, &attempt, ctx).await?;
+    after_sign_in(state, app, form, signed_in, ctx).await
+}
+
+async fn second_factor(
+    state: &AppState,
+    app: &App,
+    form: &Submitted,
+    ctx: &Ctx,
+) -> Result<Step, ApiError> {
+    limit_ip(state, app, "provider-sign-in", ctx).await?;
+    let method = match form.method.as_deref() {
+        Some("recovery_code") => Method::RecoveryCode,
+        Some("email") => Method::Email,
+        Some("sms") => Method::Sms,
+        _ => Method::Totp,
+    };
+    let mfa_token = form.mfa_token.as_deref().unwrap_or("");
+    let code = form.code.as_deref().unwrap_or("");
+    let signed_in =
+        authorize::second_factor(state.provider(), app, mfa_token, method, code, ctx).await?;
+    after_sign_in(state, app, form, signed_in, ctx).await
+}
+
+async fn after_sign_in(
+    state: &AppState,
+    app: &App,
+    form: &Submitted,
+    signed_in: SignedIn,
+    ctx: &Ctx,
+) -> Result<Step, ApiError> {
+    match signed_in {
+        SignedIn::SecondFactor(challenge) => Ok(Step::SecondFactor(challenge)),
+        SignedIn::Done(browser, secret) => {
+            let deps = state.provider();
+            let valid = authorize::validate(deps, app, &form.request)
+                .await
+                .map_err(|_| ApiError::bad_request("the authorization request changed"))?;
+            let next = authorize::next(deps, app, &valid, Some(&browser), true, ctx.now).await?;
+            Ok(Step::Show(next, Some(secret)))
+        }
+    }
+}
+
+async fn consent(
+    state: &AppState,
+    app: &App,
+    valid: &Valid,
+    form: &Submitted,
+    headers: &HeaderMap,
+    ctx: &Ctx,
+) -> Result<Step, ApiError> {
+    let deps = state.provider();
+    let browser = authorize::browser(deps, app.id, cookie(headers, SESSION_COOKIE), ctx.now)
+        .await?
+        .ok_or_else(|| ApiError::bad_request("sign in again: the sign-in at the provider ended"))?;
+    let allow = form.allow.as_deref() == Some("yes");
+    let to = authorize::consent(deps, app, valid, &browser, allow, ctx.now).await?;
+    Ok(Step::Show(Next::Redirect(to), None))
+}
+
+/// Renders `next`, setting the browser session's cookie when one was just opened.
+fn show(
+    app: &App,
+    request: &Request,
+    valid: &Valid,
+    next: Next,
+    headers: &HeaderMap,
+    session: Option<String>,
+) -> Response {
+    let mut response = match next {
+        Next::Redirect(to) => Redirect::to(&to).into_response(),
+        Next::SignIn => sign_in_page(app, request, valid, headers, None),
+        Next::Consent(scopes) => consent_page(app, request, valid, headers, &scopes),
+    };
+    if let Some(secret) = session {
+        let value = format!(
+            "{SESSION_COOKIE}={secret}; Path={}; Max-Age={}; HttpOnly; Secure; SameSite=Lax",
+            cookie_path(app),
+            crate::domain::authorizations::BROWSER_SESSION_SECS
+        );
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    response
+}
+
+/// The request's parameters as hidden fields, the CSRF token and the action.
+fn hidden<'a>(request: &'a Request, csrf: &'a str, action: &'a str) -> Vec<(&'a str, &'a str)> {
+    let fields = [
+        ("client_id", &request.client_id),
+        ("redirect_uri", &request.redirect_uri),
+        ("response_type", &request.response_type),
+        ("scope", &request.scope),
+        ("state", &request.state),
+        ("nonce", &request.nonce),
+        ("code_challenge", &request.code_challenge),
+        ("code_challenge_method", &request.code_challenge_method),
+        ("prompt", &request.prompt),
+        ("max_age", &request.max_age),
+        ("login_hint", &request.login_hint),
+    ];
+    let mut out: Vec<(&str, &str)> = fields
+        .iter()
+        .filter_map(|(name, value)| value.as_deref().map(|v| (*name, v)))
+        .collect();
+    out.push(("csrf", csrf));
+    out.push(("action", action));
+    out
+}
+
+/// The CSRF token: the browser's (from its cookie), or a new one (set with the page).
+fn csrf_token(headers: &HeaderMap) -> (String, bool) {
+    match cookie(headers, CSRF_COOKIE).filter(|c| c.len() == 43) {
+        Some(existing) => (existing.to_owned(), false),
+        None => (random_token(32), true),
+    }
+}
+
+fn with_csrf(mut response: Response, app: &App, csrf: &str, new: bool) -> Response {
+    if new {
+        let value = format!(
+            "{CSRF_COOKIE}={csrf}; Path={}; HttpOnly; Secure; SameSite=Strict",
+            cookie_path(app)
+        );
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    response
+}
+
+fn action(app: &App) -> String {
+    format!("/v1/apps/{}/oauth2/authorize", app.id)
+}
+
+fn sign_in_page(
+    app: &App,
+    request: &Request,
+    valid: &Valid,
+    headers: &HeaderMap,
+    error: Option<&str>,
+) -> Response {
+    let (csrf, new) = csrf_token(headers);
+    let to = action(app);
+    let fields = hidden(request, &csrf, "sign_in");
+    let form = Form {
+        action: &to,
+        hidden: &fields,
+        inputs: &[
+            ("login", "Email or username", "text"),
+            ("password", "Password", "password"),
+        ],
+        button: "Sign in",
+    };
+    let message = match error {
+        Some(e) => format!("{e}. Try again."),
+        None => format!(
+            "{} asks you to sign in with your {} account.",
+            valid.client.name, app.name
+        ),
+    };
+    let status = if error.is_some() {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    };
+    let title = format!("Sign in to {}", app.name);
+    with_csrf(page(status, &title, &message, Some(form)), app, &csrf, new)
+}
+
+fn second_factor_page(
+    app: &App,
+    request: &Request,
+    headers: &HeaderMap,
+    challenge: &crate::flows::signin::stepup::Challenge,
+    error: Option<&str>,
+) -> Response {
+    let (csrf, new) = csrf_token(headers);
+    let to = action(app);
+    let mut forms_fields = Vec::new();
+    for method in [Method::Totp, Method::RecoveryCode] {
+        if !challenge.methods.contains(&method) {
+            continue;
+        }
+        let name = if method == Method::Totp {
+            "totp"
+        } else {
+            "recovery_code"
+        };
+        let mut fields = hidden(request, &csrf, "second_factor");
+        fields.push(("mfa_token", &challenge.mfa_token));
+        fields.push(("method", name));
+        forms_fields.push((method, fields));
+    }
+    if forms_fields.is_empty() {
+        let message = "This account's second factor cannot be used on this page: sign in with an \
+                       authenticator-app code or a recovery code, or ask the application.";
+        return page(StatusCode::FORBIDDEN, "Second factor", message, None);
+    }
+    let forms: Vec<Form<'_>> = forms_fields
+        .iter()
+        .map(|(method, fields)| Form {
+            action: &to,
+            hidden: fields,
+            inputs: if *method == Method::Totp {
+                &[("code", "Code from your authenticator app", "text")]
+            } else {
+                &[("code", "A recovery code", "text")]
+            },
+            button: "Continue",
+        })
+        .collect();
+    let message = error.unwrap_or("Enter a code to finish signing in.");
+    with_csrf(
+        page_with(StatusCode::OK, "Second factor", message, &forms),
+        app,
+        &csrf,
+        new,
+    )
+}
+
+fn consent_page(
+    app: &App,
+    request: &Request,
+    valid: &Valid,
+    headers: &HeaderMap,
+    scopes: &[String],
+) -> Response {
+    let (csrf, new) = csrf_token(headers);
+    let to = action(app);
+    let mut allow = hidden(request, &csrf, "consent");
+    allow.push(("allow", "yes"));
+    let mut deny = hidden(request, &csrf, "consent");
+    deny.push(("allow", "no"));
+    let forms = [
+        Form {
+            action: &to,
+            hidden: &allow,
+            inputs: &[],
+            button: "Allow",
+        },
+        Form {
+            action: &to,
+            hidden: &deny,
+            inputs: &[],
+            button: "Deny",
+        },
+    ];
+    let message = format!(
+        "{} asks to use your {} account: {}.",
+        valid.client.name,
+        app.name,
+        scopes.join(", ")
+    );
+    with_csrf(
+        page_with(StatusCode::OK, "Allow access?", &message, &forms),
+        app,
+        &csrf,
+        new,
+    )
+}
+
+fn refused_page(refused: Refused) -> Response {
+    match refused {
+        Refused::Page(why) => page(StatusCode::BAD_REQUEST, "Invalid request", &why, None),
+        Refused::Redirect(to) => Redirect::to(&to).into_response(),
+        Refused::Failed(e) => failed_page(e),
+    }
+}
+
+fn failed_page(e: ProviderError) -> Response {
+    problem_page(&ApiError::from(e))
+}
+
+/// Client authentication from the headers and the form.
+fn client_auth<'a>(
+    headers: &HeaderMap,
+    client_id: Option<&'a str>,
+    secret: Option<&'a str>,
+) -> Result<ClientAuth<'a>, ProviderError> {
+    let basic = match headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(value) if value.len() > 6 && value[..6].eq_ignore_ascii_case("basic ") => {
+            // RFC 6749 §2.3.1: both parts form-urlencoded before the Base64.
+            let decoded = STANDARD
+                .decode(value[6..].trim())
+                .ok()
+                .and_then(|d| String::from_utf8(d).ok())
+                .and_then(|d| {
+                    let (id, secret) = d.split_once(':')?;
+                    let decode = |s: &str| {
+                        serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={s}"))
+                            .ok()
+                            .and_then(|mut v| v.pop())
+                            .map(|(_, v)| v)
+                    };
+                    Some((decode(id)?, decode(secret)?))
+                })
+                .ok_or_else(|| {
+                    crate::flows::provider::oauth(
+                        OAuthCode::InvalidClient,
+                        "malformed Basic credentials",
+                    )
+                })?;
+            Some(decoded)
+        }
+        _ => None,
+    };
+    Ok(ClientAuth {
+        basic,
+        client_id,
+        client_secret: secret,
+    })
+}
+
+/// The client authenticating a request (HTTP Basic, or its id and secret in the form).
+async fn authenticated(
+    state: &AppState,
+    app: &App,
+    headers: &HeaderMap,
+    client_id: &Option<String>,
+    client_secret: &Option<String>,
+) -> Result<crate::domain::clients::Client, ProviderError> {
+    let auth = client_auth(headers, client_id.as_deref(), client_secret.as_deref())?;
+    token::authenticate_client(state.provider(), app, &auth).await
+}
+
+/// The token endpoint: `authorization_code` (with PKCE), `refresh_token`,
+/// `client_credentials`.
+#[utoipa::path(post, path = "/v1/apps/{app}/oauth2/token", operation_id = "providerToken", tag = "provider",
+    params(("app" = String, Path)),
+    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, body = TokenResponse),
+              (status = 400, description = "RFC 6749 §5.2 error: invalid_grant, invalid_request, unsupported_grant_type, ...", body = Object),
+              (status = 401, description = "invalid_client", body = Object)))]
+async fn token_endpoint(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    LiveApp(app): LiveApp,
+    headers: HeaderMap,
+    axum::extract::Form(form): axum::extract::Form<TokenRequest>,
+) -> Response {
+    let deps = state.provider();
+    let result = async {
+        limit_ip(&state, &app, "provider-token", &ctx)
+            .await
+            .map_err(|_| {
+                crate::flows::provider::oauth(
+                    OAuthCode::InvalidRequest,
+                    "too many requests; slow down",
+                )
+            })?;
+        let client =
+            authenticated(&state, &app, &headers, &form.client_id, &form.client_secret).await?;
+        token::exchange(deps, &app, &client, &form, &ctx).await
+    }
+    .await;
+    match result {
+        Ok(tokens) => {
+            let mut response = Json(tokens).into_response();
+            no_store(&mut response);
+            response
+        }
+        Err(e) => oauth_error(e),
+    }
+}
+
+async fn userinfo(state: &AppState, app: &App, headers: &HeaderMap) -> Response {
+    let Some(token) = bearer(headers) else {
+        return bearer_error("invalid_token", "an access token is required");
+    };
+    match endpoints::userinfo(state.provider(), app, token).await {
+        Ok(claims) => Json(claims).into_response(),
+        Err(ProviderError::OAuth(_, why)) => bearer_error("invalid_token", &why),
+        Err(e) => oauth_error(e),
+    }
+}
+
+fn bearer_error(error: &str, description: &str) -> Response {
+    let challenge = format!(
+        "Bearer error=\"{error}\", error_description=\"{}\"",
+        description.replace('"', "'")
+    );
+    let mut response = StatusCode::UNAUTHORIZED.into_response();
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// UserInfo (OIDC Core 5.3): the claims the access token's scope allows.
+#[utoipa::path(get, path = "/v1/apps/{app}/oauth2/userinfo", operation_id = "providerUserinfo", tag = "provider",
+    params(("app" = String, Path)),
+    responses((status = 200, body = Object), (status = 401, description = "WWW-Authenticate: Bearer error=\"invalid_token\"")))]
+async fn userinfo_get(
+    State(state): State<AppState>,
+    LiveApp(app): LiveApp,
+    headers: HeaderMap,
+) -> Response {
+    userinfo(&state, &app, &headers).await
+}
+
+/// UserInfo by POST (OIDC Core 5.3.1).
+#[utoipa::path(post, path = "/v1/apps/{app}/oauth2/userinfo", operation_id = "providerUserinfoPost", tag = "provider",
+    params(("app" = String, Path)),
+    responses((status = 200, body = Object), (status = 401, description = "WWW-Authenticate: Bearer error=\"invalid_token\"")))]
+async fn userinfo_post(
+    State(state): State<AppState>,
+    LiveApp(app): LiveApp,
+    headers: HeaderMap,
+) -> Response {
+    userinfo(&state, &app, &headers).await
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(super) struct TokenForm {
+    token: Option<String>,
+    token_type_hint: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+/// Token introspection (RFC 7662), for confidential clients.
+#[utoipa::path(post, path = "/v1/apps/{app}/oauth2/introspect", operation_id = "providerIntrospect", tag = "provider",
+    params(("app" = String, Path)),
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "`{active, ...}`", body = Object), (status = 401, description = "invalid_client", body = Object)))]
+async fn introspect(
+    State(state): State<AppState>,
+    LiveApp(app): LiveApp,
+    headers: HeaderMap,
+    axum::extract::Form(form): axum::extract::Form<TokenForm>,
+) -> Response {
+    let deps = state.provider();
+    let _ = &form.token_type_hint;
+    let result = async {
+        let client =
+            authenticated(&state, &app, &headers, &form.client_id, &form.client_secret).await?;
+        endpoints::introspect(deps, &app, &client, form.token.as_deref().unwrap_or("")).await
+    }
+    .await;
+    match result {
+        Ok(answer) => Json(answer).into_response(),
+        Err(e) => oauth_error(e),
+    }
+}
+
+/// Token revocation (RFC 7009): a refresh token or an access token of the client; the
+/// session behind it ends. Unknown tokens answer 200 too.
+#[utoipa::path(post, path = "/v1/apps/{app}/oauth2/revoke", operation_id = "providerRevoke", tag = "provider",
+    params(("app" = String, Path)),
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "revoked (or unknown)"), (status = 401, description = "invalid_client", body = Object)))]
+async fn revoke(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    LiveApp(app): LiveApp,
+    headers: HeaderMap,
+    axum::extract::Form(form): axum::extract::Form<TokenForm>,
+) -> Response {
+    let deps = state.provider();
+    let result = async {
+        let client =
+            authenticated(&state, &app, &headers, &form.client_id, &form.client_secret).await?;
+        endpoints::revoke(
+            deps,
+            &app,
+            &client,
+            form.token.as_deref().unwrap_or(""),
+            &ctx,
+        )
+        .await
+    }
+    .await;
+    match result {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => oauth_error(e),
+    }
+}
+
+/// RP-initiated logout: the browser's sign-in at the provider ends, with every session
+/// opened from it; then back to a registered `post_logout_redirect_uri`, or a page.
+#[utoipa::path(get, path = "/v1/apps/{app}/oauth2/logout", operation_id = "providerLogout", tag = "provider",
+    params(("app" = String, Path)),
+    responses((status = 303, description = "to the registered post_logout_redirect_uri"),
+              (status = 200, description = "signed out", content_type = "text/html")))]
+async fn logout(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    LiveApp(app): LiveApp,
+    headers: HeaderMap,
+    Query(request): Query<LogoutRequest>,
+) -> ApiResult<Response> {
+    let deps = state.provider();
+    let browser =
+        authorize::browser(deps, app.id, cookie(&headers, SESSION_COOKIE), ctx.now).await?;
+    let outcome = endpoints::logout(deps, &app, &request, browser.as_ref(), &ctx).await;
+    let mut response = match outcome {
+        Ok(LoggedOut::Redirect(to)) => Redirect::to(&to).into_response(),
+        Ok(LoggedOut::Page) => page(
+            StatusCode::OK,
+            "Signed out",
+            &format!("You are signed out of {}.", app.name),
+            None,
+        ),
+        Err(ProviderError::OAuth(_, why)) => {
+            page(StatusCode::BAD_REQUEST, "Invalid request", &why, None)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let clear = format!(
+        "{SESSION_COOKIE}=; Path={}; Max-Age=0; HttpOnly; Secure; SameSite=Lax",
+        cookie_path(&app)
+    );
+    if let Ok(value) = HeaderValue::from_str(&clear) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    Ok(response)
+}
