@@ -68,3 +68,9 @@ ALTER TABLE sessions
     ADD COLUMN scope text,
     ADD COLUMN provider_session uuid REFERENCES provider_sessions (id) ON DELETE SET NULL;
 CREATE INDEX sessions_provider_session ON sessions (provider_session);
+
+-- Back-channel logout tokens (OpenID Back-Channel Logout 1.0) go out through the outbox,
+-- in the webhook lane (tenant-chosen URLs, the guarded client): `recipient` is the client.
+ALTER TABLE outbox DROP CONSTRAINT outbox_channel_check;
+ALTER TABLE outbox ADD CONSTRAINT outbox_channel_check
+    CHECK (channel IN ('email', 'sms', 'webhook', 'backchannel'));

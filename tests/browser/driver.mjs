@@ -19,6 +19,8 @@
 //   {"fill": {selector: value, ...}}              -> {}
 //   {"click": selector, "timeout_ms": 20000?}     -> JSON of #result, or {"timeout": true}
 //   {"eval": "expression"}                        -> its JSON value (promises awaited)
+//   {"submit": selector, "timeout_ms": 15000?}    -> {"url", "status", "text"} of the page
+//                                                    the click navigates to (a form post)
 
 import { chromium } from "playwright-core";
 
@@ -111,6 +113,8 @@ try {
       results.push({});
     } else if (typeof step.click === "string") {
       results.push(await click(page, step.click, step.timeout_ms ?? CLICK_TIMEOUT_MS));
+    } else if (typeof step.submit === "string") {
+      results.push(await submit(page, step.submit, step.timeout_ms ?? READY_TIMEOUT_MS));
     } else if (typeof step.eval === "string") {
       // A string is evaluated as an expression; a promise it yields is awaited.
       const value = await page.evaluate(step.eval);
@@ -144,6 +148,20 @@ async function goto(page, url, timeout) {
     if (error?.name !== "TimeoutError") throw error;
     return { ...answer, ready: false };
   }
+}
+
+// Clicks a control that navigates (a form's button, redirects followed) and returns
+// where the browser ended: its URL, the last response's status, the page's text.
+async function submit(page, selector, timeout) {
+  const [response] = await Promise.all([
+    page.waitForNavigation({ waitUntil: "load", timeout }),
+    page.click(selector, { timeout: ACTION_TIMEOUT_MS }),
+  ]);
+  return {
+    url: page.url(),
+    status: response?.status() ?? null,
+    text: await page.evaluate(() => document.body?.innerText ?? ""),
+  };
 }
 
 // Clicks and returns what the page then writes into `#result` (as JSON).

@@ -28,6 +28,9 @@
 //!   new in time.
 //! - `{"eval": "expression"}`, a promise awaited: its value as JSON (`undefined` as
 //!   `null`).
+//! - `{"submit": "selector"}`, optionally with `"timeout_ms"` (default 15000): clicks a
+//!   control that navigates (a form's button; redirects are followed) and gives where the
+//!   browser ended: `{"url", "status", "text"}` (the page's text).
 //!
 //! The pages under test follow two conventions: a page sets `document.body.dataset.ready
 //! = "true"` once its script has run (a `goto` waits for it; a page that never does, such

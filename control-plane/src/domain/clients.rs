@@ -243,3 +243,18 @@ pub async fn delete(client: &impl GenericClient, app: Uuid, id: Uuid) -> Result<
         .await?
         == 1)
 }
+
+/// Where client `id` takes back-channel logout tokens: `None` if the client is gone,
+/// `Some(None)` if it registered no URI.
+pub async fn backchannel_uri(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<Option<String>>, DbError> {
+    Ok(client
+        .q_opt(
+            "SELECT backchannel_logout_uri FROM oauth_clients WHERE id = $1",
+            &[&id],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}

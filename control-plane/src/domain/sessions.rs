@@ -105,12 +105,20 @@ pub enum Bound {
     ProviderSession(Uuid),
 }
 
-/// Revokes the live sessions `bound` names, as [`revoke_in`] does; with their users.
+/// A session [`revoke_bound_in`] ended: whose, and the client it was for.
+#[derive(Clone, Debug)]
+pub struct Ended {
+    pub revoked: Revoked,
+    pub user: Uuid,
+    pub client: Option<Uuid>,
+}
+
+/// Revokes the live sessions `bound` names, as [`revoke_in`] does.
 pub async fn revoke_bound_in(
     tx: &impl GenericClient,
     bound: Bound,
     now: i64,
-) -> Result<Vec<(Revoked, Uuid)>, DbError> {
+) -> Result<Vec<Ended>, DbError> {
     let until = crate::domain::revocation_until(now);
     let (column, id) = match bound {
         Bound::Client(id) => ("client_id", id),
@@ -120,24 +128,23 @@ pub async fn revoke_bound_in(
         "WITH r AS (
              UPDATE sessions SET revoked_at = $1
              WHERE {column} = $2 AND revoked_at IS NULL
-             RETURNING id, user_id),
+             RETURNING id, user_id, client_id),
          i AS (
              INSERT INTO revocations (kind, subject, until)
              SELECT 'session', r.id::text, $3 FROM r
              ON CONFLICT (kind, subject) DO UPDATE SET until = GREATEST(revocations.until, EXCLUDED.until))
-         SELECT id, user_id FROM r"
+         SELECT id, user_id, client_id FROM r"
     );
     let rows = tx.q(&sql, &[&clock::at(now), &id, &until]).await?;
     Ok(rows
         .iter()
-        .map(|r| {
-            (
-                Revoked {
-                    session: r.get(0),
-                    until,
-                },
-                r.get(1),
-            )
+        .map(|r| Ended {
+            revoked: Revoked {
+                session: r.get(0),
+                until,
+            },
+            user: r.get(1),
+            client: r.get(2),
         })
         .collect())
 }

@@ -75,6 +75,18 @@ pub(super) fn page_with(
     message: &str,
     forms: &[Form<'_>],
 ) -> Response {
+    page_scripted(status, title, message, forms, None)
+}
+
+/// A page with forms and one script of this origin (`src`: its path); the CSP allows that
+/// script and requests to this origin, nothing else.
+pub(super) fn page_scripted(
+    status: StatusCode,
+    title: &str,
+    message: &str,
+    forms: &[Form<'_>],
+    script: Option<&str>,
+) -> Response {
     let mut html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
@@ -109,13 +121,18 @@ pub(super) fn page_with(
             escape(form.button)
         ));
     }
+    if let Some(src) = script {
+        html.push_str(&format!("<script src=\"{}\"></script>", escape(src)));
+    }
     html.push_str("</body></html>");
     let mut response = (status, html).into_response();
-    locked_down(
-        &mut response,
-        "text/html; charset=utf-8",
-        "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'",
-    );
+    let csp = if script.is_some() {
+        "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; \
+         base-uri 'none'; frame-ancestors 'none'"
+    } else {
+        "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'"
+    };
+    locked_down(&mut response, "text/html; charset=utf-8", csp);
     response
 }
 

@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{LiveApp, bearer, cookie, limit_ip};
-use super::pages::{Form, page, page_with, problem_page};
+use super::pages::{Form, locked_down, page, page_scripted, page_with, problem_page};
 use crate::domain::Ctx;
 use crate::domain::apps::App;
 use crate::domain::factors::Method;
@@ -41,6 +41,21 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(introspect))
         .routes(routes!(revoke))
         .routes(routes!(logout))
+        .route(
+            "/v1/provider-passkey.js",
+            axum::routing::get(passkey_script),
+        )
+}
+
+/// The sign-in page's passkey script.
+async fn passkey_script() -> Response {
+    let mut response = (StatusCode::OK, include_str!("provider-passkey.js")).into_response();
+    locked_down(
+        &mut response,
+        "text/javascript; charset=utf-8",
+        "default-src 'none'; frame-ancestors 'none'",
+    );
+    response
 }
 
 /// The browser's sign-in at the provider (an opaque secret; SSO across clients).
@@ -86,7 +101,8 @@ async fn discovery(State(state): State<AppState>, LiveApp(app): LiveApp) -> Json
                              "email", "email_verified", "name", "preferred_username", "roles"],
         "prompt_values_supported": ["none", "login", "consent"],
         "authorization_response_iss_parameter_supported": true,
-        "backchannel_logout_supported": false,
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
         "frontchannel_logout_supported": false,
     }))
 }
@@ -142,7 +158,7 @@ async fn authorize_page(
         Err(e) => Err(e),
     };
     match next {
-        Ok(next) => show(&app, &request, &valid, next, &headers, None),
+        Ok(next) => show(&state, &app, &request, &valid, next, &headers, None),
         Err(e) => failed_page(e),
     }
 }
@@ -163,6 +179,9 @@ struct Submitted {
     code: Option<String>,
     /// `yes` to allow (consent).
     allow: Option<String>,
+    /// A passkey sign-in: the ceremony and the browser's answer (JSON).
+    ceremony_id: Option<String>,
+    credential: Option<String>,
 }
 
 /// The authorization endpoint's forms (POST): sign-in, second factor, consent.
@@ -200,17 +219,23 @@ async fn authorize_form(
     let outcome = match form.action.as_deref() {
         Some("sign_in") => sign_in(&state, &app, &form, &ctx).await,
         Some("second_factor") => second_factor(&state, &app, &form, &ctx).await,
+        Some("passkey") => passkey_sign_in(&state, &app, &form, &ctx).await,
         Some("consent") => consent(&state, &app, &valid, &form, &headers, &ctx).await,
         _ => Err(ApiError::bad_request("unknown action")),
     };
     match outcome {
-        Ok(Step::Show(next, set)) => show(&app, &form.request, &valid, next, &headers, set),
+        Ok(Step::Show(next, set)) => show(&state, &app, &form.request, &valid, next, &headers, set),
         Ok(Step::SecondFactor(challenge)) => {
             second_factor_page(&app, &form.request, &headers, &challenge, None)
         }
-        Err(e) if form.action.as_deref() == Some("sign_in") => {
-            sign_in_page(&app, &form.request, &valid, &headers, Some(&e.detail))
-        }
+        Err(e) if matches!(form.action.as_deref(), Some("sign_in" | "passkey")) => sign_in_page(
+            &state,
+            &app,
+            &form.request,
+            &valid,
+            &headers,
+            Some(&e.detail),
+        ),
         Err(e) => problem_page(&e),
     }
 }
@@ -236,6 +261,22 @@ async fn sign_in(
         captcha_token: None,
     };
     let signed_in = authorize::sign_in(state.provider(), app, &attempt, ctx).await?;
+    after_sign_in(state, app, form, signed_in, ctx).await
+}
+
+async fn passkey_sign_in(
+    state: &AppState,
+    app: &App,
+    form: &Submitted,
+    ctx: &Ctx,
+) -> Result<Step, ApiError> {
+    limit_ip(state, app, "provider-sign-in", ctx).await?;
+    let credential: webauthn_rs::prelude::PublicKeyCredential =
+        serde_json::from_str(form.credential.as_deref().unwrap_or(""))
+            .map_err(|_| ApiError::bad_request("the passkey's answer is missing or malformed"))?;
+    let ceremony = form.ceremony_id.as_deref().unwrap_or("");
+    let signed_in =
+        authorize::sign_in_with_passkey(state.provider(), app, ceremony, &credential, ctx).await?;
     after_sign_in(state, app, form, signed_in, ctx).await
 }
 
@@ -298,6 +339,7 @@ async fn consent(
 
 /// Renders `next`, setting the browser session's cookie when one was just opened.
 fn show(
+    state: &AppState,
     app: &App,
     request: &Request,
     valid: &Valid,
@@ -307,7 +349,7 @@ fn show(
 ) -> Response {
     let mut response = match next {
         Next::Redirect(to) => Redirect::to(&to).into_response(),
-        Next::SignIn => sign_in_page(app, request, valid, headers, None),
+        Next::SignIn => sign_in_page(state, app, request, valid, headers, None),
         Next::Consent(scopes) => consent_page(app, request, valid, headers, &scopes),
     };
     if let Some(secret) = session {
@@ -372,7 +414,10 @@ fn action(app: &App) -> String {
     format!("/v1/apps/{}/oauth2/authorize", app.id)
 }
 
+/// The sign-in page: the password form, and a passkey button where the application's
+/// passkeys include this page's origin.
 fn sign_in_page(
+    state: &AppState,
     app: &App,
     request: &Request,
     valid: &Valid,
@@ -381,16 +426,27 @@ fn sign_in_page(
 ) -> Response {
     let (csrf, new) = csrf_token(headers);
     let to = action(app);
-    let fields = hidden(request, &csrf, "sign_in");
-    let form = Form {
+    let password_fields = hidden(request, &csrf, "sign_in");
+    let mut passkey_fields = hidden(request, &csrf, "passkey");
+    passkey_fields.extend([("ceremony_id", ""), ("credential", "")]);
+    let mut forms = vec![Form {
         action: &to,
-        hidden: &fields,
+        hidden: &password_fields,
         inputs: &[
             ("login", "Email or username", "text"),
             ("password", "Password", "password"),
         ],
         button: "Sign in",
-    };
+    }];
+    let passkeys = authorize::offers_passkeys(state.provider(), app);
+    if passkeys {
+        forms.push(Form {
+            action: &to,
+            hidden: &passkey_fields,
+            inputs: &[],
+            button: "Sign in with a passkey",
+        });
+    }
     let message = match error {
         Some(e) => format!("{e}. Try again."),
         None => format!(
@@ -404,7 +460,9 @@ fn sign_in_page(
         StatusCode::OK
     };
     let title = format!("Sign in to {}", app.name);
-    with_csrf(page(status, &title, &message, Some(form)), app, &csrf, new)
+    let script = passkeys.then_some("/v1/provider-passkey.js");
+    let page = page_scripted(status, &title, &message, &forms, script);
+    with_csrf(page, app, &csrf, new)
 }
 
 fn second_factor_page(

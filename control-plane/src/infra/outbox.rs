@@ -67,6 +67,26 @@ impl Message {
     }
 }
 
+/// Queues a call with a `body` that holds no secret worth sealing (a back-channel logout
+/// token: it only says a session ended) in the webhook lane, in the caller's transaction.
+/// Call [`Outbox::wake_webhooks`] after the commit.
+pub async fn enqueue_call(
+    tx: &impl GenericClient,
+    app: Uuid,
+    channel: &'static str,
+    kind: &'static str,
+    recipient: &str,
+    body: &serde_json::Value,
+) -> Result<(), DbError> {
+    tx.exec(
+        "INSERT INTO outbox (id, app_id, channel, kind, recipient, body)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&Uuid::now_v7(), &app, &channel, &kind, &recipient, body],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Queues `message` for `recipient` in the caller's transaction. `kind` names the template
 /// (it is what logs and metrics show). Call [`Outbox::wake`] after the commit.
 pub async fn enqueue(
@@ -193,7 +213,7 @@ pub struct Claimed {
 pub async fn claim(client: &impl GenericClient, lane: Lane) -> Result<Vec<Claimed>, DbError> {
     let channels: &[&str] = match lane {
         Lane::Messages => &["email", "sms"],
-        Lane::Webhooks => &["webhook"],
+        Lane::Webhooks => &["webhook", "backchannel"],
     };
     let rows = client
         .q(

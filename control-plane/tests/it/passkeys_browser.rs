@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::support::{PASSWORD, Stack, claims_of};
 
 /// An application with passkeys for the page's origin; (app, API key, page URL).
-async fn site(s: &Stack) -> (String, String, String) {
+pub(crate) async fn site(s: &Stack) -> (String, String, String) {
     let (_, app, key) = s.owner_with_app().await;
     let origin = format!("http://localhost:{}", s.addr.port());
     let settings = json!({"passkeys": {"rp_id": "localhost", "origins": [origin]}});

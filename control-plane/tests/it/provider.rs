@@ -12,7 +12,7 @@ use portcullis_tests::rp::{RelyingParty, RpClient};
 use serde_json::{Value, json};
 
 use crate::support::{
-    PASSWORD, Reply, Stack, claims_of, eventually, header, oathtool, request, unix_now,
+    HttpSink, PASSWORD, Reply, Stack, claims_of, eventually, header, oathtool, request, unix_now,
 };
 
 /// A browser for the provider's pages: a cookie jar and form posts.
@@ -503,6 +503,14 @@ async fn refusals_follow_rfc_6749_and_7636() {
         .token(&[("grant_type", "password")], Some((id, secret)))
         .await;
     assert_eq!(r.json()["error"], "unsupported_grant_type", "{}", r.body);
+
+    // A code past its 60 seconds.
+    let request = rp.authorization_url(json!({})).await.unwrap();
+    let r = browser.open(&s, &request.url).await;
+    s.sql("UPDATE oauth_codes SET expires_at = now() - interval '1 second' WHERE used_at IS NULL")
+        .await;
+    let late = rp.callback(header(&r, "location"), &request).await.unwrap();
+    assert_eq!(late["error"]["error"], "invalid_grant", "{late}");
 }
 
 #[tokio::test]
@@ -553,4 +561,219 @@ async fn the_sign_in_page_asks_for_the_second_factor() {
     let mut stranger = Browser::default();
     let r = stranger.submit(&s, &page, "Sign in", &fill).await;
     assert_eq!(r.status, 403, "{}", r.body);
+}
+
+#[tokio::test]
+async fn logout_reaches_each_clients_back_channel_with_a_signed_logout_token() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let s = Stack::start_with(&[("PORTCULLIS_EGRESS_ALLOW_PRIVATE", "true")]).await;
+    let p = Provider::new(&s).await;
+    s.register(&p.app, "ann@example.com").await;
+    let sink = HttpSink::start().await.unwrap();
+    let mut registered = fields("Orders", true);
+    registered["backchannel_logout_uri"] = json!(sink.url("/logout"));
+    let registered = p.client(registered).await;
+    let mut rp = p.rp(&registered, REDIRECT).await;
+    let mut browser = Browser::default();
+    let request = rp.authorization_url(json!({})).await.unwrap();
+    let back = sign_in(&s, &mut browser, &request.url, false).await;
+    let tokens = rp.callback(&back, &request).await.unwrap();
+    let sid = tokens["claims"]["sid"].as_str().unwrap().to_owned();
+    let logout = format!("/v1/apps/{}/oauth2/logout", p.app);
+    assert_eq!(browser.call(&s, "GET", &logout, None).await.status, 200);
+
+    let delivered = sink.wait_for(1, Duration::from_secs(10)).await;
+    let body = String::from_utf8_lossy(&delivered[0].body).into_owned();
+    let form: HashMap<String, String> = serde_urlencoded::from_str(&body).unwrap();
+    let token = &form["logout_token"];
+    let parts: Vec<&str> = token.split('.').collect();
+    let part = |i: usize| -> Value {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[i]).unwrap()).unwrap()
+    };
+    let (header, claims) = (part(0), part(1));
+    assert_eq!(header["typ"], "logout+jwt");
+    assert_eq!(claims["iss"], p.issuer.as_str());
+    assert_eq!(claims["aud"], registered["id"]);
+    assert_eq!(claims["sid"], sid.as_str());
+    assert!(claims["events"]["http://schemas.openid.net/event/backchannel-logout"].is_object());
+    assert!(claims.get("nonce").is_none());
+    // Signed by a key of the published set.
+    let jwks = s.get("/.well-known/jwks.json", None).await.json();
+    let key = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+        .expect("the token's key is published");
+    let x: [u8; 32] = URL_SAFE_NO_PAD
+        .decode(key["x"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let signature: [u8; 64] = URL_SAFE_NO_PAD
+        .decode(parts[2])
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let verifying = ed25519_dalek::VerifyingKey::from_bytes(&x).unwrap();
+    let signed = format!("{}.{}", parts[0], parts[1]);
+    verifying
+        .verify_strict(
+            signed.as_bytes(),
+            &ed25519_dalek::Signature::from_bytes(&signature),
+        )
+        .expect("a valid signature");
+}
+
+/// A PKCE pair (verifier, S256 challenge).
+fn pkce() -> (String, String) {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let verifier = format!("{:032x}{:032x}", rand_u128(), rand_u128());
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()));
+    (verifier, challenge)
+}
+
+fn rand_u128() -> u128 {
+    u128::from_be_bytes(*uuid::Uuid::new_v4().as_bytes())
+}
+
+#[tokio::test]
+async fn in_a_browser_sign_in_consent_sso_prompt_none_and_logout() {
+    let s = Stack::start().await;
+    let p = Provider::new(&s).await;
+    s.register(&p.app, "ann@example.com").await;
+    let sink = HttpSink::start().await.unwrap();
+    let back = sink.url("/cb");
+    let client = |name: &str, first_party: bool| {
+        json!({"name": name, "confidential": false, "redirect_uris": [back],
+               "first_party": first_party})
+    };
+    let third = p.client(client("Partner", false)).await;
+    let own = p.client(client("Shop app", true)).await;
+    let authorize = |registered: &Value, prompt: &str| {
+        let (_, challenge) = pkce();
+        let query = serde_urlencoded::to_string([
+            ("response_type", "code"),
+            ("client_id", registered["id"].as_str().unwrap()),
+            ("redirect_uri", back.as_str()),
+            ("scope", "openid email"),
+            ("state", "st4te"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("prompt", prompt),
+        ])
+        .unwrap();
+        format!("{}/oauth2/authorize?{query}", p.issuer)
+    };
+    let logout = format!("{}/oauth2/logout", p.issuer);
+    let session = portcullis_tests::browser::run(&json!([
+        {"goto": authorize(&third, "login"), "timeout_ms": 300},
+        {"eval": "document.title"},
+        {"fill": {"input[name=login]": "ann@example.com", "input[name=password]": PASSWORD}},
+        {"submit": "button:has-text('Sign in')"},
+        {"submit": "button:has-text('Allow')"},
+        // The application's own client: no password again (SSO), no consent.
+        {"goto": authorize(&own, "none"), "timeout_ms": 300},
+        {"goto": logout, "timeout_ms": 300},
+        {"eval": "document.body.innerText"},
+        {"goto": authorize(&own, "none"), "timeout_ms": 300},
+    ]))
+    .await
+    .unwrap();
+    let r = &session.results;
+    assert_eq!(r[1], json!("Sign in to shop"), "{r:?}");
+    assert!(
+        r[3]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Partner asks to use your shop account"),
+        "{}",
+        r[3]
+    );
+    let with_code = |v: &Value| {
+        let url = v["url"].as_str().unwrap_or_default().to_owned();
+        url.starts_with(&back) && url.contains("code=") && url.contains("state=st4te")
+    };
+    assert!(with_code(&r[4]), "consented: {}", r[4]);
+    assert!(with_code(&r[5]), "signed in already: {}", r[5]);
+    assert!(r[7].as_str().unwrap().contains("signed out"), "{}", r[7]);
+    let refused = r[8]["url"].as_str().unwrap();
+    assert!(
+        refused.starts_with(&back) && refused.contains("error=login_required"),
+        "{refused}"
+    );
+    assert!(session.console.is_empty(), "{:?}", session.console);
+}
+
+#[tokio::test]
+async fn in_a_browser_the_sign_in_page_takes_a_passkey() {
+    let s = Stack::start_with(&[("PORTCULLIS_PUBLIC_URL", "http://localhost:{port}")]).await;
+    // Passkeys for http://localhost:PORT, the provider's origin here.
+    let (app, key, _) = crate::passkeys_browser::site(&s).await;
+    let origin = format!("http://localhost:{}", s.addr.port());
+    let p = Provider {
+        s: &s,
+        app: app.clone(),
+        key,
+        issuer: format!("{origin}/v1/apps/{app}"),
+    };
+    s.register(&app, "ann@example.com").await;
+    let sink = HttpSink::start().await.unwrap();
+    let back = sink.url("/cb");
+    let spa = p
+        .client(
+            json!({"name": "Shop app", "confidential": false, "redirect_uris": [back],
+                       "first_party": true}),
+        )
+        .await;
+    let (verifier, challenge) = pkce();
+    let query = serde_urlencoded::to_string([
+        ("response_type", "code"),
+        ("client_id", spa["id"].as_str().unwrap()),
+        ("redirect_uri", back.as_str()),
+        ("scope", "openid"),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ])
+    .unwrap();
+    let authorize = format!("{}/oauth2/authorize?{query}", p.issuer);
+    let passkey_page = format!("{origin}/v1/apps/{app}/passkeys/page");
+    let session = portcullis_tests::browser::run(&json!([
+        {"authenticator": "add"},
+        {"goto": passkey_page},
+        {"fill": {"#login": "ann@example.com", "#password": PASSWORD}},
+        {"click": "#password-signin"},
+        {"click": "#passkey-add"},
+        {"goto": authorize},
+        {"submit": "button:has-text('Sign in with a passkey')"},
+    ]))
+    .await
+    .unwrap();
+    let r = &session.results;
+    assert!(r[4]["id"].is_string(), "{}", r[4]);
+    assert_eq!(r[5]["ready"], true, "the page's script ran: {}", r[5]);
+    let url = r[6]["url"].as_str().unwrap();
+    assert!(url.starts_with(&back), "{}", r[6]);
+    let code = url
+        .split("code=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", back.as_str()),
+        ("code_verifier", verifier.as_str()),
+        ("client_id", spa["id"].as_str().unwrap()),
+    ];
+    let r = p.token(&form, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let id_token = claims_of(r.json()["id_token"].as_str().unwrap());
+    assert_eq!(id_token["amr"], json!(["hwk", "mfa"]));
+    assert!(session.console.is_empty(), "{:?}", session.console);
 }

@@ -201,7 +201,14 @@ impl Stack {
         let addr = listener.local_addr().unwrap();
         let tls = extra.iter().any(|(k, _)| *k == "PORTCULLIS_TLS_CERT_FILE");
         let issuer = format!("{}://{addr}", if tls { "https" } else { "http" });
-        let mut env = env(&db_url, "", &issuer, extra);
+        // A value may name the listener's port as `{port}` (a public URL on localhost).
+        let port = addr.port().to_string();
+        let extra: Vec<(&str, String)> = extra
+            .iter()
+            .map(|(k, v)| (*k, v.replace("{port}", &port)))
+            .collect();
+        let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut env = env(&db_url, "", &issuer, &extra);
         env.remove("PORTCULLIS_REDIS_URL");
         for (k, v) in redis.env() {
             env.insert(k.to_owned(), v);

@@ -133,7 +133,7 @@ pub async fn delete(deps: Deps<'_>, app: &App, id: Uuid, ctx: &Ctx) -> Result<bo
     audit::record(&tx, record(app.id, "oauth_client.deleted", id, ctx)).await?;
     tx.commit().await?;
     drop(db);
-    let revoked: Vec<_> = revoked.into_iter().map(|(r, _)| r).collect();
+    let revoked: Vec<_> = revoked.into_iter().map(|e| e.revoked).collect();
     sessions::publish_sessions(deps.publisher, &revoked).await;
     Ok(true)
 }

@@ -366,6 +366,38 @@ pub async fn sign_in(
     browser_session(deps, app, &user, &amr, ctx).await
 }
 
+/// A passkey sign-in on the provider's page (the ceremony begun at
+/// `/passkeys/login/begin`): two factors at once, so the browser session opens.
+pub async fn sign_in_with_passkey(
+    deps: Deps<'_>,
+    app: &App,
+    ceremony_id: &str,
+    credential: &webauthn_rs::prelude::PublicKeyCredential,
+    ctx: &Ctx,
+) -> Result<SignedIn, ProviderError> {
+    let (user, amr) =
+        crate::flows::signin::passkey::verify(deps.signin, app, ceremony_id, credential, ctx)
+            .await?;
+    browser_session(deps, app, &user, &amr, ctx).await
+}
+
+/// Whether the provider's sign-in page can offer passkeys: they are on, and the page's
+/// origin (the public URL's) is one of theirs.
+pub fn offers_passkeys(deps: Deps<'_>, app: &App) -> bool {
+    let origin = {
+        let url = deps.public_url.trim_end_matches('/');
+        let scheme_end = url.find("://").map_or(0, |i| i + 3);
+        match url[scheme_end..].find('/') {
+            Some(path) => &url[..scheme_end + path],
+            None => url,
+        }
+    };
+    app.settings
+        .passkeys
+        .as_ref()
+        .is_some_and(|p| p.origins.iter().any(|o| o == origin))
+}
+
 /// The second factor on the provider's page: a code for the step-up `mfa_token`.
 pub async fn second_factor(
     deps: Deps<'_>,

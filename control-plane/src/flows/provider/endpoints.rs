@@ -6,7 +6,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{Deps, OAuthCode, ProviderError, has_scope, issuer, oauth, user_claims};
+use super::{Deps, OAuthCode, ProviderError, has_scope, issuer, logout_token, oauth, user_claims};
 use crate::domain::Ctx;
 use crate::domain::apps::App;
 use crate::domain::audit::{self, Event};
@@ -18,6 +18,7 @@ use crate::domain::users;
 use crate::flows::signin::session;
 use crate::infra::clock;
 use crate::infra::crypto::digest;
+use crate::infra::outbox;
 
 /// An access token the provider issued to one of `app`'s clients, checked.
 async fn client_token(deps: Deps<'_>, app: &App, token: &str) -> Result<Principal, ProviderError> {
@@ -219,17 +220,35 @@ async fn end_browser_session(
     let mut db = deps.signin.pool.get().await?;
     let tx = db.transaction().await?;
     authorizations::end_browser_session_in(&tx, id, ctx.now).await?;
-    let revoked = sessions::revoke_bound_in(&tx, Bound::ProviderSession(id), ctx.now).await?;
-    let ended: Vec<Uuid> = revoked.iter().map(|(r, _)| r.session).collect();
-    let details = json!({ "reason": "provider_logout", "sessions": ended });
+    let ended = sessions::revoke_bound_in(&tx, Bound::ProviderSession(id), ctx.now).await?;
+    let sessions: Vec<Uuid> = ended.iter().map(|e| e.revoked.session).collect();
+    let details = json!({ "reason": "provider_logout", "sessions": sessions });
     audit::record(
         &tx,
         Event::by_user(app.id, user, "session.revoked", details, ctx),
     )
     .await?;
+    // Each client that had a session here and takes back-channel logouts gets a token.
+    let mut told = Vec::new();
+    for client in ended.iter().filter_map(|e| e.client) {
+        if told.contains(&client) {
+            continue;
+        }
+        told.push(client);
+        if let Some(Some(_)) = clients::backchannel_uri(&tx, client).await? {
+            let token = logout_token(deps, app, client, user, id, ctx.now).await?;
+            let body = json!({ "logout_token": token });
+            let to = client.to_string();
+            let kind = "backchannel_logout";
+            outbox::enqueue_call(&tx, app.id, "backchannel", kind, &to, &body).await?;
+        }
+    }
     tx.commit().await?;
     drop(db);
-    let revoked: Vec<_> = revoked.into_iter().map(|(r, _)| r).collect();
+    if !told.is_empty() {
+        deps.signin.outbox.wake_webhooks();
+    }
+    let revoked: Vec<_> = ended.into_iter().map(|e| e.revoked).collect();
     sessions::publish_sessions(deps.signin.publisher, &revoked).await;
     Ok(())
 }

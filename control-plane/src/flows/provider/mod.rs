@@ -150,7 +150,6 @@ pub struct IdToken<'a> {
 
 /// Signs an ID token with the active key (EdDSA, the key set every verifier has).
 pub async fn id_token(deps: Deps<'_>, t: &IdToken<'_>, now: i64) -> Result<String, ProviderError> {
-    let keys = deps.signin.keys.current().await?;
     let mut claims = user_claims(t.user, t.scope);
     claims["iss"] = json!(issuer(deps.public_url, t.app.id));
     claims["aud"] = json!(t.client.id.to_string());
@@ -164,11 +163,40 @@ pub async fn id_token(deps: Deps<'_>, t: &IdToken<'_>, now: i64) -> Result<Strin
     if let Some(sid) = t.sid {
         claims["sid"] = json!(sid.to_string());
     }
-    let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": keys.kid});
-    let (header, payload) = (header.to_string(), claims.to_string());
+    sign(deps, "JWT", &claims).await
+}
+
+/// `claims` signed with the active key (EdDSA, the key set every verifier has), typed.
+async fn sign(deps: Deps<'_>, typ: &str, claims: &Value) -> Result<String, ProviderError> {
+    let keys = deps.signin.keys.current().await?;
+    let header = json!({"alg": "EdDSA", "typ": typ, "kid": keys.kid}).to_string();
+    let payload = claims.to_string();
     Ok(sign_compact(
         &keys.signer,
         header.as_bytes(),
         payload.as_bytes(),
     ))
+}
+
+/// A logout token (OpenID Back-Channel Logout 1.0 §2.4) telling `client` that `user`'s
+/// sign-in `sid` at the provider ended: typed `logout+jwt`, never a `nonce`.
+pub async fn logout_token(
+    deps: Deps<'_>,
+    app: &App,
+    client: Uuid,
+    user: Uuid,
+    sid: Uuid,
+    now: i64,
+) -> Result<String, ProviderError> {
+    let claims = json!({
+        "iss": issuer(deps.public_url, app.id),
+        "aud": client.to_string(),
+        "sub": user.to_string(),
+        "sid": sid.to_string(),
+        "iat": now,
+        "exp": now + 120,
+        "jti": Uuid::now_v7().to_string(),
+        "events": { "http://schemas.openid.net/event/backchannel-logout": {} },
+    });
+    sign(deps, "logout+jwt", &claims).await
 }

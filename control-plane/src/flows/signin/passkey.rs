@@ -27,7 +27,7 @@ use crate::domain::apps::App;
 use crate::domain::audit::{self, Actor, Event};
 use crate::domain::passkeys::{self, CEREMONY_SECS, Ceremony, Stored};
 use crate::domain::tokens::Tokens;
-use crate::domain::users::{self, check_device};
+use crate::domain::users::{self, User, check_device};
 use crate::flows::passkeys::{Options, PasskeyError, relying_party, to_json};
 use crate::infra::crypto::digest;
 use crate::infra::limits::Scope;
@@ -142,8 +142,31 @@ pub async fn finish(
     device_id: Option<&str>,
     ctx: &Ctx,
 ) -> Result<Tokens, SignInError> {
-    let (rp, _) = relying_party(app)?;
     let device = check_device(device_id)?;
+    let (user, amr) = verify(deps, app, ceremony_id, credential, ctx).await?;
+    let (_, tokens) = session::start(
+        deps,
+        app,
+        Subject::Existing(&user),
+        device.as_deref(),
+        ctx,
+        amr,
+    )
+    .await?;
+    metrics::counter!("portcullis_logins_total", "outcome" => "ok").increment(1);
+    Ok(tokens)
+}
+
+/// Checks the answer to sign-in `ceremony_id` (here, and on the OpenID Provider's page):
+/// the user it signs in, and the `amr` of the passkey.
+pub async fn verify(
+    deps: Deps<'_>,
+    app: &App,
+    ceremony_id: &str,
+    credential: &PublicKeyCredential,
+    ctx: &Ctx,
+) -> Result<(User, Vec<Amr>), SignInError> {
+    let (rp, _) = relying_party(app)?;
     let mut client = deps.pool.get().await?;
     let begun = passkeys::finish(
         &client,
@@ -196,18 +219,7 @@ pub async fn finish(
         .await?
         .ok_or(SignInError::InvalidCredentials)?;
     drop(client);
-    let amr = amr(&stored, &result);
-    let (_, tokens) = session::start(
-        deps,
-        app,
-        Subject::Existing(&user),
-        device.as_deref(),
-        ctx,
-        amr,
-    )
-    .await?;
-    metrics::counter!("portcullis_logins_total", "outcome" => "ok").increment(1);
-    Ok(tokens)
+    Ok((user, amr(&stored, &result)))
 }
 
 /// `amr` of a passkey: the key (`hwk` in hardware, `swk` when it may be synced) and, user
