@@ -119,6 +119,29 @@ struct Level {
     users: IdMap,
 }
 
+/// How long a held user cutoff outlives a resync that lacks it: past the longest access
+/// token the control plane issues (one day) and any clock leeway, it revokes nothing.
+pub const USER_CUTOFF_KEEP_SECS: i64 = 2 * 86_400;
+
+/// Inserts into `into` the entries of `from` it lacks (or holds with an earlier value)
+/// that `matter`; returns how many.
+fn keep_map(into: &mut IdMap, from: &IdMap, matter: impl Fn(i64) -> bool) -> usize {
+    let mut kept = 0;
+    for (k, v) in &from.uuids {
+        if matter(*v) && into.uuids.get(k).is_none_or(|have| have < v) {
+            into.uuids.insert(*k, *v);
+            kept += 1;
+        }
+    }
+    for (k, v) in &from.others {
+        if matter(*v) && into.others.get(k).is_none_or(|have| have < v) {
+            into.others.insert(k.clone(), *v);
+            kept += 1;
+        }
+    }
+    kept
+}
+
 /// Builds a fresh [`Revocations`] from a full read (resync), entry by entry, so a large
 /// set never sits in memory twice.
 #[derive(Debug)]
@@ -144,6 +167,23 @@ impl RevocationsBuilder {
 
     pub fn user(&mut self, uid: &str, before: i64) {
         self.level.users.insert(uid, before);
+    }
+
+    /// Keeps what `held` (the last snapshot's state) revokes that this read lacks and
+    /// that may still matter: a session until its `until` passes, a user cutoff for
+    /// [`USER_CUTOFF_KEEP_SECS`]. Revocations only deny, so a resync that lacks one (Redis
+    /// flushed, restored from an old dump, or written by someone else) must never
+    /// un-revoke: only time does. Returns how many entries were kept.
+    pub fn keep(&mut self, held: &Revocations) -> usize {
+        let mut kept = 0;
+        let (now, new) = (self.now, &mut self.level);
+        for level in [&*held.base, &*held.overlay] {
+            kept += keep_map(&mut new.sessions, &level.sessions, |until| until >= now);
+            kept += keep_map(&mut new.users, &level.users, |before| {
+                before >= now - USER_CUTOFF_KEEP_SECS
+            });
+        }
+        kept
     }
 
     pub fn build(self) -> Revocations {
@@ -283,5 +323,34 @@ mod tests {
         assert!(big.session_revoked(js(sid)) && big.session_revoked(js("legacy-sid")));
         assert_eq!(big.sessions_len(), OVERLAY_LIMIT + 10 + 2);
         assert_eq!(big.user_cutoff(js("u1")), Some(70));
+    }
+
+    #[test]
+    fn a_resync_never_forgets_what_still_revokes() {
+        let now = 1_000_000;
+        let sid = "0190a1b2-0000-7000-8000-000000000001";
+        let mut b = RevocationsBuilder::new(now);
+        b.session(sid, now + 100);
+        b.session("other", now + 100);
+        b.user("u1", now - 10);
+        b.user("ancient", now - USER_CUTOFF_KEEP_SECS - 1);
+        let held = b.build().with_session("delta", now + 5, now);
+        // A read that lacks them all (a flushed Redis), one that has "other" later.
+        let mut read = RevocationsBuilder::new(now);
+        read.session("other", now + 200);
+        assert_eq!(read.keep(&held), 3, "sid, delta, u1");
+        let r = read.build();
+        assert!(r.session_revoked(js(sid)) && r.session_revoked(js("delta")));
+        assert_eq!(r.user_cutoff(js("u1")), Some(now - 10));
+        assert_eq!(
+            r.user_cutoff(js("ancient")),
+            None,
+            "past every token's life"
+        );
+        // Once its time has passed, an entry is not kept.
+        let mut later = RevocationsBuilder::new(now + 101);
+        later.keep(&r);
+        let r = later.build();
+        assert!(!r.session_revoked(js(sid)) && r.session_revoked(js("other")));
     }
 }

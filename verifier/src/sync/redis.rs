@@ -191,6 +191,16 @@ async fn resync(
         |uid: String, before: i64| builder.user(&uid, before),
     )
     .await?;
+    // A resync never un-revokes: what the last snapshot revoked and this read lacks is
+    // kept until it expires (counted, and said once per resync).
+    let kept = builder.keep(&shared.load().revocations);
+    if kept > 0 {
+        metrics::counter!("portcullis_verifier_revocations_kept_total").increment(kept as u64);
+        tracing::warn!(
+            kept,
+            "Redis lacks revocations this verifier holds; kept until they expire"
+        );
+    }
     let revocations = builder.build();
     let version = version.unwrap_or(0);
     metrics::gauge!("portcullis_verifier_revoked_sessions").set(revocations.sessions_len() as f64);

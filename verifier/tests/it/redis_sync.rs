@@ -240,3 +240,42 @@ async fn bad_jwks_never_replace_good_keys_and_rotation_works() {
     .await;
     v.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_never_un_revokes_a_session_before_its_time() {
+    let redis = RedisServer::start().unwrap();
+    let key = signing_key(16);
+    let mut w = Writer::connect(&redis.url()).await;
+    w.set_jwks(&jwks_of(&[&key])).await;
+    let v = redis_verifier(&redis, &[("PORTCULLIS_VERIFIER_RESYNC_SECS", "1".into())]).await;
+    eventually(5 * SECOND, || ready(v.http)).await;
+    let (sid, sub) = (new_id(), new_id());
+    let token = live_token(&key, &sid, &sub);
+    let (sid2, sub2) = (new_id(), new_id());
+    let other = live_token(&key, &sid2, &sub2);
+    w.revoke_session(&sid, wall_now() + 900, true).await;
+    w.revoke_user(&sub2, wall_now()).await;
+    eventually(2 * SECOND, || async {
+        verify(v.http, &token).await.status == 401 && verify(v.http, &other).await.status == 401
+    })
+    .await;
+
+    // Whoever can write to Redis deletes the revocations; resyncs follow (timer, version).
+    let _: () = redis::cmd("DEL")
+        .arg(layout::REVOKED_SESSIONS)
+        .arg(layout::REVOKED_USERS)
+        .query_async(&mut w.conn)
+        .await
+        .unwrap();
+    let _: i64 = w.conn.incr(layout::VERSION, 10).await.unwrap();
+    w.publish(&Event::Jwks { version: 99 }).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(verify(v.http, &token).await.json()["code"], "token_revoked");
+    assert_eq!(verify(v.http, &other).await.json()["code"], "token_revoked");
+    let metrics = get(v.http, "/metrics", &[]).await.body;
+    assert!(
+        metrics.contains("portcullis_verifier_revocations_kept_total"),
+        "counted"
+    );
+    v.shutdown().await;
+}
