@@ -18,6 +18,7 @@ pub mod process;
 #[cfg(feature = "net")]
 pub mod redis_conn;
 pub mod redis_layout;
+pub mod signed_jwks;
 #[cfg(feature = "net")]
 pub mod tls;
 pub mod token;

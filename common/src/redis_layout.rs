@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 /// The public JWKS JSON (all published keys).
 pub const JWKS: &str = "portcullis:jwks";
+/// The same key set signed with the publisher key (`signed_jwks`): what verifiers with
+/// trust keys read instead of [`JWKS`].
+pub const JWKS_SIGNED: &str = "portcullis:jwks:signed";
 /// Sorted set: member = session id, score = Unix time after which the entry may be dropped.
 pub const REVOKED_SESSIONS: &str = "portcullis:revoked:sessions";
 /// Hash: user id -> Unix time; tokens of that user with `iat` at or before it are revoked.

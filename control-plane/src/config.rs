@@ -27,6 +27,9 @@ pub struct Config {
     pub public_url: String,
     pub admin_token: String,
     pub key_encryption_key: [u8; 32],
+    /// `PORTCULLIS_JWKS_PUBLISHER_KEY`: the Ed25519 seed that signs the key set it
+    /// publishes (`portcullis:jwks:signed`); none: no signed set.
+    pub jwks_publisher_key: Option<[u8; 32]>,
     pub trusted_proxies: Vec<IpNet>,
     /// How long a signing key stays active before the schedule rotates it.
     pub key_rotation_interval: Duration,
@@ -69,6 +72,7 @@ impl std::fmt::Debug for Config {
             .field("smtp", &self.smtp_url.is_some())
             .field("sms", &self.sms_webhook_url.is_some())
             .field("egress_allow_private", &self.egress_allow_private)
+            .field("jwks_publisher_key", &self.jwks_publisher_key.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -102,6 +106,20 @@ fn key_encryption_key(env: &impl Env) -> Result<[u8; 32], ConfigError> {
         .ok()
         .and_then(|k| <[u8; 32]>::try_from(k).ok())
         .ok_or_else(|| err(VAR, "must be 32 bytes in base64"))
+}
+
+/// `PORTCULLIS_JWKS_PUBLISHER_KEY`: 32 bytes in base64 (a secret, as the encryption key).
+fn jwks_publisher_key(env: &impl Env) -> Result<Option<[u8; 32]>, ConfigError> {
+    const VAR: &str = "PORTCULLIS_JWKS_PUBLISHER_KEY";
+    let Some(value) = env.set(VAR) else {
+        return Ok(None);
+    };
+    STANDARD
+        .decode(value.trim())
+        .ok()
+        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        .map(Some)
+        .ok_or_else(|| err(VAR, "must be 32 bytes in base64 (an Ed25519 seed)"))
 }
 
 /// `PORTCULLIS_TRUSTED_PROXIES`: CIDRs or single addresses.
@@ -214,6 +232,7 @@ impl Config {
             public_url,
             admin_token,
             key_encryption_key,
+            jwks_publisher_key: jwks_publisher_key(env)?,
             trusted_proxies: trusted_proxies(env)?,
             key_rotation_interval: Duration::from_secs(days * 86_400),
             key_publish_lead: Duration::from_secs(lead),

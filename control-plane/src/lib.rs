@@ -75,7 +75,7 @@ pub async fn migrate(config: &Config) -> Result<deadpool_postgres::Pool, StartEr
 /// when the stored keys do not open with this key-encryption key). No task is started.
 pub async fn assemble(config: Config) -> Result<AppState, StartError> {
     let pool = migrate(&config).await?;
-    let publisher = Publisher::new(&config.redis)?;
+    let publisher = Publisher::new(&config.redis, config.jwks_publisher_key.as_ref())?;
     let client = infra::outbox::http_client().map_err(StartError::Messages)?;
     // One guarded client (the system roots read once) for webhooks, CAPTCHA and identity
     // providers.

@@ -1,12 +1,32 @@
 //! `portcullis-control-plane`: parses the configuration, sets up logging and calls
 //! [`portcullis_control_plane::run`]. `portcullis-control-plane migrate` applies the schema
-//! migrations and exits.
+//! migrations and exits; `portcullis-control-plane publisher-key` prints a new key-set
+//! publisher key and the trust-key setting verifiers need for it.
 
 use std::process::ExitCode;
 
 use portcullis_control_plane::config::{Config, ProcessEnv};
 
+/// A new publisher key (API.md §5 `portcullis:jwks:signed`): the control plane's secret
+/// setting and the verifiers' public one, as two `NAME=value` lines.
+fn publisher_key() -> ExitCode {
+    use base64::Engine as _;
+    let seed: [u8; 32] = rand::random();
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let public = portcullis_common::signed_jwks::public_jwk(&key);
+    let trust = serde_json::json!({ "keys": [public] });
+    println!(
+        "PORTCULLIS_JWKS_PUBLISHER_KEY={}",
+        base64::engine::general_purpose::STANDARD.encode(seed)
+    );
+    println!("PORTCULLIS_VERIFIER_JWKS_TRUST_KEYS={trust}");
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("publisher-key") {
+        return publisher_key();
+    }
     portcullis_common::process::init_logging();
     let config = match Config::from_env(&ProcessEnv) {
         Ok(c) => c,
@@ -19,7 +39,9 @@ fn main() -> ExitCode {
         None | Some("serve") => false,
         Some("migrate") => true,
         Some(other) => {
-            eprintln!("portcullis-control-plane: unknown command {other:?} (serve | migrate)");
+            eprintln!(
+                "portcullis-control-plane: unknown command {other:?} (serve | migrate | publisher-key)"
+            );
             return ExitCode::from(64);
         }
     };

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::core::Settings;
@@ -14,6 +15,7 @@ use crate::policy::Policy;
 use portcullis_common::env::http_url;
 pub use portcullis_common::env::{ConfigError, Env, ProcessEnv};
 use portcullis_common::redis_conn::{REDIS_SENTINELS, RedisConfig};
+use portcullis_common::signed_jwks::TrustKeys;
 use portcullis_common::tls::{self, ReloadingConfig};
 
 fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
@@ -23,9 +25,14 @@ fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
 /// Where keys (and, for Redis, revocations) come from.
 #[derive(Clone, Debug)]
 pub enum KeySource {
-    Redis(Box<RedisConfig>),
-    JwksUrl { url: String },
-    JwksFile { path: PathBuf },
+    /// Redis; with trust keys, only the signed key set is read (`portcullis:jwks:signed`).
+    Redis(Box<RedisConfig>, Option<Arc<TrustKeys>>),
+    JwksUrl {
+        url: String,
+    },
+    JwksFile {
+        path: PathBuf,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -67,6 +74,22 @@ const RESYNC: &str = "PORTCULLIS_VERIFIER_RESYNC_SECS";
 const CACHE_ENTRIES: &str = "PORTCULLIS_VERIFIER_CACHE_ENTRIES";
 const MAX_CONNECTIONS: &str = "PORTCULLIS_VERIFIER_MAX_CONNECTIONS";
 const DRAIN: &str = "PORTCULLIS_VERIFIER_DRAIN_SECS";
+const TRUST_KEYS: &str = "PORTCULLIS_VERIFIER_JWKS_TRUST_KEYS";
+
+/// `PORTCULLIS_VERIFIER_JWKS_TRUST_KEYS`: the publisher keys, a JWKS inline or `@file`.
+fn trust_keys(env: &impl Env) -> Result<Option<TrustKeys>, ConfigError> {
+    let Some(value) = env.set(TRUST_KEYS) else {
+        return Ok(None);
+    };
+    let json = match value.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| err(TRUST_KEYS, format!("reading {path}: {e}")))?,
+        None => value,
+    };
+    TrustKeys::from_jwks(&json)
+        .map(Some)
+        .map_err(|e| err(TRUST_KEYS, e))
+}
 
 impl Config {
     pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
@@ -78,8 +101,15 @@ impl Config {
 
         let tls = tls::files_from_env(env, TLS_CERT, TLS_KEY, Some(TLS_CLIENT_CA))?;
         let redis = RedisConfig::from_env(env)?;
+        let trust = trust_keys(env)?;
         let source = match (redis, env.set(JWKS_URL), env.set(JWKS_FILE)) {
-            (Some(redis), None, None) => KeySource::Redis(Box::new(redis)),
+            (Some(redis), None, None) => KeySource::Redis(Box::new(redis), trust.map(Arc::new)),
+            (None, _, _) if trust.is_some() => {
+                return Err(err(
+                    TRUST_KEYS,
+                    "trust keys sign the Redis source's key set: set them with Redis only",
+                ));
+            }
             (None, Some(url), None) => KeySource::JwksUrl {
                 url: http_url(JWKS_URL, url)?,
             },

@@ -39,12 +39,20 @@ pub async fn run(
     });
     let mut background = tokio::task::JoinSet::new();
     match &config.source {
-        KeySource::Redis(redis) => {
-            tracing::info!(redis = %redis.describe(), "keys and revocations from Redis");
+        KeySource::Redis(redis, trust) => {
+            match trust {
+                Some(trust) => tracing::info!(redis = %redis.describe(),
+                    publisher_keys = ?trust.kids().collect::<Vec<_>>(),
+                    "keys (signed) and revocations from Redis"),
+                None => {
+                    tracing::info!(redis = %redis.describe(), "keys and revocations from Redis")
+                }
+            }
             background.spawn(sync::redis::run(
                 (**redis).clone(),
                 shared.clone(),
                 config.resync_interval,
+                trust.clone(),
             ));
         }
         KeySource::JwksFile { path } => {

@@ -391,3 +391,13 @@ impl KeyRing {
             .collect())
     }
 }
+
+/// The next sequence number of the signed key set (it only grows).
+pub async fn next_signed_seq(client: &impl GenericClient) -> Result<u64, DbError> {
+    use crate::infra::store::Prepared as _;
+    let seq: i64 = client
+        .q_one("SELECT nextval('signed_jwks_seq')", &[])
+        .await?
+        .get(0);
+    Ok(seq.unsigned_abs())
+}

@@ -153,6 +153,10 @@ pub async fn reconcile(
         repaired.jwks = true;
         keys.mark_published(&fresh).await?;
     }
+    if !publisher.signed_is_current(&fresh.jwks_json, now).await? {
+        seal_jwks(publisher, pool, &fresh.jwks_json, now).await?;
+        repaired.jwks = true;
+    }
     let revoked = publisher
         .rewrite_revocations(&published, &live.sessions, &live.users, now)
         .await?;
@@ -165,6 +169,24 @@ pub async fn reconcile(
         publisher.announce_resync().await?;
     }
     Ok(repaired)
+}
+
+/// Seals the key set with the next sequence number (PostgreSQL's: it only grows, across
+/// replicas) when this control plane has a publisher key.
+async fn seal_jwks(
+    publisher: &Publisher,
+    pool: &Pool,
+    jwks_json: &str,
+    now: i64,
+) -> Result<(), ReconcileError> {
+    if !publisher.signs() {
+        return Ok(());
+    }
+    let client = pool.get().await.map_err(DbError::from)?;
+    let seq = crate::domain::keys::next_signed_seq(&client).await?;
+    drop(client);
+    publisher.seal_jwks(jwks_json, seq, now).await?;
+    Ok(())
 }
 
 /// An operator's rotation: planned ([`KeyRing::rotate`], refused inside the publish
@@ -203,6 +225,11 @@ pub async fn rotate_keys(
     audit::record(&client, rotated).await?;
     drop(client);
     let fresh = keys.refresh().await?;
+    // The signed set first: the event `jwks` then announces both.
+    let sealed = seal_jwks(publisher, pool, &fresh.jwks_json, clock::unix_now()).await;
+    if let Err(e) = sealed {
+        tracing::warn!(error = %e, "signed key set not published after rotation; the reconciler will");
+    }
     match publisher.jwks(&fresh.jwks_json).await {
         Ok(()) => keys.mark_published(&fresh).await?,
         Err(e) => {

@@ -11,8 +11,9 @@ use std::collections::HashMap;
 
 use portcullis_common::redis_conn::{RedisConfig, RedisConn};
 use portcullis_common::redis_layout::{
-    EVENTS_CHANNEL, Event, JWKS, REVOKED_SESSIONS, REVOKED_USERS, VERSION,
+    EVENTS_CHANNEL, Event, JWKS, JWKS_SIGNED, REVOKED_SESSIONS, REVOKED_USERS, VERSION,
 };
+use portcullis_common::signed_jwks;
 use redis::AsyncCommands as _;
 
 /// `HSET key field value` unless the field already holds a larger cutoff: two writers (a
@@ -46,7 +47,13 @@ pub struct Publisher {
     raise: redis::Script,
     drop_if: redis::Script,
     set_if: redis::Script,
+    /// Signs the key set for verifiers with trust keys (API.md §5 `portcullis:jwks:signed`).
+    signer: Option<std::sync::Arc<ed25519_dalek::SigningKey>>,
 }
+
+/// How long a sealed key set serves before the reconciler seals it again (verifiers
+/// refuse one older than a day).
+pub const RESEAL_SECS: i64 = 3600;
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,13 +87,61 @@ pub struct Published {
 impl Publisher {
     /// Connects lazily: the control plane starts (and answers 503 where Redis is needed)
     /// while Redis is down, and the connection comes back by itself.
-    pub fn new(redis: &RedisConfig) -> redis::RedisResult<Self> {
+    pub fn new(redis: &RedisConfig, publisher_key: Option<&[u8; 32]>) -> redis::RedisResult<Self> {
         Ok(Self {
             conn: redis.connection(),
             raise: redis::Script::new(RAISE_CUTOFF),
             drop_if: redis::Script::new(DROP_IF_UNCHANGED),
             set_if: redis::Script::new(SET_IF_UNCHANGED),
+            signer: publisher_key
+                .map(|seed| std::sync::Arc::new(ed25519_dalek::SigningKey::from_bytes(seed))),
         })
+    }
+
+    /// Whether this control plane signs what it publishes.
+    pub fn signs(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    /// Whether the signed key set in Redis is ours, carries `jwks_json` and is younger
+    /// than [`RESEAL_SECS`] (nothing to do), or needs sealing again.
+    pub async fn signed_is_current(&self, jwks_json: &str, now: i64) -> redis::RedisResult<bool> {
+        let Some(signer) = &self.signer else {
+            return Ok(true);
+        };
+        let mut conn = self.conn.clone();
+        let held: Option<String> = conn.get(JWKS_SIGNED).await?;
+        let own = signed_jwks::TrustKeys::from_jwks(
+            &serde_json::json!({ "keys": [signed_jwks::public_jwk(signer)] }).to_string(),
+        );
+        let opened = match (held, own) {
+            (Some(held), Ok(own)) => signed_jwks::open(&held, &own).ok(),
+            _ => None,
+        };
+        let same = |a: &str| {
+            serde_json::from_str::<serde_json::Value>(a).ok()
+                == serde_json::from_str::<serde_json::Value>(jwks_json).ok()
+        };
+        Ok(opened.is_some_and(|o| same(&o.jwks) && now - o.iat < RESEAL_SECS))
+    }
+
+    /// Seals `jwks_json` as key set `seq` and stores it (the caller announces the change).
+    pub async fn seal_jwks(&self, jwks_json: &str, seq: u64, now: i64) -> redis::RedisResult<()> {
+        let Some(signer) = &self.signer else {
+            return Ok(());
+        };
+        let sealed = signed_jwks::seal(signer, jwks_json, seq, now).map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Client, "sealing the key set", e))
+        })?;
+        let mut conn = self.conn.clone();
+        let () = conn.set(JWKS_SIGNED, sealed).await?;
+        Ok(())
+    }
+
+    /// Tells the verifiers the key set changed.
+    pub async fn announce_jwks(&self) -> redis::RedisResult<()> {
+        self.announce(|version| Event::Jwks { version }).await?;
+        Ok(())
     }
 
     /// The connection, for the rate limiter (which shares it).

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("../../migrations/0006_key_withdrawal.sql")),
     (7, include_str!("../../migrations/0007_passkeys.sql")),
     (8, include_str!("../../migrations/0008_openid_provider.sql")),
+    (9, include_str!("../../migrations/0009_signed_jwks.sql")),
 ];
 
 /// Advisory lock key for migrations ("portcull" in ASCII).

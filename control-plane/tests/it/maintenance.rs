@@ -79,6 +79,7 @@ async fn reconcile_prunes_what_has_expired_and_restores_what_is_missing() {
         .unwrap();
     let publisher = Publisher::new(
         &portcullis_common::redis_conn::RedisConfig::from_url(&redis_server.url()).unwrap(),
+        None,
     )
     .unwrap();
     let keys = KeyRing::new(pool.clone(), Secrets::new(&[1; 32]), Duration::ZERO);

@@ -351,7 +351,7 @@ fn migrate_subcommand_applies_the_schema_once() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "1,2,3,4,5,6,7,8"
+        "1,2,3,4,5,6,7,8,9"
     );
     let out = Command::new(bin)
         .arg("frobnicate")
@@ -360,4 +360,39 @@ fn migrate_subcommand_applies_the_schema_once() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn publisher_key_subcommand_prints_a_key_and_its_trust_setting() {
+    use base64::Engine as _;
+    let bin = env!("CARGO_BIN_EXE_portcullis-control-plane");
+    let out = Command::new(bin)
+        .arg("publisher-key")
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap()
+            .to_owned()
+    };
+    let seed: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(value("PORTCULLIS_JWKS_PUBLISHER_KEY"))
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let trust = portcullis_common::signed_jwks::TrustKeys::from_jwks(&value(
+        "PORTCULLIS_VERIFIER_JWKS_TRUST_KEYS",
+    ))
+    .unwrap();
+    let sealed = portcullis_common::signed_jwks::seal(&key, r#"{"keys":[]}"#, 1, 0).unwrap();
+    assert!(portcullis_common::signed_jwks::open(&sealed, &trust).is_ok());
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{ADMIN_TOKEN, Stack, eventually, header_of};
+use crate::support::{ADMIN_TOKEN, Stack, eventually, header_of, unix_now, uuid_like};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_and_refresh_reuse_reach_the_verifier() {
@@ -350,4 +350,69 @@ async fn a_key_signs_only_after_its_publish_lead() {
     assert!(wait > 3000, "{wait}");
     let keys = s.get("/v1/admin/keys", Some(ADMIN_TOKEN)).await.json();
     assert_eq!(keys["keys"].as_array().unwrap().len(), 2, "nothing rotated");
+}
+
+#[tokio::test]
+async fn verifiers_that_trust_only_the_publisher_key_refuse_a_planted_key() {
+    use base64::Engine as _;
+    use portcullis_common::signed_jwks::public_jwk;
+    let seed = [7u8; 32];
+    let encoded = base64::engine::general_purpose::STANDARD.encode(seed);
+    let s = Stack::start_with(&[
+        ("PORTCULLIS_JWKS_PUBLISHER_KEY", encoded.as_str()),
+        ("PORTCULLIS_KEY_PUBLISH_LEAD_SECS", "3600"),
+    ])
+    .await;
+    let public = public_jwk(&ed25519_dalek::SigningKey::from_bytes(&seed));
+    let trust = json!({ "keys": [public] }).to_string();
+    let v = s
+        .verifier_with(&[("PORTCULLIS_VERIFIER_JWKS_TRUST_KEYS", trust.as_str())])
+        .await;
+    let (_, app, _) = s.owner_with_app().await;
+    let ann = s.register(&app, "ann@example.com").await;
+    let token = ann["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        v.status(&token).await,
+        200,
+        "the signed set reached the verifier"
+    );
+
+    // Whoever can write to Redis plants a key in the plain JWKS and announces it.
+    let planted = portcullis_tests::tokens::Minter::new(
+        portcullis_tests::tokens::signing_key(99),
+        &s.issuer,
+        &app,
+    );
+    let forged = planted.sign(&planted.claims(unix_now(), 600, &uuid_like(), &uuid_like()));
+    let mut redis = s.redis().await;
+    let planted_jwks = portcullis_tests::tokens::jwks_json(&[planted.verifying_key()]);
+    let _: () = redis::AsyncCommands::set(&mut redis, "portcullis:jwks", planted_jwks)
+        .await
+        .unwrap();
+    let version: u64 = redis::AsyncCommands::incr(&mut redis, "portcullis:version", 1)
+        .await
+        .unwrap();
+    let event = format!(r#"{{"kind":"jwks","version":{version}}}"#);
+    let _: i64 = redis::AsyncCommands::publish(&mut redis, "portcullis:events", event)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(v.check("GET", "/", &forged).await, 401);
+    assert_eq!(v.status(&token).await, 200);
+
+    // An emergency rotation reaches it signed: the new key's tokens pass, the old fail.
+    let r = s
+        .post(
+            "/v1/admin/keys/rotate",
+            Some(ADMIN_TOKEN),
+            json!({"emergency": true, "reason": "drill"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually(Duration::from_secs(10), || async {
+        v.status(&token).await == 401
+    })
+    .await;
+    let fresh = s.login(&app, "ann@example.com").await;
+    assert_eq!(v.status(fresh["access_token"].as_str().unwrap()).await, 200);
 }

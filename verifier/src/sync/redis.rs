@@ -18,6 +18,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use portcullis_common::redis_conn::{RedisConfig, RedisConn};
 use portcullis_common::redis_layout::{self as layout, Event};
+use portcullis_common::signed_jwks::{self, EnvelopeError, TrustKeys};
 use redis::AsyncCommands;
 use sha2::{Digest, Sha256};
 
@@ -50,12 +51,31 @@ async fn bounded<T>(f: impl Future<Output = Result<T, redis::RedisError>>) -> Re
 struct Cursor {
     version: u64,
     jwks_digest: Option<[u8; 32]>,
+    /// With trust keys, only the signed key set is read, and its `seq` must grow.
+    trust: Option<Arc<TrustKeys>>,
+    seq: Option<u64>,
+    /// The last envelope refused (said once, not on every resync).
+    refused: Option<[u8; 32]>,
 }
 
+/// An envelope older than this is refused even by a verifier that holds none: the
+/// control plane seals the key set again well within it (every hour), so a replayed old
+/// set (one with a withdrawn key, say) cannot be fed to a verifier that just started.
+pub const SIGNED_JWKS_MAX_AGE_SECS: i64 = 86_400;
+
 /// Runs forever: connect, resync, follow events; reconnect with backoff on any failure.
-pub async fn run(redis: RedisConfig, shared: Arc<Shared>, resync_every: Duration) {
+/// With `trust`, keys come only from the key set signed by one of those publisher keys.
+pub async fn run(
+    redis: RedisConfig,
+    shared: Arc<Shared>,
+    resync_every: Duration,
+    trust: Option<Arc<TrustKeys>>,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut cursor = Cursor::default();
+    let mut cursor = Cursor {
+        trust,
+        ..Cursor::default()
+    };
     loop {
         let err = follow(&redis, &shared, resync_every, &mut cursor, &mut backoff).await;
         metrics::counter!("portcullis_verifier_sync_errors_total").increment(1);
@@ -152,6 +172,9 @@ async fn refresh_jwks(
     shared: &Shared,
     cursor: &mut Cursor,
 ) -> Result<(), SyncError> {
+    if let Some(trust) = cursor.trust.clone() {
+        return refresh_signed_jwks(conn, shared, cursor, &trust).await;
+    }
     let doc: Option<Vec<u8>> = bounded(conn.get(layout::JWKS)).await?;
     let Some(doc) = doc else {
         tracing::warn!("{} is missing; keeping the last good keys", layout::JWKS);
@@ -163,6 +186,66 @@ async fn refresh_jwks(
     }
     if install_jwks(shared, &doc, Trust::Portcullis, "redis") {
         cursor.jwks_digest = Some(digest);
+    }
+    Ok(())
+}
+
+/// The signed key set: installed only if a trusted publisher key signed it, it is not
+/// older than the one held (`seq`), and not past [`SIGNED_JWKS_MAX_AGE_SECS`]. Anything
+/// else (unsigned, signed by another key, replayed, stale) is ignored, counted and said
+/// once; the last good keys keep serving, and readiness follows the usual rules.
+async fn refresh_signed_jwks(
+    conn: &mut RedisConn,
+    shared: &Shared,
+    cursor: &mut Cursor,
+    trust: &TrustKeys,
+) -> Result<(), SyncError> {
+    let doc: Option<Vec<u8>> = bounded(conn.get(layout::JWKS_SIGNED)).await?;
+    let Some(doc) = doc else {
+        tracing::warn!(
+            "{} is missing; keeping the last good keys",
+            layout::JWKS_SIGNED
+        );
+        return Ok(());
+    };
+    let digest: [u8; 32] = Sha256::digest(&doc).into();
+    if cursor.jwks_digest == Some(digest) || cursor.refused == Some(digest) {
+        return Ok(());
+    }
+    let opened = std::str::from_utf8(&doc)
+        .map_err(|_| EnvelopeError::Malformed)
+        .and_then(|text| signed_jwks::open(text, trust));
+    let refusal = match &opened {
+        Err(e) => Some(e.to_string()),
+        Ok(o) if cursor.seq.is_some_and(|held| o.seq <= held) => Some(format!(
+            "seq {} is not newer than the {} held (a replay)",
+            o.seq,
+            cursor.seq.unwrap_or_default()
+        )),
+        Ok(o) if o.iat < unix_now() - SIGNED_JWKS_MAX_AGE_SECS => {
+            Some(format!("issued at {}, older than a day", o.iat))
+        }
+        Ok(_) => None,
+    };
+    if let Some(why) = refusal {
+        cursor.refused = Some(digest);
+        metrics::counter!("portcullis_verifier_jwks_refused_total").increment(1);
+        tracing::error!(reason = %why, "signed key set refused; keeping the last good keys");
+        return Ok(());
+    }
+    let Ok(opened) = opened else {
+        return Ok(());
+    };
+    if install_jwks(
+        shared,
+        opened.jwks.as_bytes(),
+        Trust::Portcullis,
+        "redis (signed)",
+    ) {
+        cursor.jwks_digest = Some(digest);
+        cursor.seq = Some(opened.seq);
+    } else {
+        cursor.refused = Some(digest);
     }
     Ok(())
 }

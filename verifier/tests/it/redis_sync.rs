@@ -279,3 +279,93 @@ async fn a_resync_never_un_revokes_a_session_before_its_time() {
     );
     v.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_trust_keys_only_a_signed_newer_key_set_counts() {
+    use portcullis_common::signed_jwks::{public_jwk, seal};
+    let redis = RedisServer::start().unwrap();
+    let (publisher, next_publisher, stranger) = (signing_key(21), signing_key(22), signing_key(23));
+    let trust =
+        serde_json::json!({ "keys": [public_jwk(&publisher), public_jwk(&next_publisher)] })
+            .to_string();
+    let (key, planted, added) = (signing_key(17), signing_key(18), signing_key(19));
+    let now = wall_now();
+    let mut w = Writer::connect(&redis.url()).await;
+    // Whoever can write to Redis plants a key in the plain JWKS: it is not read at all.
+    w.set_jwks(&jwks_of(&[&planted])).await;
+    let trusted = [("PORTCULLIS_VERIFIER_JWKS_TRUST_KEYS", trust.clone())];
+    let v = redis_verifier(&redis, &trusted).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!ready(v.http).await, "no signed key set yet");
+
+    w.set_signed_jwks(&seal(&publisher, &jwks_of(&[&key]), 5, now).unwrap())
+        .await;
+    eventually(5 * SECOND, || ready(v.http)).await;
+    let good = live_token(&key, &new_id(), &new_id());
+    let forged = live_token(&planted, &new_id(), &new_id());
+    assert_eq!(verify(v.http, &good).await.status, 200);
+    assert_eq!(verify(v.http, &forged).await.json()["code"], "unknown_key");
+
+    // Signed by a key not trusted, replayed (an older seq), stale: all ignored.
+    let pause = Duration::from_millis(300);
+    for refused in [
+        seal(&stranger, &jwks_of(&[&planted]), 6, now).unwrap(),
+        seal(&publisher, &jwks_of(&[&planted]), 4, now).unwrap(),
+        seal(&publisher, &jwks_of(&[&planted]), 7, now - 2 * 86_400).unwrap(),
+        jwks_of(&[&planted]),
+    ] {
+        w.set_signed_jwks(&refused).await;
+        tokio::time::sleep(pause).await;
+        assert_eq!(verify(v.http, &forged).await.json()["code"], "unknown_key");
+        assert_eq!(verify(v.http, &good).await.status, 200);
+        assert!(ready(v.http).await, "the last good keys keep serving");
+    }
+    // (The metrics are the test process's, shared by every verifier in it: at least 4.)
+    let metrics = get(v.http, "/metrics", &[]).await.body;
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis_verifier_jwks_refused_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(refused >= 4, "{metrics}");
+
+    // A verifier that starts while Redis holds no good signed set is not ready; once the
+    // publisher writes one, it is.
+    let second = redis_verifier(&redis, &trusted).await;
+    tokio::time::sleep(pause).await;
+    assert!(!ready(second.http).await);
+    w.set_signed_jwks(&seal(&publisher, &jwks_of(&[&key]), 9, now).unwrap())
+        .await;
+    eventually(5 * SECOND, || ready(second.http)).await;
+
+    // The publisher key rotated (both trusted meanwhile): both take the set it signs.
+    w.set_signed_jwks(&seal(&next_publisher, &jwks_of(&[&key, &added]), 10, now).unwrap())
+        .await;
+    let newer = live_token(&added, &new_id(), &new_id());
+    for running in [&v, &second] {
+        eventually(3 * SECOND, || async {
+            verify(running.http, &newer).await.status == 200
+        })
+        .await;
+    }
+    v.shutdown().await;
+    second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_keys_must_be_public_ed25519_keys_for_redis() {
+    let redis = RedisServer::start().unwrap();
+    let mut private =
+        serde_json::to_value(portcullis_common::signed_jwks::public_jwk(&signing_key(24))).unwrap();
+    private["d"] = serde_json::json!(b64(&[1u8; 32]));
+    let refused = serde_json::json!({ "keys": [private] }).to_string();
+    let url = redis.url();
+    let env: std::collections::HashMap<&str, &str> = [
+        ("PORTCULLIS_REDIS_URL", url.as_str()),
+        ("PORTCULLIS_VERIFIER_ISSUER", "https://issuer.test"),
+        ("PORTCULLIS_VERIFIER_JWKS_TRUST_KEYS", refused.as_str()),
+    ]
+    .into();
+    let config = portcullis_verifier::config::Config::from_env(&env);
+    assert!(config.unwrap_err().to_string().contains("private"));
+}

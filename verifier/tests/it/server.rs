@@ -174,6 +174,15 @@ impl Writer {
         version
     }
 
+    /// Writes the signed key set (as the control plane does with a publisher key) and
+    /// announces it.
+    pub async fn set_signed_jwks(&mut self, envelope: &str) -> u64 {
+        let _: () = self.conn.set(layout::JWKS_SIGNED, envelope).await.unwrap();
+        let version = self.incr().await;
+        self.publish(&Event::Jwks { version }).await;
+        version
+    }
+
     /// Writes a revoked session; publishes only if `publish` (false simulates a lost event).
     pub async fn revoke_session(&mut self, sid: &str, until: i64, publish: bool) -> u64 {
         let _: i64 = self
