@@ -335,6 +335,22 @@ class MinimalInstallTest(ChartTestCase):
             c = self.control_plane(values)
             self.assertEqual(env_value(c, "PORTCULLIS_EGRESS_ALLOW_PRIVATE"), "true", name)
 
+    def test_signed_key_sets(self) -> None:
+        trust = '{"keys":[{"kty":"OKP","crv":"Ed25519","x":"' + "A" * 43 + '"}]}'
+        values = merged(MINIMAL, {
+            "secrets": {"jwksPublisherKey": "A" * 43 + "="},
+            "verifier": {"config": {"jwksTrustKeys": trust}},
+        })
+        objects = render(CHART, values)
+        deployments = by_kind(objects, "Deployment")
+        cp = containers(deployments["auth-portcullis-control-plane"])["control-plane"]
+        self.assertEqual(secret_ref(cp, "PORTCULLIS_JWKS_PUBLISHER_KEY"),
+                         ("auth-portcullis", "jwks-publisher-key"))
+        verifier = containers(deployments["auth-portcullis-verifier"])["verifier"]
+        self.assertEqual(env_value(verifier, "PORTCULLIS_VERIFIER_JWKS_TRUST_KEYS"), trust)
+        # Not set: neither variable.
+        self.assertNotIn("PORTCULLIS_JWKS_PUBLISHER_KEY", env(self.control_plane(MINIMAL)))
+
     @staticmethod
     def control_plane(values: dict[str, Any]) -> dict:
         d = by_kind(render(CHART, values), "Deployment")["auth-portcullis-control-plane"]

@@ -146,7 +146,7 @@ a fixed name, and only when a value was given (or the setting is required).
 */}}
 {{- define "portcullis.secretKey" -}}
 {{- $s := .root.Values.secrets -}}
-{{- $fixed := dict "databaseUrl" "database-url" "redisUrl" "redis-url" "redisPassword" "redis-password" "redisSentinelPassword" "redis-sentinel-password" "keyEncryptionKey" "key-encryption-key" "adminToken" "admin-token" "smtpUrl" "smtp-url" "smsWebhookToken" "sms-webhook-token" -}}
+{{- $fixed := dict "databaseUrl" "database-url" "redisUrl" "redis-url" "redisPassword" "redis-password" "redisSentinelPassword" "redis-sentinel-password" "keyEncryptionKey" "key-encryption-key" "adminToken" "admin-token" "smtpUrl" "smtp-url" "smsWebhookToken" "sms-webhook-token" "jwksPublisherKey" "jwks-publisher-key" -}}
 {{- if $s.existingSecret -}}
 {{- index $s.existingSecretKeys .setting | default "" -}}
 {{- else if index $s .setting -}}

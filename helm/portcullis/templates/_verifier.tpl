@@ -55,6 +55,7 @@ portcullis.verifier.container takes a dict:
         (list "PORTCULLIS_VERIFIER_CACHE_ENTRIES" $cfg.cacheEntries)
         (list "PORTCULLIS_VERIFIER_MAX_CONNECTIONS" $cfg.maxConnections)
         (list "PORTCULLIS_VERIFIER_DRAIN_SECS" $cfg.drainSecs)
+        (list "PORTCULLIS_VERIFIER_JWKS_TRUST_KEYS" $cfg.jwksTrustKeys)
         (list "PORTCULLIS_VERIFIER_POLICY_FILE" .policyFile)
         (list "PORTCULLIS_LOG" ($cfg.log | default "info"))) | fromYamlArray) }}
   {{- if $v.tls.enabled }}
