@@ -219,14 +219,49 @@ async fn authorize_form(
     let outcome = match form.action.as_deref() {
         Some("sign_in") => sign_in(&state, &app, &form, &ctx).await,
         Some("second_factor") => second_factor(&state, &app, &form, &ctx).await,
+        Some("send_code") => send_code(&state, &app, &form, &ctx).await,
         Some("passkey") => passkey_sign_in(&state, &app, &form, &ctx).await,
         Some("consent") => consent(&state, &app, &valid, &form, &headers, &ctx).await,
         _ => Err(ApiError::bad_request("unknown action")),
     };
     match outcome {
         Ok(Step::Show(next, set)) => show(&state, &app, &form.request, &valid, next, &headers, set),
-        Ok(Step::SecondFactor(challenge)) => {
-            second_factor_page(&app, &form.request, &headers, &challenge, None)
+        Ok(Step::SecondFactor(challenge)) => second_factor_page(
+            &app,
+            &form.request,
+            &headers,
+            &challenge.mfa_token,
+            &challenge.methods,
+            None,
+            None,
+        ),
+        Ok(Step::CodeSent(method)) => {
+            let mfa_token = form.mfa_token.as_deref().unwrap_or("");
+            let page = &form.request;
+            second_factor_page(
+                &app,
+                page,
+                &headers,
+                mfa_token,
+                &[method],
+                Some(method),
+                None,
+            )
+        }
+        Err(e) if form.action.as_deref() == Some("second_factor") => {
+            let mfa_token = form.mfa_token.as_deref().unwrap_or("");
+            let method = form_method(&form);
+            let why = format!("{}. Try again.", e.detail);
+            let page = &form.request;
+            second_factor_page(
+                &app,
+                page,
+                &headers,
+                mfa_token,
+                &[method],
+                Some(method),
+                Some(&why),
+            )
         }
         Err(e) if matches!(form.action.as_deref(), Some("sign_in" | "passkey")) => sign_in_page(
             &state,
@@ -245,6 +280,18 @@ enum Step {
     /// The next page or redirect; with a new browser session's cookie to set.
     Show(Next, Option<String>),
     SecondFactor(crate::flows::signin::stepup::Challenge),
+    /// A code went out by this channel: its form.
+    CodeSent(Method),
+}
+
+/// The method a second-factor form names (an authenticator app's code when none).
+fn form_method(form: &Submitted) -> Method {
+    match form.method.as_deref() {
+        Some("recovery_code") => Method::RecoveryCode,
+        Some("email") => Method::Email,
+        Some("sms") => Method::Sms,
+        _ => Method::Totp,
+    }
 }
 
 async fn sign_in(
@@ -287,17 +334,30 @@ async fn second_factor(
     ctx: &Ctx,
 ) -> Result<Step, ApiError> {
     limit_ip(state, app, "provider-sign-in", ctx).await?;
-    let method = match form.method.as_deref() {
-        Some("recovery_code") => Method::RecoveryCode,
-        Some("email") => Method::Email,
-        Some("sms") => Method::Sms,
-        _ => Method::Totp,
-    };
     let mfa_token = form.mfa_token.as_deref().unwrap_or("");
     let code = form.code.as_deref().unwrap_or("");
+    let deps = state.provider();
     let signed_in =
-        authorize::second_factor(state.provider(), app, mfa_token, method, code, ctx).await?;
+        authorize::second_factor(deps, app, mfa_token, form_method(form), code, ctx).await?;
     after_sign_in(state, app, form, signed_in, ctx).await
+}
+
+/// "Send a code" on the second-factor page: by the channel the form names.
+async fn send_code(
+    state: &AppState,
+    app: &App,
+    form: &Submitted,
+    ctx: &Ctx,
+) -> Result<Step, ApiError> {
+    limit_ip(state, app, "provider-sign-in", ctx).await?;
+    let (method, channel) = match form_method(form) {
+        Method::Sms => (Method::Sms, crate::domain::factors::Channel::Sms),
+        _ => (Method::Email, crate::domain::factors::Channel::Email),
+    };
+    let mfa_token = form.mfa_token.as_deref().unwrap_or("");
+    crate::flows::signin::stepup::send_for_step_up(state.signin(), app, mfa_token, channel, ctx)
+        .await?;
+    Ok(Step::CodeSent(method))
 }
 
 async fn after_sign_in(
@@ -465,49 +525,92 @@ fn sign_in_page(
     with_csrf(page, app, &csrf, new)
 }
 
+/// The label of a code's input, by method.
+fn code_input(method: Method) -> &'static [(&'static str, &'static str, &'static str)] {
+    match method {
+        Method::Totp => &[("code", "Code from your authenticator app", "text")],
+        Method::RecoveryCode => &[("code", "A recovery code", "text")],
+        Method::Sms => &[("code", "The code sent by SMS", "text")],
+        _ => &[("code", "The code sent by email", "text")],
+    }
+}
+
+fn method_name(method: Method) -> &'static str {
+    match method {
+        Method::Totp => "totp",
+        Method::RecoveryCode => "recovery_code",
+        Method::Sms => "sms",
+        Method::Email => "email",
+        Method::Webauthn => "webauthn",
+    }
+}
+
+/// The second step: a code form per method that takes one as it is (authenticator app,
+/// recovery code), a "send a code" form per channel (SMS, email), and, once a code was
+/// sent (`sent`), the form for it.
 fn second_factor_page(
     app: &App,
     request: &Request,
     headers: &HeaderMap,
-    challenge: &crate::flows::signin::stepup::Challenge,
+    mfa_token: &str,
+    methods: &[Method],
+    sent: Option<Method>,
     error: Option<&str>,
 ) -> Response {
     let (csrf, new) = csrf_token(headers);
     let to = action(app);
-    let mut forms_fields = Vec::new();
-    for method in [Method::Totp, Method::RecoveryCode] {
-        if !challenge.methods.contains(&method) {
-            continue;
-        }
-        let name = if method == Method::Totp {
-            "totp"
-        } else {
-            "recovery_code"
-        };
-        let mut fields = hidden(request, &csrf, "second_factor");
-        fields.push(("mfa_token", &challenge.mfa_token));
-        fields.push(("method", name));
-        forms_fields.push((method, fields));
+    let mut specs: Vec<(Method, &'static str)> = Vec::new();
+    if let Some(channel) = sent {
+        specs.push((channel, "second_factor"));
     }
-    if forms_fields.is_empty() {
-        let message = "This account's second factor cannot be used on this page: sign in with an \
-                       authenticator-app code or a recovery code, or ask the application.";
+    for method in [Method::Totp, Method::RecoveryCode] {
+        if methods.contains(&method) {
+            specs.push((method, "second_factor"));
+        }
+    }
+    for channel in [Method::Sms, Method::Email] {
+        if methods.contains(&channel) {
+            specs.push((channel, "send_code"));
+        }
+    }
+    if specs.is_empty() {
+        let message = "This account's second factor is a passkey: go back and use \"Sign in \
+                       with a passkey\".";
         return page(StatusCode::FORBIDDEN, "Second factor", message, None);
     }
-    let forms: Vec<Form<'_>> = forms_fields
+    let fields: Vec<Vec<(&str, &str)>> = specs
         .iter()
-        .map(|(method, fields)| Form {
-            action: &to,
-            hidden: fields,
-            inputs: if *method == Method::Totp {
-                &[("code", "Code from your authenticator app", "text")]
-            } else {
-                &[("code", "A recovery code", "text")]
-            },
-            button: "Continue",
+        .map(|(method, step)| {
+            let mut fields = hidden(request, &csrf, step);
+            fields.push(("mfa_token", mfa_token));
+            fields.push(("method", method_name(*method)));
+            fields
         })
         .collect();
-    let message = error.unwrap_or("Enter a code to finish signing in.");
+    let forms: Vec<Form<'_>> = specs
+        .iter()
+        .zip(&fields)
+        .map(|((method, step), fields)| Form {
+            action: &to,
+            hidden: fields,
+            inputs: if *step == "send_code" {
+                &[]
+            } else {
+                code_input(*method)
+            },
+            button: match (*step, method) {
+                ("send_code", Method::Sms) => "Send a code by SMS",
+                ("send_code", _) => "Send a code by email",
+                _ => "Continue",
+            },
+        })
+        .collect();
+    let message = match (error, sent) {
+        (Some(e), _) => e,
+        (None, Some(Method::Sms)) => "A code is on its way by SMS.",
+        (None, Some(_)) => "A code is on its way by email.",
+        (None, None) => "Enter a code to finish signing in.",
+    };
     with_csrf(
         page_with(StatusCode::OK, "Second factor", message, &forms),
         app,

@@ -777,3 +777,48 @@ async fn in_a_browser_the_sign_in_page_takes_a_passkey() {
     assert_eq!(id_token["amr"], json!(["hwk", "mfa"]));
     assert!(session.console.is_empty(), "{:?}", session.console);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sign_in_page_sends_an_email_code_when_the_policy_requires_one() {
+    let (s, smtp) = crate::support::with_smtp(&[]).await;
+    let p = Provider::new(&s).await;
+    let required = json!({"mfa": {"policy": "required"}});
+    let r = s
+        .call(
+            "PUT",
+            &format!("/v1/apps/{}/settings", p.app),
+            Some(&p.key),
+            Some(required),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    s.register(&p.app, "ann@example.com").await;
+    let registered = p.client(fields("Orders", true)).await;
+    let mut rp = p.rp(&registered, REDIRECT).await;
+    let mut browser = Browser::default();
+    let request = rp.authorization_url(json!({})).await.unwrap();
+    let page = browser.open(&s, &request.url).await;
+    let fill = [("login", "ann@example.com"), ("password", PASSWORD)];
+    let step = browser.submit(&s, &page, "Sign in", &fill).await;
+    assert!(step.body.contains("Send a code by email"), "{}", step.body);
+    let sent = browser.submit(&s, &step, "Send a code by email", &[]).await;
+    assert!(sent.body.contains("on its way by email"), "{}", sent.body);
+    let mail = smtp.wait_for(1, Duration::from_secs(15)).await.remove(0);
+    let code = crate::support::code_in(&mail.text);
+    // A wrong code: the page again, saying so.
+    let wrong = browser
+        .submit(&s, &sent, "Continue", &[("code", "000000")])
+        .await;
+    assert_eq!(wrong.status, 200, "{}", wrong.body);
+    assert!(wrong.body.contains("Try again"), "{}", wrong.body);
+    let r = browser
+        .submit(&s, &wrong, "Continue", &[("code", &code)])
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let tokens = rp.callback(header(&r, "location"), &request).await.unwrap();
+    assert_eq!(
+        tokens["claims"]["amr"],
+        json!(["pwd", "otp", "mfa"]),
+        "{tokens}"
+    );
+}
