@@ -65,37 +65,51 @@ pub(super) fn page(
     message: &str,
     form: Option<Form<'_>>,
 ) -> Response {
-    page_with(status, title, message, form.as_slice())
+    page_scripted(status, title, message, form.as_slice(), Look::default())
 }
 
-/// An HTML page with any number of forms (a choice: allow or deny).
-pub(super) fn page_with(
-    status: StatusCode,
-    title: &str,
-    message: &str,
-    forms: &[Form<'_>],
-) -> Response {
-    page_scripted(status, title, message, forms, None)
+/// How a page looks beyond its text: one script of this origin (`script`: its path), and
+/// an application's branding (a logo from an `https:` URL, the buttons' colour).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Look<'a> {
+    pub script: Option<&'a str>,
+    pub logo: Option<&'a str>,
+    /// `#rrggbb`, checked when the settings were stored.
+    pub color: Option<&'a str>,
 }
 
-/// A page with forms and one script of this origin (`src`: its path); the CSP allows that
-/// script and requests to this origin, nothing else.
+/// A page with forms, as `look` says; the CSP allows its script and requests to this
+/// origin, its logo's `https:` image, nothing else.
 pub(super) fn page_scripted(
     status: StatusCode,
     title: &str,
     message: &str,
     forms: &[Form<'_>],
-    script: Option<&str>,
+    look: Look<'_>,
 ) -> Response {
+    let color = look
+        .color
+        .filter(|c| {
+            c.len() == 7 && c.starts_with('#') && c[1..].bytes().all(|b| b.is_ascii_hexdigit())
+        })
+        .map(|c| format!("button{{background:{c};color:#fff;border:0}}"))
+        .unwrap_or_default();
     let mut html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
          <title>{t}</title><style>body{{font-family:sans-serif;max-width:28rem;margin:3rem auto;\
          padding:0 1rem}}input,button{{font-size:1rem;padding:.5rem;margin:.25rem 0;width:100%}}\
-         </style></head><body><h1>{t}</h1><p>{m}</p>",
+         img{{max-height:4rem}}{color}</style></head><body>",
         t = escape(title),
-        m = escape(message),
     );
+    if let Some(logo) = look.logo {
+        html.push_str(&format!("<img src=\"{}\" alt=\"\">", escape(logo)));
+    }
+    html.push_str(&format!(
+        "<h1>{}</h1><p>{}</p>",
+        escape(title),
+        escape(message)
+    ));
     for form in forms {
         html.push_str(&format!(
             "<form method=\"post\" action=\"{}\">",
@@ -121,16 +135,27 @@ pub(super) fn page_scripted(
             escape(form.button)
         ));
     }
-    if let Some(src) = script {
+    if let Some(src) = look.script {
         html.push_str(&format!("<script src=\"{}\"></script>", escape(src)));
     }
     html.push_str("</body></html>");
     let mut response = (status, html).into_response();
-    let csp = if script.is_some() {
-        "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; \
-         base-uri 'none'; frame-ancestors 'none'"
-    } else {
-        "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'"
+    let csp = match (look.script.is_some(), look.logo.is_some()) {
+        (true, true) => {
+            "default-src 'none'; script-src 'self'; connect-src 'self'; img-src https:; \
+             style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'"
+        }
+        (true, false) => {
+            "default-src 'none'; script-src 'self'; connect-src 'self'; \
+             style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'"
+        }
+        (false, true) => {
+            "default-src 'none'; img-src https:; style-src 'unsafe-inline'; base-uri 'none'; \
+             frame-ancestors 'none'"
+        }
+        (false, false) => {
+            "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'"
+        }
     };
     locked_down(&mut response, "text/html; charset=utf-8", csp);
     response

@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{LiveApp, bearer, cookie, limit_ip};
-use super::pages::{Form, locked_down, page, page_scripted, page_with, problem_page};
+use super::pages::{Form, Look, locked_down, page, page_scripted, problem_page};
 use crate::domain::Ctx;
 use crate::domain::apps::App;
 use crate::domain::factors::Method;
@@ -520,8 +520,11 @@ fn sign_in_page(
         StatusCode::OK
     };
     let title = format!("Sign in to {}", app.name);
-    let script = passkeys.then_some("/v1/provider-passkey.js");
-    let page = page_scripted(status, &title, &message, &forms, script);
+    let look = Look {
+        script: passkeys.then_some("/v1/provider-passkey.js"),
+        ..branded(app)
+    };
+    let page = page_scripted(status, &title, &message, &forms, look);
     with_csrf(page, app, &csrf, new)
 }
 
@@ -612,11 +615,26 @@ fn second_factor_page(
         (None, None) => "Enter a code to finish signing in.",
     };
     with_csrf(
-        page_with(StatusCode::OK, "Second factor", message, &forms),
+        page_scripted(
+            StatusCode::OK,
+            "Second factor",
+            message,
+            &forms,
+            branded(app),
+        ),
         app,
         &csrf,
         new,
     )
+}
+
+/// The application's branding on the provider's pages.
+fn branded(app: &App) -> Look<'_> {
+    Look {
+        script: None,
+        logo: app.settings.branding.logo_url.as_deref(),
+        color: app.settings.branding.primary_color.as_deref(),
+    }
 }
 
 fn consent_page(
@@ -653,7 +671,13 @@ fn consent_page(
         scopes.join(", ")
     );
     with_csrf(
-        page_with(StatusCode::OK, "Allow access?", &message, &forms),
+        page_scripted(
+            StatusCode::OK,
+            "Allow access?",
+            &message,
+            &forms,
+            branded(app),
+        ),
         app,
         &csrf,
         new,

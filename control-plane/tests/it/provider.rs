@@ -329,10 +329,36 @@ async fn first_party_clients_skip_consent_and_machines_get_their_own_tokens() {
     spa_fields["confidential"] = json!(false);
     let spa = p.client(spa_fields).await;
     assert!(spa["client_secret"].is_null());
+    // The application's look on the pages: its logo (https only) and colour.
+    let settings = format!("/v1/apps/{}/settings", p.app);
+    let bad = json!({"branding": {"primary_color": "red; background:url(x)"}});
+    let r = s.call("PUT", &settings, Some(&p.key), Some(bad)).await;
+    assert_eq!(r.json()["code"], "invalid_request", "{}", r.body);
+    let look = json!({"branding": {"logo_url": "https://cdn.example.com/logo.png",
+                                    "primary_color": "#1a73e8"}});
+    assert_eq!(
+        s.call("PUT", &settings, Some(&p.key), Some(look))
+            .await
+            .status,
+        200
+    );
     let mut rp = p.rp(&spa, REDIRECT).await;
     let mut browser = Browser::default();
     let request = rp.authorization_url(json!({})).await.unwrap();
     assert!(request.url.contains("code_challenge_method=S256"));
+    let page = browser.open(&s, &request.url).await;
+    assert!(
+        page.body
+            .contains(r#"<img src="https://cdn.example.com/logo.png""#),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("button{background:#1a73e8"),
+        "{}",
+        page.body
+    );
+    assert!(header(&page, "content-security-policy").contains("img-src https:;"));
     let back = sign_in(&s, &mut browser, &request.url, false).await;
     let tokens = rp.callback(&back, &request).await.unwrap();
     assert!(tokens["access_token"].is_string(), "{tokens}");

@@ -57,6 +57,20 @@ pub struct AppSettings {
     /// Passkeys (WebAuthn); absent: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub passkeys: Option<PasskeySettings>,
+    /// How the OpenID Provider's pages look.
+    pub branding: Branding,
+}
+
+/// The OpenID Provider's pages: the application's logo and colour (its name is the title).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct Branding {
+    /// An `https:` image shown above the title.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logo_url: Option<String>,
+    /// `#rrggbb`: the buttons' colour.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary_color: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -167,6 +181,7 @@ impl Default for AppSettings {
             cookies: CookieSettings::default(),
             oauth_providers: Vec::new(),
             passkeys: None,
+            branding: Branding::default(),
         }
     }
 }
@@ -284,6 +299,19 @@ impl AppSettings {
         if let Some(passkeys) = &self.passkeys {
             passkeys.validate()?;
         }
+        let b = &self.branding;
+        check(
+            b.logo_url
+                .as_deref()
+                .is_none_or(|u| u.starts_with("https://") && redirect_uri_ok(u)),
+            "branding.logo_url must be an https:// URL",
+        )?;
+        check(
+            b.primary_color.as_deref().is_none_or(|c| {
+                c.len() == 7 && c.starts_with('#') && c[1..].bytes().all(|b| b.is_ascii_hexdigit())
+            }),
+            "branding.primary_color must be a colour like #1a73e8",
+        )?;
         let c = &self.cookies;
         check(
             cookie_name_ok(&c.access_name)
