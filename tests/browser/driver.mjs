@@ -15,7 +15,8 @@
 //   {"authenticator": "add", "options": {...}?}   -> {"authenticator_id": "..."}
 //   {"authenticator": "remove"}                   -> {"removed": true}
 //   {"credentials": true}                         -> {"credentials": [...]}
-//   {"goto": url, "timeout_ms": 15000?}           -> {"url", "status", "headers", "ready"}
+//   {"goto": url, "timeout_ms": 15000?, "ready_ms": timeout_ms?}
+//                                                 -> {"url", "status", "headers", "ready"}
 //   {"fill": {selector: value, ...}}              -> {}
 //   {"click": selector, "timeout_ms": 20000?}     -> JSON of #result, or {"timeout": true}
 //   {"eval": "expression"}                        -> its JSON value (promises awaited)
@@ -105,7 +106,8 @@ try {
       // The private key is of no use to a test and would only clutter its failures.
       results.push({ credentials: credentials.map(({ privateKey, ...rest }) => rest) });
     } else if (typeof step.goto === "string") {
-      results.push(await goto(page, step.goto, step.timeout_ms ?? READY_TIMEOUT_MS));
+      const timeout = step.timeout_ms ?? READY_TIMEOUT_MS;
+      results.push(await goto(page, step.goto, timeout, step.ready_ms ?? timeout));
     } else if (step.fill !== undefined) {
       for (const [selector, value] of Object.entries(step.fill)) {
         await page.fill(selector, String(value), { timeout: ACTION_TIMEOUT_MS });
@@ -132,7 +134,7 @@ try {
 
 // Navigates, then waits for the page to say it is ready. A page that never does (an
 // error page, a page refused by its own policy) is a result, not a failure.
-async function goto(page, url, timeout) {
+async function goto(page, url, timeout, readyTimeout) {
   const response = await page.goto(url, { waitUntil: "load", timeout });
   const answer = {
     url: page.url(),
@@ -141,7 +143,7 @@ async function goto(page, url, timeout) {
   };
   try {
     await page.waitForFunction(() => document.body?.dataset.ready === "true", null, {
-      timeout,
+      timeout: readyTimeout,
     });
     return { ...answer, ready: true };
   } catch (error) {

@@ -19,7 +19,9 @@
 //!   as DevTools gives it (`credentialId`, `isResidentCredential`, `rpId`, `userHandle`,
 //!   `signCount`, `backupEligibility`, `backupState`, `userName`, `userDisplayName`; ids
 //!   and handles in base64) without its private key.
-//! - `{"goto": "http://..."}`, optionally with `"timeout_ms"` (default 15000):
+//! - `{"goto": "http://..."}`, optionally with `"timeout_ms"` (default 15000; the
+//!   navigation's limit, and the ready wait's unless `"ready_ms"` says otherwise, for a
+//!   page known not to set it):
 //!   `{"url", "status", "headers": {lower-case name: value}, "ready"}` (repeated headers
 //!   joined by newlines).
 //! - `{"fill": {"#selector": "value", ...}}`: `{}`.

@@ -41,6 +41,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(introspect))
         .routes(routes!(revoke))
         .routes(routes!(logout))
+        .routes(routes!(social_return))
         .route(
             "/v1/provider-passkey.js",
             axum::routing::get(passkey_script),
@@ -182,6 +183,8 @@ struct Submitted {
     /// A passkey sign-in: the ceremony and the browser's answer (JSON).
     ceremony_id: Option<String>,
     credential: Option<String>,
+    /// A social sign-in: the provider's name in the application's settings.
+    provider: Option<String>,
 }
 
 /// The authorization endpoint's forms (POST): sign-in, second factor, consent.
@@ -221,11 +224,13 @@ async fn authorize_form(
         Some("second_factor") => second_factor(&state, &app, &form, &ctx).await,
         Some("send_code") => send_code(&state, &app, &form, &ctx).await,
         Some("passkey") => passkey_sign_in(&state, &app, &form, &ctx).await,
+        Some("social") => social_start(&state, &app, &form, &ctx).await,
         Some("consent") => consent(&state, &app, &valid, &form, &headers, &ctx).await,
         _ => Err(ApiError::bad_request("unknown action")),
     };
     match outcome {
         Ok(Step::Show(next, set)) => show(&state, &app, &form.request, &valid, next, &headers, set),
+        Ok(Step::Leave(response)) => response,
         Ok(Step::SecondFactor(challenge)) => second_factor_page(
             &app,
             &form.request,
@@ -282,6 +287,8 @@ enum Step {
     SecondFactor(crate::flows::signin::stepup::Challenge),
     /// A code went out by this channel: its form.
     CodeSent(Method),
+    /// Off to another site (a social sign-in), as this response says.
+    Leave(Response),
 }
 
 /// The method a second-factor form names (an authenticator app's code when none).
@@ -340,6 +347,151 @@ async fn second_factor(
     let signed_in =
         authorize::second_factor(deps, app, mfa_token, form_method(form), code, ctx).await?;
     after_sign_in(state, app, form, signed_in, ctx).await
+}
+
+/// The cookie that carries an authorization request across a social sign-in begun on
+/// the sign-in page: the request and the PKCE verifier of the code that comes back.
+const RESUME_COOKIE: &str = "portcullis_op_resume";
+
+#[derive(Debug, serde::Serialize, Deserialize)]
+struct Resume {
+    /// The authorization request, form-encoded.
+    q: String,
+    /// The verifier of the challenge sent to the social sign-in's start.
+    v: String,
+}
+
+/// "Sign in with {provider}": the social sign-in starts at the application's own route,
+/// and comes back to `/oauth2/social` with a one-time code.
+async fn social_start(
+    state: &AppState,
+    app: &App,
+    form: &Submitted,
+    ctx: &Ctx,
+) -> Result<Step, ApiError> {
+    limit_ip(state, app, "provider-sign-in", ctx).await?;
+    let provider = form.provider.as_deref().unwrap_or("");
+    crate::flows::oauth::provider(app, provider)?;
+    let verifier = random_token(32);
+    let challenge = {
+        use sha2::Digest as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(verifier.as_bytes()))
+    };
+    let resume = Resume {
+        q: serde_urlencoded::to_string(&form.request).unwrap_or_default(),
+        v: verifier,
+    };
+    let resume = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&resume).unwrap_or_default());
+    let return_to = crate::flows::oauth::provider_return(&state.config.public_url, app.id);
+    let query = serde_urlencoded::to_string([
+        ("redirect_uri", return_to.as_str()),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ])
+    .unwrap_or_default();
+    let encoded: String = url_segment(provider);
+    let to = format!("/v1/apps/{}/oauth/{encoded}/authorize?{query}", app.id);
+    let mut response = Redirect::to(&to).into_response();
+    let cookie = format!(
+        "{RESUME_COOKIE}={resume}; Path={}; Max-Age=600; HttpOnly; Secure; SameSite=Lax",
+        cookie_path(app)
+    );
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    Ok(Step::Leave(response))
+}
+
+/// A provider name as a path segment (names are checked when stored; this keeps any
+/// character outside the unreserved ones escaped all the same).
+fn url_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct SocialReturn {
+    code: Option<String>,
+}
+
+/// Back from a social sign-in begun on the sign-in page: the one-time code redeemed with
+/// the verifier the resume cookie kept, then on with the authorization request.
+#[utoipa::path(get, path = "/v1/apps/{app}/oauth2/social", operation_id = "providerSocialReturn", tag = "provider",
+    params(("app" = String, Path)),
+    responses((status = 303, description = "on with the authorization request"),
+              (status = 200, description = "the second-factor or consent page", content_type = "text/html"),
+              (status = 400, description = "no sign-in under way in this browser", content_type = "text/html")))]
+async fn social_return(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    LiveApp(app): LiveApp,
+    headers: HeaderMap,
+    Query(back): Query<SocialReturn>,
+) -> Response {
+    let resume = cookie(&headers, RESUME_COOKIE)
+        .and_then(|c| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice::<Resume>(&b).ok());
+    let Some(resume) = resume else {
+        let why = "No sign-in is under way in this browser: go back to the application.";
+        return page(StatusCode::BAD_REQUEST, "Invalid request", why, None);
+    };
+    let Ok(request) = serde_urlencoded::from_str::<Request>(&resume.q) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Invalid request",
+            "The request is damaged.",
+            None,
+        );
+    };
+    let deps = state.provider();
+    let valid = match authorize::validate(deps, &app, &request).await {
+        Ok(valid) => valid,
+        Err(refused) => return refused_page(refused),
+    };
+    let code = back.code.as_deref().unwrap_or("");
+    let signed_in = authorize::sign_in_with_social(deps, &app, code, &resume.v, &ctx).await;
+    let mut response = match signed_in {
+        Ok(SignedIn::SecondFactor(challenge)) => second_factor_page(
+            &app,
+            &request,
+            &headers,
+            &challenge.mfa_token,
+            &challenge.methods,
+            None,
+            None,
+        ),
+        Ok(SignedIn::Done(browser, secret)) => {
+            match authorize::next(deps, &app, &valid, Some(&browser), true, ctx.now).await {
+                Ok(next) => show(&state, &app, &request, &valid, next, &headers, Some(secret)),
+                Err(e) => failed_page(e),
+            }
+        }
+        Err(e) => {
+            let why = format!("{}. Try again.", ApiError::from(e).detail);
+            sign_in_page(&state, &app, &request, &valid, &headers, Some(&why))
+        }
+    };
+    let clear = format!(
+        "{RESUME_COOKIE}=; Path={}; Max-Age=0; HttpOnly; Secure; SameSite=Lax",
+        cookie_path(&app)
+    );
+    if let Ok(value) = HeaderValue::from_str(&clear) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
 }
 
 /// "Send a code" on the second-factor page: by the channel the form names.
@@ -498,6 +650,24 @@ fn sign_in_page(
         ],
         button: "Sign in",
     }];
+    let social: Vec<(String, Vec<(&str, &str)>)> = app
+        .settings
+        .oauth_providers
+        .iter()
+        .map(|p| {
+            let mut fields = hidden(request, &csrf, "social");
+            fields.push(("provider", p.name.as_str()));
+            (format!("Sign in with {}", p.name), fields)
+        })
+        .collect();
+    for (button, fields) in &social {
+        forms.push(Form {
+            action: &to,
+            hidden: fields,
+            inputs: &[],
+            button,
+        });
+    }
     let passkeys = authorize::offers_passkeys(state.provider(), app);
     if passkeys {
         forms.push(Form {

@@ -696,16 +696,16 @@ async fn in_a_browser_sign_in_consent_sso_prompt_none_and_logout() {
     };
     let logout = format!("{}/oauth2/logout", p.issuer);
     let session = portcullis_tests::browser::run(&json!([
-        {"goto": authorize(&third, "login"), "timeout_ms": 300},
+        {"goto": authorize(&third, "login"), "ready_ms": 300},
         {"eval": "document.title"},
         {"fill": {"input[name=login]": "ann@example.com", "input[name=password]": PASSWORD}},
         {"submit": "button:has-text('Sign in')"},
         {"submit": "button:has-text('Allow')"},
         // The application's own client: no password again (SSO), no consent.
-        {"goto": authorize(&own, "none"), "timeout_ms": 300},
-        {"goto": logout, "timeout_ms": 300},
+        {"goto": authorize(&own, "none"), "ready_ms": 300},
+        {"goto": logout, "ready_ms": 300},
         {"eval": "document.body.innerText"},
-        {"goto": authorize(&own, "none"), "timeout_ms": 300},
+        {"goto": authorize(&own, "none"), "ready_ms": 300},
     ]))
     .await
     .unwrap();
@@ -847,4 +847,60 @@ async fn the_sign_in_page_sends_an_email_code_when_the_policy_requires_one() {
         json!(["pwd", "otp", "mfa"]),
         "{tokens}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sign_in_page_offers_the_applications_social_providers() {
+    use portcullis_tests::oidc::{OidcAccount, OidcClient, OidcProvider};
+    let s = Stack::start_with(&[("PORTCULLIS_EGRESS_ALLOW_PRIVATE", "true")]).await;
+    let p = Provider::new(&s).await;
+    let callback = format!("{}/v1/apps/{}/oauth/corp/callback", s.issuer, p.app);
+    let corp = tokio::task::block_in_place(|| {
+        let clients = [OidcClient::new(
+            "portcullis",
+            "corp-secret-0123456789",
+            &[&callback],
+        )];
+        let accounts = [OidcAccount::new("alice-sub", "alice@example.com", true)];
+        OidcProvider::start(&clients, &accounts).unwrap()
+    });
+    let providers = json!({"oauth_providers": [{
+        "name": "corp", "kind": "oidc", "issuer": corp.issuer(),
+        "client_id": "portcullis", "client_secret": "corp-secret-0123456789",
+    }]});
+    let r = s
+        .call(
+            "PUT",
+            &format!("/v1/apps/{}/settings", p.app),
+            Some(&p.key),
+            Some(providers),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let registered = p.client(fields("Orders", true)).await;
+    let mut rp = p.rp(&registered, REDIRECT).await;
+    let mut browser = Browser::default();
+    let request = rp.authorization_url(json!({})).await.unwrap();
+    let page = browser.open(&s, &request.url).await;
+    let r = browser.submit(&s, &page, "Sign in with corp", &[]).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let start = header(&r, "location").to_owned();
+    let r = browser.call(&s, "GET", &start, None).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let back = corp
+        .sign_in(header(&r, "location"), "alice-sub")
+        .await
+        .unwrap();
+    let r = browser.open(&s, &back).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let resume = header(&r, "location").to_owned();
+    assert!(resume.contains("/oauth2/social?"), "{resume}");
+    let r = browser.open(&s, &resume).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let tokens = rp.callback(header(&r, "location"), &request).await.unwrap();
+    assert_eq!(tokens["claims"]["amr"], json!(["oauth"]), "{tokens}");
+    assert_eq!(tokens["claims"]["email"], "alice@example.com");
+    // The way back is single use, and needs the browser that started it.
+    let again = Browser::default().open(&s, &resume).await;
+    assert_eq!(again.status, 400, "{}", again.body);
 }

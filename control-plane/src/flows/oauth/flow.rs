@@ -83,7 +83,8 @@ pub async fn start(
     let redirect_uri = redirect_uri.ok_or(OAuthError::Invalid("redirect_uri is required"))?;
     let client_state = client_state.as_deref();
     let client_challenge = ask.code_challenge;
-    check_client(app, ask, &redirect_uri, client_state)?;
+    let own = redirect_uri == provider_return(deps.public_url, app.id);
+    check_client(app, ask, &redirect_uri, client_state, own)?;
     let discovery = deps.oauth.discover(p).await?;
     let state = random_token(32);
     let verifier = random_token(32);
@@ -125,6 +126,7 @@ fn check_client(
     ask: &Authorize<'_>,
     redirect_uri: &str,
     client_state: Option<&str>,
+    own: bool,
 ) -> Result<(), OAuthError> {
     if ask.code_challenge.is_some() && ask.code_challenge_method.unwrap_or("S256") != "S256" {
         return Err(OAuthError::Invalid("code_challenge_method must be S256"));
@@ -139,7 +141,7 @@ fn check_client(
             "code_challenge must be an S256 challenge (43 base64url characters)",
         ));
     }
-    if !app.settings.redirect_allowed(redirect_uri) {
+    if !own && !app.settings.redirect_allowed(redirect_uri) {
         return Err(OAuthError::Invalid(
             "redirect_uri is not one of the application's allowed_redirect_uris",
         ));
@@ -297,7 +299,8 @@ pub async fn callback(
         .ok_or(OAuthError::InvalidState)?;
     drop(client);
     // Re-checked before anything happens: the allowlist may have lost the URI meanwhile.
-    if !app.settings.redirect_allowed(&flow.redirect_uri) {
+    let own = flow.redirect_uri == provider_return(deps.public_url, app.id);
+    if !own && !app.settings.redirect_allowed(&flow.redirect_uri) {
         return Err(OAuthError::Invalid("the redirect_uri is no longer allowed"));
     }
     let back = Back {
@@ -466,19 +469,9 @@ pub async fn exchange(
     device: Option<&str>,
     ctx: &Ctx,
 ) -> Result<SignIn, OAuthError> {
-    const USED: OAuthError = OAuthError::CodeUsed("the code is unknown, expired or already used");
     let device = users::check_device(device)?;
-    if code.is_empty() || code.len() > 256 || verifier.is_some_and(|v| v.len() > 128) {
-        return Err(USED);
-    }
-    let challenge = verifier.map(|v| URL_SAFE_NO_PAD.encode(Sha256::digest(v.as_bytes())));
+    let user = redeem_user(deps, app, code, verifier, ctx).await?;
     let client = deps.pool.get().await?;
-    let user_id = identities::redeem_code(&client, app.id, code, challenge.as_deref(), ctx.now)
-        .await?
-        .ok_or(USED)?;
-    let user = users::find(&client, app.id, user_id)
-        .await?
-        .ok_or(OAuthError::SignIn(SignInError::InvalidCredentials))?;
     let amr = vec![Amr::Oauth];
     let signed_in =
         signin::after_first_factor(deps, app, &user, amr, device.as_deref(), ctx).await?;
@@ -497,6 +490,38 @@ pub async fn exchange(
         metrics::counter!("portcullis_logins_total", "outcome" => "ok").increment(1);
     }
     Ok(signed_in)
+}
+
+/// The one-time code (single use, 60 s, with its verifier when the start sent a
+/// challenge) redeemed: the user it signs in (here, and on the OpenID Provider's page).
+pub async fn redeem_user(
+    deps: signin::Deps<'_>,
+    app: &App,
+    code: &str,
+    verifier: Option<&str>,
+    ctx: &Ctx,
+) -> Result<User, OAuthError> {
+    const USED: OAuthError = OAuthError::CodeUsed("the code is unknown, expired or already used");
+    if code.is_empty() || code.len() > 256 || verifier.is_some_and(|v| v.len() > 128) {
+        return Err(USED);
+    }
+    let challenge = verifier.map(|v| URL_SAFE_NO_PAD.encode(Sha256::digest(v.as_bytes())));
+    let client = deps.pool.get().await?;
+    let user_id = identities::redeem_code(&client, app.id, code, challenge.as_deref(), ctx.now)
+        .await?
+        .ok_or(USED)?;
+    users::find(&client, app.id, user_id)
+        .await?
+        .ok_or(OAuthError::SignIn(SignInError::InvalidCredentials))
+}
+
+/// Where a social sign-in begun on the OpenID Provider's page comes back: always an
+/// allowed redirect URI of the application (the provider's own page, not a client's).
+pub fn provider_return(public_url: &str, app: Uuid) -> String {
+    format!(
+        "{}/v1/apps/{app}/oauth2/social",
+        public_url.trim_end_matches('/')
+    )
 }
 
 /// `POST /oauth/{provider}/link/confirm`: the link code, by the session of the user who

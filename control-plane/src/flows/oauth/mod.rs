@@ -25,7 +25,7 @@ mod provider;
 
 pub use self::flow::{
     Answer, Authorize, Back, Landing, Outcome, Started, begin_link, callback, confirm_link,
-    exchange, start, unlink,
+    exchange, provider_return, redeem_user, start, unlink,
 };
 pub use self::provider::OAuth;
 

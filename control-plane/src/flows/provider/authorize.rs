@@ -6,7 +6,7 @@
 //! page, never a redirect (RFC 6749 §4.1.2.1); every other refusal goes back to the client
 //! on its redirect URI with `error`, `state` and `iss` (RFC 9207).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Deps, OAuthCode, ProviderError, issuer, oauth};
@@ -20,7 +20,7 @@ use crate::flows::signin::stepup;
 use crate::infra::clock;
 
 /// The parameters of an authorization request, as sent (query or form).
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Request {
     pub client_id: Option<String>,
     pub redirect_uri: Option<String>,
@@ -378,6 +378,30 @@ pub async fn sign_in_with_passkey(
     let (user, amr) =
         crate::flows::signin::passkey::verify(deps.signin, app, ceremony_id, credential, ctx)
             .await?;
+    browser_session(deps, app, &user, &amr, ctx).await
+}
+
+/// A social sign-in begun on the provider's page, back with its one-time code (and the
+/// verifier of the challenge the page sent): a browser session, or a second factor due.
+pub async fn sign_in_with_social(
+    deps: Deps<'_>,
+    app: &App,
+    code: &str,
+    verifier: &str,
+    ctx: &Ctx,
+) -> Result<SignedIn, ProviderError> {
+    let user = crate::flows::oauth::redeem_user(deps.signin, app, code, Some(verifier), ctx)
+        .await
+        .map_err(|e| oauth(OAuthCode::AccessDenied, e.to_string()))?;
+    let amr = vec![portcullis_common::token::Amr::Oauth];
+    let db = deps.signin.pool.get().await?;
+    let methods = stepup::methods_for(&db, app, &user).await?;
+    drop(db);
+    if let Some(methods) = methods {
+        let challenge =
+            stepup::challenge(deps.signin.pool, app, &user, methods, &amr, None, ctx).await?;
+        return Ok(SignedIn::SecondFactor(challenge));
+    }
     browser_session(deps, app, &user, &amr, ctx).await
 }
 
