@@ -354,16 +354,27 @@ pub async fn sign_in(
     ctx: &Ctx,
 ) -> Result<SignedIn, ProviderError> {
     let user = password::check(deps.signin, app, attempt, ctx).await?;
-    let db = deps.signin.pool.get().await?;
-    let methods = stepup::methods_for(&db, app, &user).await?;
-    drop(db);
     let amr = vec![portcullis_common::token::Amr::Pwd];
+    after_first_factor(deps, app, &user, amr, ctx).await
+}
+
+/// After a first factor (`amr`): the browser session, or the second factor due first.
+async fn after_first_factor(
+    deps: Deps<'_>,
+    app: &App,
+    user: &User,
+    amr: Vec<portcullis_common::token::Amr>,
+    ctx: &Ctx,
+) -> Result<SignedIn, ProviderError> {
+    let db = deps.signin.pool.get().await?;
+    let methods = stepup::methods_for(&db, app, user).await?;
+    drop(db);
     if let Some(methods) = methods {
         let challenge =
-            stepup::challenge(deps.signin.pool, app, &user, methods, &amr, None, ctx).await?;
+            stepup::challenge(deps.signin.pool, app, user, methods, &amr, None, ctx).await?;
         return Ok(SignedIn::SecondFactor(challenge));
     }
-    browser_session(deps, app, &user, &amr, ctx).await
+    browser_session(deps, app, user, &amr, ctx).await
 }
 
 /// A passkey sign-in on the provider's page (the ceremony begun at
@@ -394,15 +405,7 @@ pub async fn sign_in_with_social(
         .await
         .map_err(|e| oauth(OAuthCode::AccessDenied, e.to_string()))?;
     let amr = vec![portcullis_common::token::Amr::Oauth];
-    let db = deps.signin.pool.get().await?;
-    let methods = stepup::methods_for(&db, app, &user).await?;
-    drop(db);
-    if let Some(methods) = methods {
-        let challenge =
-            stepup::challenge(deps.signin.pool, app, &user, methods, &amr, None, ctx).await?;
-        return Ok(SignedIn::SecondFactor(challenge));
-    }
-    browser_session(deps, app, &user, &amr, ctx).await
+    after_first_factor(deps, app, &user, amr, ctx).await
 }
 
 /// Whether the provider's sign-in page can offer passkeys: they are on, and the page's
