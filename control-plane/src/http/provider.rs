@@ -373,11 +373,7 @@ async fn social_start(
     let provider = form.provider.as_deref().unwrap_or("");
     crate::flows::oauth::provider(app, provider)?;
     let verifier = random_token(32);
-    let challenge = {
-        use sha2::Digest as _;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(sha2::Sha256::digest(verifier.as_bytes()))
-    };
+    let challenge = crate::infra::crypto::pkce_challenge(&verifier);
     let resume = Resume {
         q: serde_urlencoded::to_string(&form.request).unwrap_or_default(),
         v: verifier,

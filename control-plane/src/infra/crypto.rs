@@ -15,6 +15,11 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+/// The PKCE S256 challenge of `verifier` (RFC 7636 §4.2): base64url(SHA-256(verifier)).
+pub fn pkce_challenge(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
 /// Random bytes, base64url without padding: 32 bytes (256 bits) for refresh tokens and API
 /// keys.
 pub fn random_token(bytes: usize) -> String {

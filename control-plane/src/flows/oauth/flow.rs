@@ -2,13 +2,10 @@
 //! new user), then redeemed by the application at `/oauth/exchange`; links confirmed by
 //! the linking user's own session; unlinking.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use deadpool_postgres::GenericClient;
 use portcullis_common::token::Amr;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::provider::redeem;
@@ -23,7 +20,7 @@ use crate::domain::settings::providers::{OAuthProvider, ProviderKind};
 use crate::domain::users::{self, NewUser, User};
 use crate::flows::mfa::{self, Proof};
 use crate::flows::signin::{self, SignIn, SignInError};
-use crate::infra::crypto::random_token;
+use crate::infra::crypto::{pkce_challenge, random_token};
 
 /// How long a started sign-in may take at the provider.
 const FLOW_TTL_SECS: i64 = 10 * 60;
@@ -88,7 +85,7 @@ pub async fn start(
     let discovery = deps.oauth.discover(p).await?;
     let state = random_token(32);
     let verifier = random_token(32);
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let challenge = pkce_challenge(&verifier);
     let nonce = random_token(16);
     let binding = random_token(32);
     let flow = NewFlow {
@@ -505,7 +502,7 @@ pub async fn redeem_user(
     if code.is_empty() || code.len() > 256 || verifier.is_some_and(|v| v.len() > 128) {
         return Err(USED);
     }
-    let challenge = verifier.map(|v| URL_SAFE_NO_PAD.encode(Sha256::digest(v.as_bytes())));
+    let challenge = verifier.map(pkce_challenge);
     let client = deps.pool.get().await?;
     let user_id = identities::redeem_code(&client, app.id, code, challenge.as_deref(), ctx.now)
         .await?

@@ -2,10 +2,7 @@
 //! PKCE verifier, a refresh token (rotated with reuse detection, as the application's own
 //! refresh), or a machine client's own credentials.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -19,6 +16,7 @@ use crate::domain::tokens::{self, Grant};
 use crate::domain::users;
 use crate::flows::signin::SignInError;
 use crate::flows::signin::session::{self, ForClient};
+use crate::infra::crypto::pkce_challenge;
 
 /// How a client authenticated: HTTP Basic (`client_secret_basic`, already form-decoded),
 /// or `client_id` (and `client_secret`, `client_secret_post`) in the body.
@@ -128,7 +126,7 @@ fn pkce_matches(verifier: &str, challenge: &str) -> bool {
         && verifier
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
-    shaped && URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())) == challenge
+    shaped && pkce_challenge(verifier) == challenge
 }
 
 async fn code(
