@@ -39,6 +39,14 @@ pub struct TrustKeys {
 }
 
 impl TrustKeys {
+    /// The publisher key `key` itself (the control plane checking what it published).
+    pub fn of(key: &SigningKey) -> Self {
+        let kid = public_jwk(key).kid.unwrap_or_default();
+        Self {
+            keys: vec![(kid, key.verifying_key())],
+        }
+    }
+
     /// From a JWKS of OKP Ed25519 public keys; `kid` is the RFC 7638 thumbprint when the
     /// key has none. Refuses a private part, another key type, or an empty set.
     pub fn from_jwks(json: &str) -> Result<Self, String> {

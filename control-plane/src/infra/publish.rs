@@ -111,13 +111,8 @@ impl Publisher {
         };
         let mut conn = self.conn.clone();
         let held: Option<String> = conn.get(JWKS_SIGNED).await?;
-        let own = signed_jwks::TrustKeys::from_jwks(
-            &serde_json::json!({ "keys": [signed_jwks::public_jwk(signer)] }).to_string(),
-        );
-        let opened = match (held, own) {
-            (Some(held), Ok(own)) => signed_jwks::open(&held, &own).ok(),
-            _ => None,
-        };
+        let own = signed_jwks::TrustKeys::of(signer);
+        let opened = held.and_then(|held| signed_jwks::open(&held, &own).ok());
         let same = |a: &str| {
             serde_json::from_str::<serde_json::Value>(a).ok()
                 == serde_json::from_str::<serde_json::Value>(jwks_json).ok()
