@@ -18,6 +18,7 @@ mod owners_apps;
 mod passkeys;
 mod passkeys_browser;
 mod provider;
+mod provider_browser;
 mod recovery;
 mod refresh;
 mod roles;
