@@ -7,56 +7,15 @@ const app = document.body.dataset.app;
 const base = `/v1/apps/${app}`;
 let session = null;
 
-const b64url = {
-  decode(text) {
-    const b64 = text.replace(/-/g, "+").replace(/_/g, "/");
-    const raw = atob(b64 + "===".slice((b64.length + 3) % 4));
-    return Uint8Array.from(raw, (c) => c.charCodeAt(0)).buffer;
-  },
-  encode(buffer) {
-    const bytes = new Uint8Array(buffer);
-    let raw = "";
-    for (const b of bytes) raw += String.fromCharCode(b);
-    return btoa(raw).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-  },
-};
-
-// The server's JSON options, with their binary members as ArrayBuffers.
-function creationOptions(options) {
-  const pk = structuredClone(options.publicKey);
-  pk.challenge = b64url.decode(pk.challenge);
-  pk.user.id = b64url.decode(pk.user.id);
-  for (const c of pk.excludeCredentials || []) c.id = b64url.decode(c.id);
-  return { publicKey: pk };
-}
-
-function requestOptions(options) {
-  const pk = structuredClone(options.publicKey);
-  pk.challenge = b64url.decode(pk.challenge);
-  for (const c of pk.allowCredentials || []) c.id = b64url.decode(c.id);
-  return { publicKey: pk };
-}
-
-// The browser's credential as the JSON the server reads.
-function credentialJson(credential) {
-  const r = credential.response;
-  const response = { clientDataJSON: b64url.encode(r.clientDataJSON) };
-  if (r.attestationObject) {
-    response.attestationObject = b64url.encode(r.attestationObject);
-    response.transports = r.getTransports ? r.getTransports() : [];
-  } else {
-    response.authenticatorData = b64url.encode(r.authenticatorData);
-    response.signature = b64url.encode(r.signature);
-    if (r.userHandle) response.userHandle = b64url.encode(r.userHandle);
-  }
-  return {
-    id: credential.id,
-    rawId: b64url.encode(credential.rawId),
-    type: credential.type,
-    response,
-    extensions: credential.getClientExtensionResults(),
-  };
-}
+// The server's options and the browser's credentials cross as JSON (binary members
+// base64url), through the browser's own conversions (WebAuthn Level 3).
+const creationOptions = (options) => ({
+  publicKey: PublicKeyCredential.parseCreationOptionsFromJSON(options.publicKey),
+});
+const requestOptions = (options) => ({
+  publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(options.publicKey),
+});
+const credentialJson = (credential) => credential.toJSON();
 
 async function call(path, body, token) {
   const headers = { "content-type": "application/json" };
