@@ -411,18 +411,14 @@ pub async fn sign_in_with_social(
 /// Whether the provider's sign-in page can offer passkeys: they are on, and the page's
 /// origin (the public URL's) is one of theirs.
 pub fn offers_passkeys(deps: Deps<'_>, app: &App) -> bool {
-    let origin = {
-        let url = deps.public_url.trim_end_matches('/');
-        let scheme_end = url.find("://").map_or(0, |i| i + 3);
-        match url[scheme_end..].find('/') {
-            Some(path) => &url[..scheme_end + path],
-            None => url,
-        }
+    let Ok(public) = webauthn_rs::prelude::Url::parse(deps.public_url) else {
+        return false;
     };
+    let origin = public.origin().ascii_serialization();
     app.settings
         .passkeys
         .as_ref()
-        .is_some_and(|p| p.origins.iter().any(|o| o == origin))
+        .is_some_and(|p| p.origins.contains(&origin))
 }
 
 /// The second factor on the provider's page: a code for the step-up `mfa_token`.

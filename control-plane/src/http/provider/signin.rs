@@ -269,7 +269,9 @@ async fn social_start(
 ) -> Result<Step, ApiError> {
     limit_ip(state, app, "provider-sign-in", ctx).await?;
     let provider = form.provider.as_deref().unwrap_or("");
-    crate::flows::oauth::provider(app, provider)?;
+    // One of the application's providers: its name is [a-z0-9_-] (checked when stored),
+    // a path segment as it is.
+    let provider = &crate::flows::oauth::provider(app, provider)?.name;
     let verifier = random_token(32);
     let challenge = crate::infra::crypto::pkce_challenge(&verifier);
     let resume = Resume {
@@ -285,8 +287,7 @@ async fn social_start(
         ("code_challenge_method", "S256"),
     ])
     .unwrap_or_default();
-    let encoded: String = url_segment(provider);
-    let to = format!("/v1/apps/{}/oauth/{encoded}/authorize?{query}", app.id);
+    let to = format!("/v1/apps/{}/oauth/{provider}/authorize?{query}", app.id);
     let mut response = Redirect::to(&to).into_response();
     let cookie = format!(
         "{RESUME_COOKIE}={resume}; Path={}; Max-Age=600; HttpOnly; Secure; SameSite=Lax",
@@ -296,20 +297,6 @@ async fn social_start(
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     Ok(Step::Leave(response))
-}
-
-/// A provider name as a path segment (names are checked when stored; this keeps any
-/// character outside the unreserved ones escaped all the same).
-fn url_segment(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[derive(Debug, Deserialize)]
