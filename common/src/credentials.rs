@@ -1,6 +1,7 @@
 //! The credentials a request carries, read one way by both binaries (sans-IO, no
-//! allocation): a bearer token from `Authorization` (RFC 6750 §2.1) and a cookie's value
-//! from the `Cookie` header fields (RFC 6265 §5.4).
+//! allocation): a bearer token from `Authorization` (RFC 6750 §2.1), a DPoP-bound one
+//! (`Authorization: DPoP`, RFC 9449 §7.1) and a cookie's value from the `Cookie` header
+//! fields (RFC 6265 §5.4).
 //!
 //! Cookie rules, where the two binaries once read differently:
 //! - every `Cookie` field counts, in order (HTTP/2 may split the header, RFC 9113 §8.2.3);
@@ -14,19 +15,33 @@
 /// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive,
 /// whitespace around the token ignored).
 pub fn bearer(value: &[u8]) -> Option<&[u8]> {
-    let value = value.trim_ascii();
-    let (scheme, rest) = value.split_at_checked(6)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first().is_none_or(|b| *b != b' ') {
-        return None;
-    }
-    let token = rest.trim_ascii();
-    (!token.is_empty()).then_some(token)
+    with_scheme(value, b"bearer")
 }
 
 /// [`bearer`] on text.
 pub fn bearer_str(value: &str) -> Option<&str> {
     // The token is a sub-slice of valid UTF-8 cut at ASCII bytes: still UTF-8.
     bearer(value.as_bytes()).and_then(|t| std::str::from_utf8(t).ok())
+}
+
+/// The token of an `Authorization: DPoP <token>` value, read as [`bearer`] reads its own.
+pub fn dpop(value: &[u8]) -> Option<&[u8]> {
+    with_scheme(value, b"dpop")
+}
+
+/// [`dpop`] on text.
+pub fn dpop_str(value: &str) -> Option<&str> {
+    dpop(value.as_bytes()).and_then(|t| std::str::from_utf8(t).ok())
+}
+
+fn with_scheme<'v>(value: &'v [u8], name: &[u8]) -> Option<&'v [u8]> {
+    let value = value.trim_ascii();
+    let (scheme, rest) = value.split_at_checked(name.len())?;
+    if !scheme.eq_ignore_ascii_case(name) || rest.first().is_none_or(|b| *b != b' ') {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
 }
 
 /// The value of cookie `name` in `fields` (the `Cookie` header values, in order).
@@ -68,6 +83,16 @@ mod tests {
         assert_eq!(bearer(b"Bearer "), None);
         assert_eq!(bearer(b"Bearerabc"), None);
         assert_eq!(bearer_str("Bearer é.x"), Some("é.x"));
+        assert_eq!(bearer(b"DPoP abc"), None);
+    }
+
+    #[test]
+    fn dpop_tokens() {
+        assert_eq!(dpop(b"DPoP abc"), Some(&b"abc"[..]));
+        assert_eq!(dpop_str("dpop  a.b.c "), Some("a.b.c"));
+        assert_eq!(dpop(b"DPoPabc"), None);
+        assert_eq!(dpop(b"Bearer abc"), None);
+        assert_eq!(dpop(b"DPoP"), None);
     }
 
     #[test]

@@ -52,12 +52,18 @@ pub enum ErrorCode {
     InvalidState,
     /// The provider identity is already linked to another user.
     IdentityLinked,
+    // DPoP (RFC 9449 §7.1, §8): both binaries
+    /// A DPoP proof is missing, malformed, does not match the request or the token's key,
+    /// or was seen before; also a DPoP-bound token presented as `Bearer`.
+    InvalidDpopProof,
+    /// The control plane wants its `DPoP-Nonce` in the proof (sent with this answer).
+    UseDpopNonce,
 }
 
 impl ErrorCode {
     /// Every code in declaration order (so `code as usize` indexes it), for tests and
     /// for pre-registering metrics.
-    pub const ALL: [ErrorCode; 34] = [
+    pub const ALL: [ErrorCode; 36] = [
         Self::InvalidRequest,
         Self::PayloadTooLarge,
         Self::NotFound,
@@ -92,6 +98,8 @@ impl ErrorCode {
         Self::RoleExists,
         Self::InvalidState,
         Self::IdentityLinked,
+        Self::InvalidDpopProof,
+        Self::UseDpopNonce,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -130,6 +138,8 @@ impl ErrorCode {
             Self::RoleExists => "role_exists",
             Self::InvalidState => "invalid_state",
             Self::IdentityLinked => "identity_linked",
+            Self::InvalidDpopProof => "invalid_dpop_proof",
+            Self::UseDpopNonce => "use_dpop_nonce",
         }
     }
 
@@ -139,7 +149,8 @@ impl ErrorCode {
             Self::InvalidRequest
             | Self::CaptchaRequired
             | Self::CaptchaInvalid
-            | Self::InvalidState => 400,
+            | Self::InvalidState
+            | Self::UseDpopNonce => 400,
             Self::MissingToken
             | Self::TokenExpired
             | Self::InvalidSignature
@@ -153,7 +164,8 @@ impl ErrorCode {
             | Self::InvalidRefreshToken
             | Self::RefreshTokenReused
             | Self::InvalidCode
-            | Self::InvalidMfaToken => 401,
+            | Self::InvalidMfaToken
+            | Self::InvalidDpopProof => 401,
             Self::Forbidden | Self::UserDisabled => 403,
             Self::NotFound | Self::AppNotFound => 404,
             Self::OwnerExists
@@ -208,6 +220,8 @@ impl ErrorCode {
             Self::RoleExists => "A role with this name already exists",
             Self::InvalidState => "The sign-in state is missing, expired or from another browser",
             Self::IdentityLinked => "This identity is already linked to another user",
+            Self::InvalidDpopProof => "The DPoP proof is missing or not acceptable",
+            Self::UseDpopNonce => "The DPoP proof must carry the server's nonce",
         }
     }
 }

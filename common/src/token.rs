@@ -53,6 +53,17 @@ pub struct AccessTokenClaims {
     pub amr: Vec<Amr>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub guest: bool,
+    /// The key the token is bound to (RFC 9449 §6.1): present only on tokens issued with a
+    /// DPoP proof, which are then accepted only with a proof by that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// The confirmation claim (RFC 7800 §3.1) of a DPoP-bound access token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// The base64url (unpadded) RFC 7638 SHA-256 thumbprint of the proof key's public JWK.
+    pub jkt: String,
 }
 
 /// Authentication methods reference values (`amr`) Portcullis records.
@@ -81,4 +92,42 @@ pub fn sign_compact(key: &SigningKey, header: &[u8], payload: &[u8]) -> String {
     token.push('.');
     URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut token);
     token
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cnf_is_written_only_for_a_bound_token() {
+        let mut claims = AccessTokenClaims {
+            iss: "https://auth.example.com".into(),
+            sub: "u".into(),
+            aud: "a".into(),
+            client_id: "a".into(),
+            iat: 1,
+            nbf: 1,
+            exp: 2,
+            jti: "j".into(),
+            sid: "s".into(),
+            roles: Vec::new(),
+            scope: String::new(),
+            amr: vec![Amr::Pwd],
+            guest: false,
+            cnf: None,
+        };
+        let unbound = serde_json::to_value(&claims).unwrap();
+        assert!(unbound.get("cnf").is_none(), "{unbound}");
+        claims.cnf = Some(Confirmation {
+            jkt: "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".into(),
+        });
+        let bound = serde_json::to_string(&claims).unwrap();
+        assert!(
+            bound.contains(r#""cnf":{"jkt":"0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}"#),
+            "{bound}"
+        );
+        let back: AccessTokenClaims = serde_json::from_str(&bound).unwrap();
+        assert_eq!(back, claims);
+    }
 }

@@ -499,6 +499,8 @@ class ProductionTest(ChartTestCase):
         self.assertEqual(env_value(c, "PORTCULLIS_VERIFIER_COOKIE"), "portcullis_access")
         self.assertEqual(env_value(c, "PORTCULLIS_VERIFIER_LEEWAY_SECS"), "0")
         self.assertEqual(env_value(c, "PORTCULLIS_VERIFIER_CACHE_ENTRIES"), "262144")
+        self.assertEqual(env_value(c, "PORTCULLIS_VERIFIER_DPOP_REPLAY_ENTRIES"), "4194304")
+        self.assertNotIn("PORTCULLIS_VERIFIER_DPOP_MAX_AGE_SECS", env(c))
         self.assertEqual(env_value(c, "PORTCULLIS_REDIS_SENTINEL_MASTER"), "portcullis")
         self.assertNotIn("PORTCULLIS_REDIS_URL", env(c))
         self.assert_sentinel_auth_and_tls(c)

@@ -52,10 +52,11 @@ pub async fn request(
             .await
             .unwrap();
     tokio::spawn(conn);
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
+    let mut req = http::Request::builder().method(method).uri(path);
+    // The caller's `Host` (a test of what a proxy forwards) replaces the address.
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header("host", addr.to_string());
+    }
     let typed = headers
         .iter()
         .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));

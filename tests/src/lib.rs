@@ -26,6 +26,8 @@
 //!   cache directory on first use) with a headless sign-in through its own pages.
 //! - [`rp::RelyingParty`]: a certified OpenID relying party (npm `openid-client`, installed
 //!   like the provider's packages) as the client of an OpenID Provider under test.
+//! - [`dpop::DpopClient`]: an independent DPoP (RFC 9449) proof client (npm `dpop`, installed
+//!   likewise), with hand-built attack proofs beside the package's valid ones.
 //! - [`pypi::python`]: a Python with independent checkers from PyPI (an OpenAPI 3.1
 //!   validator), installed once into a cache directory.
 //! - [`github::GitHubStandIn`]: GitHub's OAuth app flow (authorize, access token, the
@@ -49,9 +51,11 @@
 //! `postgres` system user.
 
 pub mod browser;
+pub mod dpop;
 pub mod github;
 pub mod http;
 pub mod mail;
+mod node_lines;
 mod npm;
 pub mod oidc;
 mod postgres;

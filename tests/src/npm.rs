@@ -1,6 +1,6 @@
 //! npm packages for the tests' Node.js scripts (`tests/oidc`, `tests/browser`,
-//! `tests/rp`), installed into a cache directory on first use: the one way this crate
-//! installs them.
+//! `tests/rp`, `tests/dpop`), installed into a cache directory on first use: the one way
+//! this crate installs them.
 //!
 //! Each script directory holds a `package.json` with exact versions and a committed
 //! `package-lock.json`; [`installed`] returns a `node_modules` made by `npm ci` from that

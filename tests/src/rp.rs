@@ -7,7 +7,8 @@
 //! per relying party: it discovers the issuer (plain `http` allowed) and is configured for
 //! one [`RpClient`]. Each method then sends one JSON command line on the script's stdin
 //! and reads one JSON answer line from its stdout (the wire format is documented at the
-//! top of `rp.mjs`); each command is bounded by 20 s.
+//! top of `rp.mjs`; the exchange is `node_lines.rs`'s, shared with the DPoP client); each
+//! command is bounded by 20 s.
 //!
 //! The harness never drives a login page: [`RelyingParty::authorization_url`] gives the
 //! test a URL (with fresh PKCE S256, `state` and `nonce`), the test signs in by its own
@@ -51,18 +52,12 @@
 //! Not a mock provider nor a browser; nothing is persisted, and nothing here is fit for
 //! production (plain http, no key storage).
 
-use std::fs;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::npm::{self, missing_node};
-use crate::{TempDir, find_binary, log_tail, open_log};
+use crate::node_lines::{NodeLines, Script};
 
 /// Bound on one command, HTTP exchanges included: openid-client's own per-request timeout
 /// is 15 s (set in `rp.mjs`), so a hung provider shows as its error, not as this one.
@@ -70,6 +65,14 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 /// The script's stderr, in its directory: openid-client's exceptions with their stacks,
 /// and harness errors.
 const LOG_FILE: &str = "rp.log";
+/// `tests/rp/rp.mjs`, with its package.json and package-lock.json.
+const SCRIPT: Script = Script {
+    name: "rp",
+    file: "rp.mjs",
+    who: "the relying party",
+    log_file: LOG_FILE,
+    timeout: COMMAND_TIMEOUT,
+};
 
 /// The client a [`RelyingParty`] acts as, as registered at the provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,16 +104,9 @@ pub struct AuthRequest {
 /// Dropping it kills the process and removes its directory.
 #[derive(Debug)]
 pub struct RelyingParty {
-    /// `kill_on_drop`: a test that panics or gives up leaves no Node behind.
-    child: Child,
-    stdin: ChildStdin,
-    stdout: Lines<BufReader<ChildStdout>>,
-    /// Numbers the commands, so that a late answer to one that timed out is skipped.
-    next_id: u64,
+    /// `rp.mjs` under Node.js, in its directory (with [`LOG_FILE`]).
+    lines: NodeLines,
     metadata: Value,
-    /// Holds the script, the `node_modules` link and [`LOG_FILE`]. Last: removed once the
-    /// process is gone.
-    dir: TempDir,
 }
 
 impl RelyingParty {
@@ -126,46 +122,9 @@ impl RelyingParty {
     /// then quotes openid-client's (e.g. `fetch failed` with `connect ECONNREFUSED`, or
     /// `discovered metadata issuer does not match the expected issuer`).
     pub async fn start(issuer: &str, client: &RpClient) -> Result<Self> {
-        let node = find_binary("node").ok_or_else(missing_node)?;
-        let source = source_dir();
-        let modules = {
-            let source = source.clone();
-            // npm ci and the install mutex block: off the test's runtime.
-            tokio::task::spawn_blocking(move || npm::installed(&source, "portcullis-rp"))
-                .await
-                .context("the npm install task panicked")??
-        };
-        let dir = TempDir::new("rp")?;
-        // As for the OpenID provider: ES modules resolve packages next to the importing
-        // file, so the script runs beside a link to the cached node_modules.
-        fs::copy(source.join("rp.mjs"), dir.path.join("rp.mjs"))
-            .context("copying tests/rp/rp.mjs")?;
-        std::os::unix::fs::symlink(&modules, dir.path.join("node_modules"))
-            .context("linking node_modules into the relying party's directory")?;
-        let (_, stderr) = open_log(
-            &dir.path.join(LOG_FILE),
-            &format!("openid-client relying party of {issuer}"),
-        )?;
-        let mut child = Command::new(&node)
-            .arg(dir.path.join("rp.mjs"))
-            .current_dir(&dir.path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawning {} rp.mjs", node.display()))?;
-        let stdin = child.stdin.take().context("the relying party's stdin")?;
-        let stdout = child.stdout.take().context("the relying party's stdout")?;
-        let mut rp = Self {
-            child,
-            stdin,
-            stdout: BufReader::new(stdout).lines(),
-            next_id: 0,
-            metadata: Value::Null,
-            dir,
-        };
-        let discovered = rp
+        let mut lines =
+            NodeLines::start(SCRIPT, &format!("openid-client relying party of {issuer}")).await?;
+        let discovered = lines
             .command(
                 "discover",
                 json!({
@@ -182,8 +141,10 @@ impl RelyingParty {
         if let Some(error) = discovered.get("error") {
             bail!("discovery of {issuer} failed; openid-client: {error}");
         }
-        rp.metadata = discovered["metadata"].clone();
-        Ok(rp)
+        Ok(Self {
+            metadata: discovered["metadata"].clone(),
+            lines,
+        })
     }
 
     /// The discovered metadata (JSON), as openid-client keeps it.
@@ -333,72 +294,8 @@ impl RelyingParty {
 
     /// Sends `cmd` with `args` (a JSON object) and returns the answer's result.
     async fn command(&mut self, cmd: &str, args: Value) -> Result<Value> {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut line = match args {
-            Value::Object(fields) => fields,
-            other => bail!("the arguments of {cmd} must be a JSON object, got {other}"),
-        };
-        line.insert("id".to_owned(), id.into());
-        line.insert("cmd".to_owned(), cmd.into());
-        let mut line = Value::Object(line).to_string();
-        line.push('\n');
-        let exchange = async {
-            self.stdin.write_all(line.as_bytes()).await?;
-            self.stdin.flush().await?;
-            loop {
-                let Some(text) = self.stdout.next_line().await? else {
-                    return Ok(None);
-                };
-                let Ok(answer) = serde_json::from_str::<Value>(&text) else {
-                    continue;
-                };
-                // Anything older answers a command that timed out: already given up on.
-                if answer["id"] == id {
-                    return Ok::<_, std::io::Error>(Some(answer));
-                }
-            }
-        };
-        let answer = match tokio::time::timeout(COMMAND_TIMEOUT, exchange).await {
-            Err(_) => bail!(
-                "the relying party did not answer {cmd} within {COMMAND_TIMEOUT:?}; {}",
-                log_tail(&self.dir.path.join(LOG_FILE))
-            ),
-            Ok(Err(err)) => bail!(
-                "talking to the relying party ({cmd}): {err}; {}",
-                log_tail(&self.dir.path.join(LOG_FILE))
-            ),
-            Ok(Ok(None)) => {
-                // Its stdout closed: it is exiting, if not reaped yet.
-                let status = tokio::time::timeout(Duration::from_secs(2), self.child.wait())
-                    .await
-                    .map_or_else(
-                        |_| "still running".to_owned(),
-                        |status| status.map_or_else(|err| err.to_string(), |s| s.to_string()),
-                    );
-                bail!(
-                    "the relying party exited ({status}) without answering {cmd}; {}",
-                    log_tail(&self.dir.path.join(LOG_FILE))
-                )
-            }
-            Ok(Ok(Some(answer))) => answer,
-        };
-        if let Some(why) = answer.get("harness_error") {
-            bail!(
-                "the relying party refused {cmd}: {why}; {}",
-                log_tail(&self.dir.path.join(LOG_FILE))
-            );
-        }
-        answer
-            .get("result")
-            .cloned()
-            .ok_or_else(|| anyhow!("the relying party answered {cmd} without a result: {answer}"))
+        self.lines.command(cmd, args).await
     }
-}
-
-/// `tests/rp`: the relying party's script, package.json and package-lock.json.
-fn source_dir() -> PathBuf {
-    crate::crate_dir().join("rp")
 }
 
 #[cfg(test)]
@@ -780,14 +677,14 @@ mod tests {
         // Still usable after a refused command.
         rp.authorization_url(json!({})).await.unwrap();
 
-        let pid = rp.child.id().unwrap();
-        let dir = rp.dir.path.clone();
+        let pid = rp.lines.pid().unwrap();
+        let dir = rp.lines.dir().to_path_buf();
         assert!(dir.join(LOG_FILE).is_file());
         drop(rp);
         assert!(!dir.exists(), "drop removes the directory");
         crate::eventually(Duration::from_secs(5), || async {
             !std::path::Path::new(&format!("/proc/{pid}")).exists()
-                || fs::read_to_string(format!("/proc/{pid}/stat"))
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
                     .is_ok_and(|stat| stat.contains(") Z "))
         })
         .await;

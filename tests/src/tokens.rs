@@ -97,6 +97,7 @@ impl Minter {
             scope: "users:read users:write".to_owned(),
             amr: vec![Amr::Pwd],
             guest: false,
+            cnf: None,
         }
     }
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::core::Settings;
+use crate::core::{Settings, dpop};
 use crate::policy::Policy;
 
 use portcullis_common::env::http_url;
@@ -51,6 +51,10 @@ pub struct Config {
     /// Full resync period for the Redis source (and file poll period).
     pub resync_interval: Duration,
     pub cache_entries: usize,
+    /// How long after its `iat` a DPoP proof is accepted (plus the leeway).
+    pub dpop_max_age_secs: i64,
+    /// DPoP proofs remembered against replay.
+    pub dpop_replay_entries: usize,
     pub max_connections: usize,
     pub drain_timeout: Duration,
 }
@@ -75,6 +79,8 @@ const CACHE_ENTRIES: &str = "PORTCULLIS_VERIFIER_CACHE_ENTRIES";
 const MAX_CONNECTIONS: &str = "PORTCULLIS_VERIFIER_MAX_CONNECTIONS";
 const DRAIN: &str = "PORTCULLIS_VERIFIER_DRAIN_SECS";
 const TRUST_KEYS: &str = "PORTCULLIS_VERIFIER_JWKS_TRUST_KEYS";
+const DPOP_MAX_AGE: &str = "PORTCULLIS_VERIFIER_DPOP_MAX_AGE_SECS";
+const DPOP_REPLAY_ENTRIES: &str = "PORTCULLIS_VERIFIER_DPOP_REPLAY_ENTRIES";
 
 /// `PORTCULLIS_VERIFIER_JWKS_TRUST_KEYS`: the publisher keys, a JWKS inline or `@file`.
 fn trust_keys(env: &impl Env) -> Result<Option<TrustKeys>, ConfigError> {
@@ -168,6 +174,14 @@ impl Config {
             (1..max_staleness_secs).contains(&(*s as i64))
         })?;
         let cache_entries = env.number(CACHE_ENTRIES, 65_536usize, |n| *n <= 1 << 24)?;
+        let dpop_max_age_secs = env.number(DPOP_MAX_AGE, dpop::DEFAULT_MAX_AGE_SECS, |s| {
+            (1..=3600).contains(s)
+        })?;
+        let dpop_replay_entries = env.number(
+            DPOP_REPLAY_ENTRIES,
+            crate::serve::DEFAULT_REPLAY_ENTRIES,
+            |n| (1024..=1 << 26).contains(n),
+        )?;
         let max_connections = env.number(MAX_CONNECTIONS, 10_000usize, |n| *n >= 1)?;
         let drain: u64 = env.number(DRAIN, 10, |_| true)?;
 
@@ -183,6 +197,8 @@ impl Config {
             max_staleness_secs,
             resync_interval: Duration::from_secs(resync),
             cache_entries,
+            dpop_max_age_secs,
+            dpop_replay_entries,
             max_connections,
             drain_timeout: Duration::from_secs(drain),
         })

@@ -36,6 +36,7 @@ pub async fn run(
         policy: ArcSwap::from_pointee(config.policy.clone()),
         cookie: config.cookie.clone(),
         metrics: serve::metrics::Metrics::new(),
+        dpop: serve::DpopCheck::new(config.dpop_max_age_secs, config.dpop_replay_entries),
     });
     let mut background = tokio::task::JoinSet::new();
     match &config.source {

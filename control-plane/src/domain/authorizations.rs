@@ -8,6 +8,7 @@ use portcullis_common::token::Amr;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::domain::Jkt;
 use crate::domain::sessions::amr_names;
 use crate::infra::clock;
 use crate::infra::crypto::{digest, random_token};
@@ -159,6 +160,8 @@ pub struct Code {
     pub code_challenge: Option<String>,
     pub amr: Vec<Amr>,
     pub auth_time: OffsetDateTime,
+    /// RFC 9449 §10: only a DPoP proof by this key redeems the code.
+    pub dpop_jkt: Option<Jkt>,
 }
 
 /// Stores a code; returns it (the only time it exists in clear).
@@ -171,8 +174,8 @@ pub async fn issue_code(
     client
         .exec(
             "INSERT INTO oauth_codes (hash, client_id, user_id, provider_session, redirect_uri,
-                 scope, nonce, code_challenge, amr, auth_time, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                 scope, nonce, code_challenge, amr, auth_time, expires_at, dpop_jkt)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             &[
                 &digest(&secret),
                 &code.client,
@@ -185,6 +188,7 @@ pub async fn issue_code(
                 &amr_names(&code.amr),
                 &code.auth_time,
                 &clock::at(now + CODE_SECS),
+                &code.dpop_jkt.as_ref().map(|k| k.0.as_slice()),
             ],
         )
         .await?;
@@ -195,7 +199,7 @@ pub async fn issue_code(
 #[derive(Debug)]
 pub enum Presented {
     /// First use: its contents (now used up).
-    Fresh(Code),
+    Fresh(Box<Code>),
     /// Used before: the session its first use opened, to revoke (RFC 6749 §4.1.2).
     Replayed(Option<Uuid>),
     /// Unknown, expired, or another client's.
@@ -217,7 +221,7 @@ pub async fn use_code_in(
     let Some(row) = tx
         .q_opt(
             "SELECT client_id, user_id, provider_session, redirect_uri, scope, nonce,
-                    code_challenge, amr, auth_time, expires_at, used_at, session_id
+                    code_challenge, amr, auth_time, expires_at, used_at, session_id, dpop_jkt
              FROM oauth_codes WHERE hash = $1 FOR UPDATE",
             &[&hash],
         )
@@ -242,7 +246,7 @@ pub async fn use_code_in(
     )
     .await?;
     let amr: Vec<String> = row.get(7);
-    Ok(Presented::Fresh(Code {
+    Ok(Presented::Fresh(Box::new(Code {
         client: client_id,
         user: row.get(1),
         provider_session: row.get(2),
@@ -252,7 +256,11 @@ pub async fn use_code_in(
         code_challenge: row.get(6),
         amr: amr_of(&amr),
         auth_time: row.get(8),
-    }))
+        dpop_jkt: row
+            .get::<_, Option<Vec<u8>>>(12)
+            .and_then(|k| k.try_into().ok())
+            .map(Jkt),
+    })))
 }
 
 /// Records the session a code's first use opened.

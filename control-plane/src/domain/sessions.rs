@@ -9,8 +9,8 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::domain::Ctx;
 use crate::domain::users::{self, USER_COLUMNS, User};
+use crate::domain::{Ctx, Jkt};
 use crate::infra::clock;
 use crate::infra::crypto::digest;
 use crate::infra::publish::Publisher;
@@ -226,7 +226,8 @@ pub enum Inserted {
     DeviceTaken,
 }
 
-/// A new session `sid` of `user` and its first refresh token (stored as its digest).
+/// A new session `sid` of `user` and its first refresh token (stored as its digest). With
+/// `dpop`, its refresh tokens are bound to that key: each refresh needs a proof by it.
 #[allow(clippy::too_many_arguments)]
 pub async fn insert_in(
     tx: &impl GenericClient,
@@ -238,13 +239,15 @@ pub async fn insert_in(
     expires: OffsetDateTime,
     refresh_token: &str,
     binding: Option<&Binding>,
+    dpop: Option<&Jkt>,
     ctx: &Ctx,
 ) -> Result<Inserted, DbError> {
     let inserted = tx
         .exec(
             "INSERT INTO sessions (id, user_id, app_id, device_id, user_agent, ip, amr,
-                 created_at, last_seen_at, expires_at, client_id, scope, provider_session)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11, $12)",
+                 created_at, last_seen_at, expires_at, client_id, scope, provider_session,
+                 dpop_jkt)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11, $12, $13)",
             &[
                 &sid,
                 &user,
@@ -258,6 +261,7 @@ pub async fn insert_in(
                 &binding.map(|b| b.client),
                 &binding.map(|b| b.scope.as_str()),
                 &binding.and_then(|b| b.provider_session),
+                &dpop.map(|k| k.0.as_slice()),
             ],
         )
         .await;
@@ -300,7 +304,8 @@ pub struct Rotated {
 /// statement (one round trip, one commit). `holder` takes the user row shared and
 /// re-checks it is enabled under that lock (see [`revoke_user_in`]); the UPDATE's
 /// `used_at IS NULL` is re-checked under the row lock too, so of two concurrent
-/// rotations of one token exactly one gets a row back.
+/// rotations of one token exactly one gets a row back. A session bound to a DPoP key
+/// rotates only with `ctx.dpop` that key (no row back otherwise, and nothing changed).
 pub async fn rotate(
     client: &impl GenericClient,
     app: Uuid,
@@ -315,7 +320,8 @@ pub async fn rotate(
              FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id
              WHERE rt.hash = $1 AND rt.used_at IS NULL AND s.app_id = $2
                AND s.revoked_at IS NULL AND s.expires_at > $3
-               AND s.client_id IS NOT DISTINCT FROM $7),
+               AND s.client_id IS NOT DISTINCT FROM $7
+               AND (s.dpop_jkt IS NULL OR s.dpop_jkt = $8)),
          holder AS (
              SELECT {USER_COLUMNS} FROM users
              WHERE id = (SELECT user_id FROM target) AND active
@@ -344,6 +350,7 @@ pub async fn rotate(
                 &ctx.ip.to_string(),
                 &ctx.user_agent,
                 &for_client,
+                &ctx.dpop.as_ref().map(|k| k.0.as_slice()),
             ],
         )
         .await?;
@@ -370,6 +377,8 @@ pub struct Presented {
     /// The session is neither revoked nor expired.
     pub live: bool,
     pub scope: Option<String>,
+    /// The DPoP key the session's refresh tokens are bound to.
+    pub dpop: Option<Jkt>,
 }
 
 /// The refresh token `hash` of `app` (and of `for_client`'s sessions, or of none's),
@@ -384,7 +393,7 @@ pub async fn presented_in(
     let row = tx
         .q_opt(
             "SELECT rt.used_at, rt.successor_hash, s.id, s.user_id, s.amr,
-                    s.revoked_at IS NULL AND s.expires_at > $3 AS live, s.scope
+                    s.revoked_at IS NULL AND s.expires_at > $3 AS live, s.scope, s.dpop_jkt
              FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id
              WHERE rt.hash = $1 AND s.app_id = $2 AND s.client_id IS NOT DISTINCT FROM $4",
             &[&hash, &app, &now, &for_client],
@@ -400,6 +409,10 @@ pub async fn presented_in(
             amr: amr_parse(&amr),
             live: row.get(5),
             scope: row.get(6),
+            dpop: row
+                .get::<_, Option<Vec<u8>>>(7)
+                .and_then(|k| k.try_into().ok())
+                .map(Jkt),
         }
     }))
 }

@@ -4,16 +4,18 @@
 
 use deadpool_postgres::Pool;
 use portcullis_common::ErrorCode;
-use portcullis_common::token::{AccessTokenClaims, AccessTokenHeader, Amr, sign_compact};
+use portcullis_common::token::{
+    AccessTokenClaims, AccessTokenHeader, Amr, Confirmation, sign_compact,
+};
 use portcullis_verifier::core::{Revocations, Scratch, Settings, Snapshot, Verifier};
 use serde::Serialize;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::domain::LEEWAY_SECS;
 use crate::domain::keys::{KeyError, KeyRing};
 use crate::domain::revocations;
+use crate::domain::{Jkt, LEEWAY_SECS};
 use crate::infra::store::DbError;
 
 /// The audience (and `client_id`) of owner tokens: never an application id, so an owner
@@ -31,7 +33,8 @@ pub struct Tokens {
     /// `HttpOnly` cookie, out of reach of the page's scripts.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub refresh_token: String,
-    /// Always `Bearer`.
+    /// `DPoP` for tokens bound to the key of the request's DPoP proof (the access token
+    /// carries `cnf.jkt`), else `Bearer`.
     pub token_type: &'static str,
     /// Access-token lifetime in seconds.
     pub expires_in: i64,
@@ -64,6 +67,13 @@ pub struct Grant<'a> {
     pub amr: Vec<Amr>,
     pub guest: bool,
     pub ttl: i64,
+    /// The key of the request's DPoP proof: the token is bound to it (`cnf.jkt`).
+    pub dpop: Option<Jkt>,
+}
+
+/// `token_type` of a token response (RFC 9449 §5): `DPoP` for a token bound to a key.
+pub const fn token_type(dpop: Option<Jkt>) -> &'static str {
+    if dpop.is_some() { "DPoP" } else { "Bearer" }
 }
 
 /// Signs an access token for `grant`, issued by `issuer` at `now`, with the active key.
@@ -89,6 +99,7 @@ pub async fn mint(
         scope: grant.scope,
         amr: grant.amr,
         guest: grant.guest,
+        cnf: grant.dpop.map(|key| Confirmation { jkt: key.text() }),
     };
     let mut header = AccessTokenHeader::eddsa(&keys.kid);
     if grant.audience == OWNER_AUDIENCE {

@@ -1,9 +1,9 @@
 //! The background schedule, single-flight across replicas: the key schedule (rotate when
 //! due, retire what has expired), pruning (ended sessions, finished social-login flows,
-//! delivered messages, used one-time tokens and codes, audit events past retention), and
-//! the reconcile pass that rewrites the Redis layout from PostgreSQL, so a flushed,
-//! restarted or briefly unreachable Redis heals by itself. And the operator's rotation
-//! ([`rotate_keys`]), which runs the same key step at once.
+//! delivered messages, used one-time tokens and codes, DPoP proofs past their window,
+//! audit events past retention), and the reconcile pass that rewrites the Redis layout
+//! from PostgreSQL, so a flushed, restarted or briefly unreachable Redis heals by itself.
+//! And the operator's rotation ([`rotate_keys`]), which runs the same key step at once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -106,7 +106,8 @@ async fn pass(m: &Maintenance, last_audit_prune: &mut Option<Instant>) {
 }
 
 /// Deletes what has ended: sessions, social-login flows, delivered messages, used tokens
-/// and codes, and (`with_audit`) events past their application's retention.
+/// and codes, remembered DPoP proofs, and (`with_audit`) events past their application's
+/// retention.
 async fn prune(pool: &Pool, with_audit: bool) -> Result<(), DbError> {
     let client = pool.get().await?;
     let now = clock::unix_now();
@@ -117,6 +118,7 @@ async fn prune(pool: &Pool, with_audit: bool) -> Result<(), DbError> {
     crate::domain::passkeys::prune(&client).await?;
     crate::domain::authorizations::prune(&client).await?;
     crate::domain::factors::prune(&client).await?;
+    crate::domain::dpop::prune(&client, now).await?;
     if with_audit {
         audit::prune(&client).await?;
     }

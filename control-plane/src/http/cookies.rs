@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use portcullis_common::ErrorCode;
 
 use super::error::ApiError;
-use super::extract::{bearer, cookie};
+use super::extract::{authorization, cookie};
 use crate::domain::apps::App;
 use crate::domain::tokens::Tokens;
 use crate::state::AppState;
@@ -122,9 +122,9 @@ pub(super) async fn csrf_guard(
         Method::GET | Method::HEAD | Method::OPTIONS
     );
     let headers = request.headers();
-    // Only a bearer token is no ambient credential: with any other `Authorization` the
-    // routes still fall back to the cookie.
-    if safe || bearer(headers).is_some() || !headers.contains_key(header::COOKIE) {
+    // Only an access token (Bearer or DPoP) is no ambient credential: with any other
+    // `Authorization` the routes still fall back to the cookie.
+    if safe || authorization(headers).is_some() || !headers.contains_key(header::COOKIE) {
         return next.run(request).await;
     }
     let Some(segment) = request

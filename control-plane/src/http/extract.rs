@@ -8,11 +8,13 @@
 //! - [`SignedIn`]: a user of the `{app}` of the path, by bearer token or the application's
 //!   access cookie (state-changing cookie requests passed the CSRF guard on the way in),
 //!   still existing and enabled; [`UserToken`]: the same token without the user lookup.
+//!   A DPoP-bound token (RFC 9449) only as `Authorization: DPoP` with a proof by its key.
 //!
 //! And the application of an end-user route: [`LiveApp`] (exists and not expired), and
 //! [`PublicApp`], which also counts the request against the application's per-IP limit
-//! for its route ([`Route`]).
+//! for its route ([`Route`]); and [`Dpop`], the key a token request's DPoP proof showed.
 
+use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,17 +22,18 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use portcullis_common::{ErrorCode, credentials};
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use crate::domain::Ctx;
 use crate::domain::apps::{self, App};
+use crate::domain::dpop::{self, DpopError, Endpoint, Presented, Scheme};
 use crate::domain::tokens::{OWNER_AUDIENCE, Principal};
 use crate::domain::users::{self, User};
+use crate::domain::{Ctx, Jkt};
 use crate::infra::clock;
 use crate::infra::crypto::digest;
 use crate::infra::limits::Scope;
@@ -117,6 +120,8 @@ impl FromRequestParts<AppState> for Ctx {
                 .and_then(|v| v.to_str().ok())
                 .map(|id| id.chars().take(128).collect()),
             now: clock::unix_now(),
+            // Set by a token-issuing handler from its [`Dpop`].
+            dpop: None,
         })
     }
 }
@@ -148,6 +153,95 @@ fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpA
 /// The bearer token of `Authorization`, if any.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     credentials::bearer_str(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
+}
+
+/// The access token of `Authorization` (`Bearer` or `DPoP`), and which.
+pub fn authorization(headers: &HeaderMap) -> Option<(&str, Scheme)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    credentials::bearer_str(value)
+        .map(|t| (t, Scheme::Bearer))
+        .or_else(|| credentials::dpop_str(value).map(|t| (t, Scheme::Dpop)))
+}
+
+/// The `DPoP` header: none, or one proof (two or more are refused, RFC 9449 §4.3).
+pub fn dpop_header(headers: &HeaderMap) -> Result<Option<&str>, DpopError> {
+    let mut values = headers.get_all(DPOP).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(DpopError::Invalid("more than one DPoP header"));
+    }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| DpopError::Invalid("the DPoP header is not a compact JWS"))
+}
+
+/// The request header carrying a DPoP proof.
+pub const DPOP: &str = "dpop";
+
+/// The method and path a request was sent to: with `PORTCULLIS_PUBLIC_URL`, what a DPoP
+/// proof's `htm` and `htu` must name.
+#[derive(Clone, Debug)]
+pub struct RequestTarget {
+    pub method: Method,
+    pub path: String,
+}
+
+impl RequestTarget {
+    fn of(parts: &Parts) -> Self {
+        Self {
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+        }
+    }
+
+    /// The endpoint a proof must name, under the control plane's public URL.
+    pub fn endpoint(&self, public_url: &str) -> Endpoint {
+        Endpoint::new(public_url, self.method.as_str(), &self.path)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestTarget {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(Self::of(parts))
+    }
+}
+
+/// The key a token request's DPoP proof showed (RFC 9449 §5), once accepted by
+/// [`dpop::token_request`]; `None` without a proof. Refused (`invalid_dpop_proof`,
+/// `use_dpop_nonce`) before the handler changes anything. Handlers that issue tokens take
+/// it and hand it on in their [`Ctx`] ([`Ctx::with_dpop`]).
+#[derive(Debug)]
+pub struct Dpop(pub Option<Jkt>);
+
+impl FromRequestParts<AppState> for Dpop {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let LiveApp(app) = LiveApp::from_request_parts(parts, state).await?;
+        let target = RequestTarget::of(parts);
+        Ok(Dpop(
+            token_proof(state, &app, &parts.headers, &target).await?,
+        ))
+    }
+}
+
+/// The DPoP proof of a token request to `app` (for a handler that answers refusals in a
+/// form of its own).
+pub async fn token_proof(
+    state: &AppState,
+    app: &App,
+    headers: &HeaderMap,
+    target: &RequestTarget,
+) -> Result<Option<Jkt>, DpopError> {
+    let proof = dpop_header(headers)?;
+    let endpoint = target.endpoint(&state.config.public_url);
+    let (pool, secrets) = (&state.pool, &state.secrets);
+    dpop::token_request(pool, secrets, app, proof, &endpoint, clock::unix_now()).await
 }
 
 /// The value of cookie `name` across the request's `Cookie` fields.
@@ -389,26 +483,42 @@ impl FromRequestParts<AppState> for UserToken {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let LiveApp(app) = LiveApp::from_request_parts(parts, state).await?;
-        let principal = user_principal(state, &parts.headers, &app).await?;
+        let target = RequestTarget::of(parts);
+        let principal = user_principal(state, &parts.headers, &target, &app).await?;
         Ok(UserToken { app, principal })
     }
 }
 
-/// The checked user token of a request to `app`'s routes.
+/// The checked user token of a request to `app`'s routes (sent to `target`: a bound
+/// token's proof must name it).
 pub async fn user_principal(
     state: &AppState,
     headers: &HeaderMap,
+    target: &RequestTarget,
     app: &App,
 ) -> Result<Principal, ApiError> {
-    let token = match bearer(headers) {
-        Some(token) => token,
-        None => cookie(headers, &app.settings.cookies.access_name).ok_or_else(missing_token)?,
+    let (token, scheme) = match authorization(headers) {
+        Some(found) => found,
+        None => {
+            let token = cookie(headers, &app.settings.cookies.access_name);
+            (token.ok_or_else(missing_token)?, Scheme::Cookie)
+        }
     };
     let app_id = app.id.to_string();
+    let now = clock::unix_now();
     let principal = state
         .tokens
-        .authenticate(&state.keys, &state.pool, token, &app_id, clock::unix_now())
+        .authenticate(&state.keys, &state.pool, token, &app_id, now)
         .await?;
+    let presented = Presented {
+        token,
+        scheme,
+        proof: dpop_header(headers)?,
+        endpoint: target.endpoint(&state.config.public_url),
+    };
+    let cnf = principal.claims.cnf.as_ref().map(|c| c.jkt.as_str());
+    let (pool, secrets) = (&state.pool, &state.secrets);
+    dpop::check_binding(pool, secrets, app, &presented, cnf, now).await?;
     // A token the provider issued to an OAuth client is for the application's services
     // (within its scope), never for the account routes: a third party must not change the
     // password or add a passkey with it.
@@ -434,7 +544,8 @@ impl FromRequestParts<AppState> for SignedIn {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let LiveApp(app) = LiveApp::from_request_parts(parts, state).await?;
-        signed_in(state, &parts.headers, app).await
+        let target = RequestTarget::of(parts);
+        signed_in(state, &parts.headers, &target, app).await
     }
 }
 
@@ -443,9 +554,10 @@ impl FromRequestParts<AppState> for SignedIn {
 pub async fn signed_in(
     state: &AppState,
     headers: &HeaderMap,
+    target: &RequestTarget,
     app: Arc<App>,
 ) -> Result<SignedIn, ApiError> {
-    let principal = user_principal(state, headers, &app).await?;
+    let principal = user_principal(state, headers, target, &app).await?;
     let client = state.pool.get().await?;
     let user = users::find(&client, app.id, principal.sub)
         .await?

@@ -12,7 +12,9 @@ use utoipa_axum::routes;
 use webauthn_rs::prelude::PublicKeyCredential;
 
 use super::error::{ApiError, ApiResult, Problem};
-use super::extract::{JsonBody, LiveApp, PublicApp, SignedIn, limit_ip, route, signed_in};
+use super::extract::{
+    Dpop, JsonBody, LiveApp, PublicApp, RequestTarget, SignedIn, limit_ip, route, signed_in,
+};
 use super::{SignInOptions, cookies};
 use crate::domain::Ctx;
 use crate::domain::factors::{self, Channel, Enrolled, Method};
@@ -71,7 +73,7 @@ async fn login_mfa_passkey(
 
 /// Complete a sign-in that answered `mfa_required`: the `mfa_token` with a code of one of
 /// the offered methods. `amr` records both factors.
-#[utoipa::path(post, path = "/v1/apps/{app}/login/mfa", operation_id = "loginMfa", tag = "mfa", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/login/mfa", operation_id = "loginMfa", tag = "mfa", params(("app" = String, Path), ("DPoP" = Option<String>, Header, description = "A DPoP proof (RFC 9449): the tokens are bound to its key")),
     request_body = SecondStep,
     responses((status = 200, body = Tokens),
               (status = 401, description = "invalid_code or invalid_mfa_token", body = Problem),
@@ -80,8 +82,10 @@ async fn login_mfa(
     State(state): State<AppState>,
     ctx: Ctx,
     PublicApp(app, _): PublicApp<route::LoginMfa>,
+    Dpop(dpop): Dpop,
     JsonBody(body): JsonBody<SecondStep>,
 ) -> ApiResult<Response> {
+    let ctx = ctx.with_dpop(dpop);
     let answer = match (&body.credential, &body.code) {
         (Some(credential), _) => Answer::Passkey(credential),
         (None, Some(code)) => Answer::Code(code),
@@ -247,6 +251,7 @@ async fn otp_send(
     State(state): State<AppState>,
     ctx: Ctx,
     LiveApp(app): LiveApp,
+    target: RequestTarget,
     headers: HeaderMap,
     JsonBody(body): JsonBody<SendCode>,
 ) -> ApiResult<Response> {
@@ -256,7 +261,7 @@ async fn otp_send(
             stepup::send_for_step_up(state.signin(), &app, token, body.channel, &ctx).await?;
         }
         None => {
-            let me = signed_in(&state, &headers, app).await?;
+            let me = signed_in(&state, &headers, &target, app).await?;
             limit_ip(&state, &me.app, "otp-send", &ctx).await?;
             let (app, user, sid) = (&me.app, &me.user, me.principal.sid);
             enrol::send_for_session(state.mfa(), app, user, sid, body.channel, &ctx).await?;

@@ -8,8 +8,8 @@
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, StatusCode};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -20,6 +20,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 
 use self::error::ApiError;
+use crate::infra::clock;
 use crate::state::AppState;
 
 mod admin;
@@ -95,6 +96,12 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             cookies::csrf_guard,
         ))
+        // Outside the CSRF guard and every handler: whatever answers a request with a DPoP
+        // proof, a refusal included, hands out a fresh nonce.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            dpop_nonce,
+        ))
         .layer(axum::middleware::from_fn(record_metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -115,6 +122,31 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
         .with_state(state)
 }
+
+/// RFC 9449 §8: every answer to a request that carried a DPoP proof to an application's
+/// route has `DPoP-Nonce`, a nonce of that application good for five minutes, so a client
+/// always holds a current one (and one asked to `use_dpop_nonce` has it at once).
+async fn dpop_nonce(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let app = request
+        .headers()
+        .contains_key(extract::DPOP)
+        .then(|| {
+            let rest = request.uri().path().strip_prefix("/v1/apps/")?;
+            rest.split('/').next()?.parse::<uuid::Uuid>().ok()
+        })
+        .flatten();
+    let mut response = next.run(request).await;
+    if let Some(app) = app {
+        let nonce = crate::domain::dpop::nonce(&state.secrets, app, clock::unix_now());
+        if let Ok(value) = HeaderValue::from_str(&nonce) {
+            response.headers_mut().insert(DPOP_NONCE, value);
+        }
+    }
+    response
+}
+
+/// The response header carrying a DPoP nonce.
+const DPOP_NONCE: &str = "dpop-nonce";
 
 async fn record_metrics(request: Request, next: Next) -> Response {
     let started = Instant::now();

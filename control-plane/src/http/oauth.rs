@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ApiResult, Problem};
-use super::extract::{JsonBody, PublicApp, SignedIn, cookie, route};
+use super::extract::{Dpop, JsonBody, PublicApp, SignedIn, cookie, route};
 use super::{SignInOptions, cookies};
 use crate::domain::Ctx;
 use crate::domain::one_time::Purpose;
@@ -181,7 +181,7 @@ pub(super) struct ExchangeBody {
 
 /// Trades the callback's one-time code (60 s, single use) for the usual sign-in answer:
 /// tokens with `amr: ["oauth"]`, or a step-up when the user has a second factor.
-#[utoipa::path(post, path = "/v1/apps/{app}/oauth/exchange", operation_id = "exchangeOauthCode", tag = "oauth", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/oauth/exchange", operation_id = "exchangeOauthCode", tag = "oauth", params(("app" = String, Path), ("DPoP" = Option<String>, Header, description = "A DPoP proof (RFC 9449): the tokens are bound to its key")),
     request_body = ExchangeBody,
     responses((status = 200, body = SignIn),
               (status = 410, description = "token_expired_or_used", body = Problem)))]
@@ -189,8 +189,10 @@ async fn exchange(
     State(state): State<AppState>,
     ctx: Ctx,
     PublicApp(app, _): PublicApp<route::OauthExchange>,
+    Dpop(dpop): Dpop,
     JsonBody(body): JsonBody<ExchangeBody>,
 ) -> ApiResult<Response> {
+    let ctx = ctx.with_dpop(dpop);
     let signed_in = oauth::exchange(
         state.signin(),
         &app,

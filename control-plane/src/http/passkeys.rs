@@ -13,7 +13,7 @@ use uuid::Uuid;
 use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential};
 
 use super::error::{ApiError, ApiResult, Problem};
-use super::extract::{JsonBody, LiveApp, PublicApp, SignedIn, route};
+use super::extract::{Dpop, JsonBody, LiveApp, PublicApp, SignedIn, route};
 use super::pages::locked_down;
 use super::{DeviceId, SignInOptions, cookies, created};
 use crate::domain::Ctx;
@@ -193,7 +193,7 @@ pub(super) struct LoginFinish {
 /// Finish a passkey sign-in: tokens as `/login` answers them (`amr`: `hwk` or `swk`, and
 /// `mfa`: user verification is required).
 #[utoipa::path(post, path = "/v1/apps/{app}/passkeys/login/finish", operation_id = "finishPasskeyLogin", tag = "passkeys",
-    params(("app" = String, Path)),
+    params(("app" = String, Path), ("DPoP" = Option<String>, Header, description = "A DPoP proof (RFC 9449): the tokens are bound to its key")),
     request_body = LoginFinish,
     responses((status = 200, body = Tokens),
               (status = 400, description = "invalid_state: ceremony unknown, expired or used", body = Problem),
@@ -204,8 +204,10 @@ async fn login_finish(
     State(state): State<AppState>,
     ctx: Ctx,
     PublicApp(app, _): PublicApp<route::PasskeyFinish>,
+    Dpop(dpop): Dpop,
     JsonBody(body): JsonBody<LoginFinish>,
 ) -> ApiResult<Response> {
+    let ctx = ctx.with_dpop(dpop);
     let device = body.device_id.as_ref().map(DeviceId::as_str);
     let tokens = signin::finish(
         state.signin(),

@@ -9,14 +9,17 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{JsonBody, LiveApp, PublicApp, Route as _, SignedIn, public_app, route};
+use super::extract::{
+    JsonBody, LiveApp, PublicApp, RequestTarget, Route as _, SignedIn, public_app, route,
+    token_proof,
+};
 use super::pages::{Form, Submitted, answer, page, problem_page};
 use crate::domain::Ctx;
 use crate::domain::apps::App;
@@ -342,7 +345,7 @@ pub(super) struct MagicVerify {
 /// Sign in with a magic-link token (`amr: ["magic"]`); a user with a second factor gets a
 /// step-up instead of tokens. From the page's form, the browser is sent to the link's
 /// `redirect_uri` with the result in the URL fragment (never sent to a server).
-#[utoipa::path(post, path = "/v1/apps/{app}/magic-link/verify", operation_id = "signInWithMagicLink", tag = "recovery", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/magic-link/verify", operation_id = "signInWithMagicLink", tag = "recovery", params(("app" = String, Path), ("DPoP" = Option<String>, Header, description = "A DPoP proof (RFC 9449): the tokens are bound to its key")),
     request_body = MagicVerify,
     responses((status = 200, body = SignIn),
               (status = 303, description = "form post with a redirect_uri: back to it"),
@@ -351,15 +354,28 @@ async fn magic_verify(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(app): Path<String>,
+    target: RequestTarget,
+    headers: HeaderMap,
     body: Submitted<MagicVerify>,
 ) -> Response {
     let device = body.body.device_id.as_ref().map(super::DeviceId::as_str);
-    match magic_sign_in(&state, &ctx, &app, &body.body.token, device).await {
+    let sent = Sent {
+        token: &body.body.token,
+        device,
+        target: &target,
+        headers: &headers,
+    };
+    match magic_sign_in(&state, ctx, &app, sent).await {
         Ok((signed_in, Some(redirect))) if body.html => {
             let fragment = match &signed_in {
                 SignIn::Tokens(t) => format!(
-                    "access_token={}&refresh_token={}&token_type=Bearer&expires_in={}&session_id={}&user_id={}",
-                    t.access_token, t.refresh_token, t.expires_in, t.session_id, t.user_id
+                    "access_token={}&refresh_token={}&token_type={}&expires_in={}&session_id={}&user_id={}",
+                    t.access_token,
+                    t.refresh_token,
+                    t.token_type,
+                    t.expires_in,
+                    t.session_id,
+                    t.user_id
                 ),
                 SignIn::Mfa(c) => format!(
                     "mfa_required=true&mfa_token={}&methods={}",
@@ -392,14 +408,25 @@ async fn magic_verify(
     }
 }
 
+/// What a magic-link sign-in sends: the link's token, the device, and the request (its
+/// DPoP proof binds the tokens).
+struct Sent<'a> {
+    token: &'a str,
+    device: Option<&'a str>,
+    target: &'a RequestTarget,
+    headers: &'a HeaderMap,
+}
+
 /// Uses the magic-link token and signs its user in. Returns the link's `redirect_uri`.
 async fn magic_sign_in(
     state: &AppState,
-    ctx: &Ctx,
+    ctx: Ctx,
     app: &str,
-    token: &str,
-    device: Option<&str>,
+    sent: Sent<'_>,
 ) -> Result<(SignIn, Option<String>), ApiError> {
-    let app = public_app(state, app, route::MagicLinkVerify::NAME, ctx).await?;
-    Ok(recovery::magic_sign_in(state.signin(), &app, token, device, ctx).await?)
+    let app = public_app(state, app, route::MagicLinkVerify::NAME, &ctx).await?;
+    let dpop = token_proof(state, &app, sent.headers, sent.target).await?;
+    let ctx = ctx.with_dpop(dpop);
+    let (token, device) = (sent.token, sent.device);
+    Ok(recovery::magic_sign_in(state.signin(), &app, token, device, &ctx).await?)
 }

@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult, Problem};
 use super::extract::{
-    JsonBody, LiveApp, PublicApp, UserToken, bearer, cookie, route, user_principal,
+    Dpop, JsonBody, LiveApp, PublicApp, RequestTarget, UserToken, authorization, bearer, cookie,
+    route, user_principal,
 };
 use super::{SignInOptions, cookies, created};
 use crate::domain::Ctx;
@@ -71,7 +72,7 @@ pub(super) struct Registered {
 /// A new user and their first session. No password: a random one is set, and with
 /// `send_reset_email` a mail lets the user choose one. `verify_email` mails a link that
 /// confirms the address.
-#[utoipa::path(post, path = "/v1/apps/{app}/register", operation_id = "register", tag = "users", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/register", operation_id = "register", tag = "users", params(("app" = String, Path), ("DPoP" = Option<String>, Header, description = "A DPoP proof (RFC 9449): the tokens are bound to its key")),
     request_body = Registration,
     responses((status = 201, body = Registered), (status = 409, description = "user_exists", body = Problem),
               (status = 422, description = "weak_password", body = Problem),
@@ -80,9 +81,11 @@ async fn register(
     State(state): State<AppState>,
     ctx: Ctx,
     PublicApp(app, _): PublicApp<route::Register>,
+    Dpop(dpop): Dpop,
     headers: HeaderMap,
     JsonBody(body): JsonBody<Registration>,
 ) -> ApiResult<Response> {
+    let ctx = ctx.with_dpop(dpop);
     let registration = password::Registration {
         email: &body.email,
         password: body.password.as_deref(),
@@ -154,19 +157,22 @@ fn basic(headers: &HeaderMap) -> Option<(String, String)> {
 /// Sign in with email or username and password (JSON or HTTP Basic). A user with a second
 /// factor (or any user, under an application's `required` MFA policy) gets a step-up
 /// (`mfa_required`, `mfa_token`, `methods`) to complete at `/login/mfa`.
-#[utoipa::path(post, path = "/v1/apps/{app}/login", operation_id = "login", tag = "users", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/login", operation_id = "login", tag = "users", params(("app" = String, Path), ("DPoP" = Option<String>, Header, description = "A DPoP proof (RFC 9449): the tokens are bound to its key")),
     request_body = Login,
     responses((status = 200, body = SignIn),
-              (status = 401, description = "invalid_credentials", body = Problem),
+              (status = 400, description = "use_dpop_nonce: retry with the DPoP-Nonce header's nonce", body = Problem),
+              (status = 401, description = "invalid_credentials, or invalid_dpop_proof", body = Problem),
               (status = 403, description = "user_disabled", body = Problem),
               (status = 429, description = "rate_limited", body = Problem)))]
 async fn login(
     State(state): State<AppState>,
     ctx: Ctx,
     PublicApp(app, _): PublicApp<route::Login>,
+    Dpop(dpop): Dpop,
     headers: HeaderMap,
     JsonBody(body): JsonBody<Login>,
 ) -> ApiResult<Response> {
+    let ctx = ctx.with_dpop(dpop);
     let set_cookie = body.options.set_cookie;
     let (login, password) = match (basic(&headers), body.password) {
         (Some(pair), _) => pair,
@@ -208,14 +214,16 @@ pub(super) struct NewGuest {
 }
 
 /// A new guest user (no email, no password) and its session.
-#[utoipa::path(post, path = "/v1/apps/{app}/guest", operation_id = "createGuest", tag = "users", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/guest", operation_id = "createGuest", tag = "users", params(("app" = String, Path), ("DPoP" = Option<String>, Header, description = "A DPoP proof (RFC 9449): the tokens are bound to its key")),
     request_body = NewGuest, responses((status = 201, body = Tokens), (status = 429, body = Problem)))]
 async fn guest(
     State(state): State<AppState>,
     ctx: Ctx,
     PublicApp(app, _): PublicApp<route::Guest>,
+    Dpop(dpop): Dpop,
     JsonBody(body): JsonBody<NewGuest>,
 ) -> ApiResult<Response> {
+    let ctx = ctx.with_dpop(dpop);
     let tokens = password::guest(
         state.signin(),
         &app,
@@ -235,17 +243,20 @@ pub(super) struct RefreshRequest {
 }
 
 /// Exchange a refresh token for a new pair; the presented token is used up.
-#[utoipa::path(post, path = "/v1/apps/{app}/token/refresh", operation_id = "refreshTokens", tag = "users", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app}/token/refresh", operation_id = "refreshTokens", tag = "users", params(("app" = String, Path), ("DPoP" = Option<String>, Header, description = "A DPoP proof (RFC 9449): the tokens are bound to its key")),
     request_body = RefreshRequest,
     responses((status = 200, body = Tokens),
-              (status = 401, description = "invalid_refresh_token or refresh_token_reused", body = Problem)))]
+              (status = 400, description = "use_dpop_nonce: retry with the DPoP-Nonce header's nonce", body = Problem),
+              (status = 401, description = "invalid_refresh_token, refresh_token_reused, or invalid_dpop_proof (a token bound to a DPoP key needs a proof by it)", body = Problem)))]
 async fn refresh(
     State(state): State<AppState>,
     ctx: Ctx,
     PublicApp(app, _): PublicApp<route::Refresh>,
+    Dpop(dpop): Dpop,
     headers: HeaderMap,
     JsonBody(body): JsonBody<RefreshRequest>,
 ) -> ApiResult<Response> {
+    let ctx = ctx.with_dpop(dpop);
     let from_cookie = cookie(&headers, &app.settings.cookies.refresh_name);
     let presented = body
         .refresh_token
@@ -285,11 +296,12 @@ async fn logout(
     State(state): State<AppState>,
     ctx: Ctx,
     LiveApp(app): LiveApp,
+    target: RequestTarget,
     headers: HeaderMap,
     JsonBody(body): JsonBody<RefreshRequest>,
 ) -> ApiResult<Response> {
-    // The body's refresh token, a bearer access token, or the cookies (refresh first).
-    let refresh_cookie = bearer(&headers)
+    // The body's refresh token, an access token, or the cookies (refresh first).
+    let refresh_cookie = authorization(&headers)
         .is_none()
         .then(|| cookie(&headers, &app.settings.cookies.refresh_name))
         .flatten();
@@ -305,7 +317,7 @@ async fn logout(
             })?
         }
         None => {
-            let p = user_principal(&state, &headers, &app).await?;
+            let p = user_principal(&state, &headers, &target, &app).await?;
             (p.sid, p.sub)
         }
     };

@@ -40,6 +40,7 @@ pub struct Secrets {
     aead: XChaCha20Poly1305,
     successor_key: [u8; 32],
     code_key: [u8; 32],
+    nonce_key: [u8; 32],
 }
 
 impl std::fmt::Debug for Secrets {
@@ -65,6 +66,7 @@ impl Secrets {
             aead: XChaCha20Poly1305::new(&aead_key.into()),
             successor_key: derive(root, b"portcullis refresh successor v1"),
             code_key: derive(root, b"portcullis one-time codes v1"),
+            nonce_key: derive(root, b"portcullis dpop nonces v1"),
         }
     }
 
@@ -103,6 +105,18 @@ impl Secrets {
             .unwrap_or_else(|_| unreachable!());
         mac.update(token.as_bytes());
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    /// The MAC of a DPoP nonce (RFC 9449 §8): HMAC-SHA256 over `scope` (the application)
+    /// and the nonce's time, under a key of its own. The nonce carries the time and this
+    /// MAC, so any replica checks any replica's nonce without storing one.
+    pub fn nonce_mac(&self, scope: &[u8], time: u64) -> [u8; 32] {
+        let mut mac =
+            <HmacSha256 as Mac>::new_from_slice(&self.nonce_key).unwrap_or_else(|_| unreachable!());
+        mac.update(&(scope.len() as u64).to_be_bytes());
+        mac.update(scope);
+        mac.update(&time.to_be_bytes());
+        mac.finalize().into_bytes().into()
     }
 
     /// The key of the decoy passkey credential ids shown for an account without passkeys

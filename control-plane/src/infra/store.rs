@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (7, include_str!("../../migrations/0007_passkeys.sql")),
     (8, include_str!("../../migrations/0008_openid_provider.sql")),
     (9, include_str!("../../migrations/0009_signed_jwks.sql")),
+    (10, include_str!("../../migrations/0010_dpop.sql")),
 ];
 
 /// Advisory lock key for migrations ("portcull" in ASCII).

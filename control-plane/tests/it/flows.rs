@@ -34,6 +34,7 @@ fn ctx(now: i64) -> Ctx {
         user_agent: None,
         request_id: None,
         now,
+        dpop: None,
     }
 }
 

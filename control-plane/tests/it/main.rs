@@ -9,6 +9,8 @@ mod audit;
 mod captcha;
 mod cookies;
 mod deployment;
+mod dpop;
+mod dpop_flows;
 mod flows;
 mod maintenance;
 mod mfa;

@@ -12,7 +12,7 @@ use crate::support::{
 
 /// Enrols TOTP for the user of `access`; returns the base32 secret, the recovery codes and
 /// the time step the confirming code used.
-async fn enrol_totp(s: &Stack, app: &str, access: &str) -> (String, Vec<String>, i64) {
+pub(crate) async fn enrol_totp(s: &Stack, app: &str, access: &str) -> (String, Vec<String>, i64) {
     let r = s
         .post(
             &format!("/v1/apps/{app}/mfa/totp/setup"),

@@ -15,14 +15,14 @@ const CLIENT_SECRET: &str = "op-client-secret-0123456789";
 
 /// A stack, an application with provider `corp` at a real OpenID provider, and the
 /// owner's token.
-struct World {
-    s: Stack,
-    op: OidcProvider,
-    app: String,
-    owner: String,
+pub(crate) struct World {
+    pub(crate) s: Stack,
+    pub(crate) op: OidcProvider,
+    pub(crate) app: String,
+    pub(crate) owner: String,
 }
 
-async fn world(accounts: &[OidcAccount], auto_link: bool) -> World {
+pub(crate) async fn world(accounts: &[OidcAccount], auto_link: bool) -> World {
     world_with(accounts, auto_link, false).await
 }
 
@@ -90,7 +90,7 @@ async fn callback(w: &World, callback_url: &str, cookie: Option<&str>) -> Reply 
 }
 
 /// A whole sign-in as `sub`: the application's redirect (query parsed).
-async fn sign_in(w: &World, sub: &str) -> HashMap<String, String> {
+pub(crate) async fn sign_in(w: &World, sub: &str) -> HashMap<String, String> {
     let (location, binding) = authorize(w, &start_query()).await;
     let back = w.op.sign_in(&location, sub).await.unwrap();
     let r = callback(w, &back, Some(&binding)).await;

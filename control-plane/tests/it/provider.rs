@@ -17,7 +17,7 @@ use crate::support::{
 
 /// A browser for the provider's pages: a cookie jar and form posts.
 #[derive(Default)]
-struct Browser {
+pub(crate) struct Browser {
     cookies: HashMap<String, String>,
 }
 
@@ -54,7 +54,7 @@ impl Browser {
     }
 
     /// Opens `url` (absolute, on the stack).
-    async fn open(&mut self, s: &Stack, url: &str) -> Reply {
+    pub(crate) async fn open(&mut self, s: &Stack, url: &str) -> Reply {
         let path = url.split_once("127.0.0.1").unwrap().1;
         let path = &path[path.find('/').unwrap()..];
         self.call(s, "GET", path, None).await
@@ -185,9 +185,9 @@ impl<'a> Provider<'a> {
     }
 }
 
-const REDIRECT: &str = "http://127.0.0.1:9/cb";
+pub(crate) const REDIRECT: &str = "http://127.0.0.1:9/cb";
 
-fn fields(name: &str, first_party: bool) -> Value {
+pub(crate) fn fields(name: &str, first_party: bool) -> Value {
     json!({
         "name": name,
         "redirect_uris": [REDIRECT],
@@ -198,7 +198,7 @@ fn fields(name: &str, first_party: bool) -> Value {
 
 /// Signs in on the page `url` leads to (password, then consent if asked): the redirect
 /// back to the client.
-async fn sign_in(s: &Stack, browser: &mut Browser, url: &str, consent: bool) -> String {
+pub(crate) async fn sign_in(s: &Stack, browser: &mut Browser, url: &str, consent: bool) -> String {
     let page = browser.open(s, url).await;
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(page.body.contains("Sign in to shop"), "{}", page.body);

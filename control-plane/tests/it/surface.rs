@@ -351,7 +351,7 @@ fn migrate_subcommand_applies_the_schema_once() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "1,2,3,4,5,6,7,8,9"
+        "1,2,3,4,5,6,7,8,9,10"
     );
     let out = Command::new(bin)
         .arg("frobnicate")

@@ -56,6 +56,8 @@ portcullis.verifier.container takes a dict:
         (list "PORTCULLIS_VERIFIER_MAX_CONNECTIONS" $cfg.maxConnections)
         (list "PORTCULLIS_VERIFIER_DRAIN_SECS" $cfg.drainSecs)
         (list "PORTCULLIS_VERIFIER_JWKS_TRUST_KEYS" $cfg.jwksTrustKeys)
+        (list "PORTCULLIS_VERIFIER_DPOP_MAX_AGE_SECS" $cfg.dpopMaxAgeSecs)
+        (list "PORTCULLIS_VERIFIER_DPOP_REPLAY_ENTRIES" $cfg.dpopReplayEntries)
         (list "PORTCULLIS_VERIFIER_POLICY_FILE" .policyFile)
         (list "PORTCULLIS_LOG" ($cfg.log | default "info"))) | fromYamlArray) }}
   {{- if $v.tls.enabled }}

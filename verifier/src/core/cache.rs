@@ -4,8 +4,8 @@
 //! every hit, by the caller, from the numbers the slot keeps; a key-set change misses.
 //!
 //! A slot holds the token's keyed hash, its length and last 32 bytes, the key-set
-//! generation it was checked under, the [`Facts`] (times, parsed session and user ids)
-//! and the rendered [`super::Identity`] text the transports pass upstream.
+//! generation it was checked under, the [`Facts`] (times, parsed session and user ids,
+//! the DPoP thumbprint) and the rendered [`super::Identity`] text the transports pass upstream.
 //!
 //! # Why a forged token cannot hit
 //!
@@ -39,8 +39,10 @@ use super::identity::Facts;
 
 /// Words per slot: 512 bytes, eight cache lines.
 const SLOT_WORDS: usize = 64;
+/// Where the DPoP thumbprint (`cnf.jkt`, 4 words) starts in a slot.
+const JKT_WORD: usize = 17;
 /// Where the identity text starts in a slot.
-const TEXT_WORD: usize = 17;
+const TEXT_WORD: usize = JKT_WORD + 4;
 /// Longest identity text a slot holds; a token with a longer one is verified in full each
 /// time (roles and scopes of a few hundred bytes fit).
 pub const MAX_CACHED_TEXT: usize = (SLOT_WORDS - TEXT_WORD) * 8;
@@ -138,6 +140,10 @@ impl VerifiedCache {
         if meta & 0xffff != token.len() as u64 || !tail_ok || w(9) != generation {
             return None;
         }
+        let mut jkt = [0u8; 32];
+        for (i, chunk) in jkt.chunks_exact_mut(8).enumerate() {
+            chunk.copy_from_slice(&w(JKT_WORD + i).to_le_bytes());
+        }
         let facts = Facts {
             flags: (meta >> 16) as u8,
             lens: [
@@ -152,6 +158,7 @@ impl VerifiedCache {
             iat: ((meta >> 24) & HAS_IAT != 0).then(|| w(12) as i64),
             sid: u128::from(w(13)) << 64 | u128::from(w(14)),
             sub: u128::from(w(15)) << 64 | u128::from(w(16)),
+            jkt,
         };
         let len = facts.text_len();
         if len > MAX_CACHED_TEXT || len > text.len() {
@@ -203,6 +210,11 @@ impl VerifiedCache {
         put(14, facts.sid as u64);
         put(15, (facts.sub >> 64) as u64);
         put(16, facts.sub as u64);
+        for (i, chunk) in facts.jkt.chunks_exact(8).enumerate() {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(chunk);
+            put(JKT_WORD + i, u64::from_le_bytes(bytes));
+        }
         for (i, chunk) in text.chunks(8).enumerate() {
             let mut bytes = [0u8; 8];
             bytes[..chunk.len()].copy_from_slice(chunk);
@@ -240,6 +252,7 @@ mod tests {
             iat: Some(7),
             sid: 1 << 100 | 5,
             sub: 9,
+            jkt: std::array::from_fn(|i| i as u8),
         }
     }
 

@@ -26,6 +26,7 @@ const HAS_SID: u8 = 1 << 1;
 const HAS_APP: u8 = 1 << 2;
 const SUB_UUID: u8 = 1 << 3;
 const SID_UUID: u8 = 1 << 4;
+const HAS_JKT: u8 = 1 << 5;
 
 /// The fixed-size part of an identity: text lengths, presence flags, times and the ids
 /// parsed for the revocation lookups. Stored in a cache slot as a few machine words.
@@ -40,6 +41,8 @@ pub struct Facts {
     /// `sid` and `sub` as 128-bit values when they are UUIDs (flags say which).
     pub(crate) sid: u128,
     pub(crate) sub: u128,
+    /// `cnf.jkt` decoded (flags say whether there is one).
+    pub(crate) jkt: [u8; 32],
 }
 
 impl Facts {
@@ -58,6 +61,11 @@ impl Facts {
 
     pub fn iat(&self) -> Option<i64> {
         self.iat
+    }
+
+    /// The thumbprint of the DPoP key the token is bound to (`cnf.jkt`), if it is bound.
+    pub fn jkt(&self) -> Option<&[u8; 32]> {
+        (self.flags & HAS_JKT != 0).then_some(&self.jkt)
     }
 }
 
@@ -85,13 +93,18 @@ impl<'s> Identity<'s> {
         Some(Self { facts, text })
     }
 
-    /// Renders the identity of `claims` into `buf`; `None` when it does not fit (a buffer
-    /// as long as the payload the claims were read from always fits). `claims.exp` stands
-    /// for "no expiry" when absent: the verifier refuses such tokens before this.
-    pub fn from_claims(claims: &Claims<'_>, buf: &'s mut [u8]) -> Option<Self> {
-        let facts = render(claims, buf).ok()?;
-        let text = std::str::from_utf8(&buf[..facts.text_len()]).ok()?;
-        Self::new(facts, text)
+    /// Renders the identity of `claims` into `buf`; refused when `cnf.jkt` is not a
+    /// SHA-256 thumbprint, or when it does not fit (a buffer as long as the payload the
+    /// claims were read from always fits). `claims.exp` stands for "no expiry" when
+    /// absent: the verifier refuses such tokens before this.
+    pub fn from_claims(claims: &Claims<'_>, buf: &'s mut [u8]) -> Result<Self, &'static str> {
+        const TOO_LARGE: &str = "claims too large";
+        let facts = render(claims, buf).map_err(|e| match e {
+            RenderError::TooLarge => TOO_LARGE,
+            RenderError::Jkt => "cnf.jkt is not a base64url SHA-256 thumbprint",
+        })?;
+        let text = std::str::from_utf8(&buf[..facts.text_len()]).map_err(|_| TOO_LARGE)?;
+        Self::new(facts, text).ok_or(TOO_LARGE)
     }
 
     pub fn facts(&self) -> &Facts {
@@ -168,19 +181,43 @@ impl<'s> Identity<'s> {
     }
 }
 
+/// Why an identity could not be rendered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RenderError {
+    /// It did not fit the buffer.
+    TooLarge,
+    /// `cnf.jkt` is not 32 bytes of strict base64url.
+    Jkt,
+}
+
 /// The identity did not fit the buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct TooLarge;
 
+impl From<TooLarge> for RenderError {
+    fn from(_: TooLarge) -> Self {
+        RenderError::TooLarge
+    }
+}
+
 /// Renders the identity of `claims` into `out`; returns its facts.
-fn render(claims: &Claims<'_>, out: &mut [u8]) -> Result<Facts, TooLarge> {
-    let mut w = Writer { out, at: 0 };
+fn render(claims: &Claims<'_>, out: &mut [u8]) -> Result<Facts, RenderError> {
     let mut facts = Facts {
         exp: claims.exp.unwrap_or(i64::MAX),
         nbf: claims.nbf,
         iat: claims.iat,
         ..Facts::default()
     };
+    if let Some(jkt) = claims.jkt {
+        let mut bytes = [0u8; 33];
+        let decoded = jkt
+            .as_plain()
+            .and_then(|j| super::jose::b64_decode(j.as_bytes(), &mut bytes).ok())
+            .ok_or(RenderError::Jkt)?;
+        facts.jkt = decoded.try_into().map_err(|_| RenderError::Jkt)?;
+        facts.flags |= HAS_JKT;
+    }
+    let mut w = Writer { out, at: 0 };
     let app = claims.client_id.or(match claims.aud {
         Some(Audience::One(s)) => Some(s),
         _ => None,
@@ -324,7 +361,27 @@ mod tests {
     #[test]
     fn too_small_a_buffer_is_refused() {
         let claims = parse_claims(br#"{"sub":"abcdef","exp":1}"#).unwrap();
-        assert_eq!(render(&claims, &mut [0u8; 3]), Err(TooLarge));
+        assert_eq!(render(&claims, &mut [0u8; 3]), Err(RenderError::TooLarge));
+    }
+
+    #[test]
+    fn a_bound_token_keeps_its_thumbprint() {
+        let jkt = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I";
+        let (facts, _) = rendered(&format!(r#"{{"cnf":{{"jkt":"{jkt}"}},"exp":1}}"#));
+        assert_eq!(facts.jkt().map(|j| j[0]), Some(0xd1));
+        assert_eq!(rendered(r#"{"exp":1}"#).0.jkt(), None);
+        for bad in [
+            "abc",
+            "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I=",
+            "0ZcOCORZNYy",
+        ] {
+            let json = format!(r#"{{"cnf":{{"jkt":"{bad}"}},"exp":1}}"#);
+            let claims = parse_claims(json.as_bytes()).unwrap();
+            assert!(
+                Identity::from_claims(&claims, &mut [0u8; 64]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -141,6 +141,8 @@ pub struct Claims<'a> {
     pub roles: Option<Value<'a>>,
     pub scope: Option<JsonStr<'a>>,
     pub guest: bool,
+    /// `cnf.jkt` (RFC 9449 §6.1): the thumbprint of the DPoP key the token is bound to.
+    pub jkt: Option<JsonStr<'a>>,
 }
 
 impl<'a> Claims<'a> {
@@ -170,6 +172,7 @@ pub fn parse_claims(doc: &[u8]) -> Result<Claims<'_>, FormError> {
 /// [`parse_claims`] on a payload already validated as UTF-8.
 pub fn parse_claims_str(doc: &str) -> Result<Claims<'_>, FormError> {
     let mut c = Claims::default();
+    let mut cnf = false;
     json::for_each_member_str(doc, |name, value| {
         let string = || value.as_str().ok_or(JsonError::Syntax);
         let date = || value.as_numeric_date().ok_or(JsonError::Syntax);
@@ -197,6 +200,18 @@ pub fn parse_claims_str(doc: &str) -> Result<Claims<'_>, FormError> {
                 c.roles = Some(value);
             }
             "guest" => c.guest = value == Value::Bool(true),
+            "cnf" => {
+                let Value::Object(raw) = value else {
+                    return Err(JsonError::Syntax);
+                };
+                cnf = true;
+                json::for_each_member_str(raw, |name, value| {
+                    if name == "jkt" {
+                        c.jkt = Some(value.as_str().ok_or(JsonError::Syntax)?);
+                    }
+                    Ok(())
+                })?;
+            }
             _ => {}
         }
         Ok(())
@@ -205,6 +220,12 @@ pub fn parse_claims_str(doc: &str) -> Result<Claims<'_>, FormError> {
         JsonError::Syntax => FormError::Claims("malformed or mistyped claim"),
         other => FormError::Json(other),
     })?;
+    // A binding this verifier cannot check (mTLS `x5t#S256`, …) is refused, not ignored.
+    if cnf && c.jkt.is_none() {
+        return Err(FormError::Claims(
+            "cnf binds the token to something other than a DPoP key",
+        ));
+    }
     Ok(c)
 }
 
@@ -270,6 +291,8 @@ mod tests {
         assert!(c.aud.unwrap().contains("b") && !c.aud.unwrap().contains("c"));
         assert_eq!(c.scopes().collect::<Vec<_>>(), ["x", "y"]);
         assert_eq!(c.roles().map(|r| r.raw()).collect::<Vec<_>>(), ["r"]);
+        let c = parse_claims(br#"{"cnf":{"jkt":"t","x5t#S256":"x"}}"#).unwrap();
+        assert_eq!(c.jkt.map(|j| j.raw()), Some("t"));
         for bad in [
             r#"{"exp":"10"}"#,
             r#"{"iss":["a"]}"#,
@@ -277,6 +300,10 @@ mod tests {
             r#"{"aud":["a",1]}"#,
             r#"{"roles":"admin"}"#,
             r#"{"sub":"a","sub":"b"}"#,
+            r#"{"cnf":"k"}"#,
+            r#"{"cnf":{"jkt":1}}"#,
+            r#"{"cnf":{"x5t#S256":"abc"}}"#,
+            r#"{"cnf":{"jkt":"a","jkt":"b"}}"#,
         ] {
             assert!(parse_claims(bad.as_bytes()).is_err(), "{bad}");
         }

@@ -13,6 +13,7 @@
 //! revocations are checked again (see [`cache`]).
 
 pub mod cache;
+pub mod dpop;
 pub mod identity;
 pub mod jose;
 pub mod json;
@@ -238,9 +239,9 @@ impl Verifier {
             now,
         )?;
         self.check_issuer_and_audience(&claims)?;
-        // Cannot fail: the buffer is as long as the longest payload.
+        // Fits: the buffer is as long as the longest payload; a bad `cnf.jkt` is refused.
         let who = Identity::from_claims(&claims, identity)
-            .ok_or(reject(ErrorCode::InvalidToken, "claims too large"))?;
+            .map_err(|why| reject(ErrorCode::InvalidToken, why))?;
         check_revocations(&who, snap)?;
         self.cache.insert(
             &probe,

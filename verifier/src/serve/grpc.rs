@@ -18,6 +18,8 @@ use std::task::{Context, Poll};
 use portcullis_common::tls::{self, Conn};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::core::dpop::Target;
+
 use super::{
     App, Credentials, Decision, IDENTITY_HEADERS, challenge, identity_headers, problem_body,
     with_scratch,
@@ -61,16 +63,27 @@ impl ExtAuthz {
                     }
                 })
         };
-        // Envoy joins a request's cookie fields into one value.
+        // Envoy joins a request's cookie fields into one value, and the fields of any
+        // other repeated header with commas, which no DPoP proof contains.
         let cookie = raw("cookie");
+        let dpop = raw("dpop");
         let creds = Credentials {
             authorization: raw("authorization"),
             cookies: cookie.as_slice(),
+            dpop,
+            dpop_fields: dpop.map_or(0, |p| 1 + p.iter().filter(|b| **b == b',').count()),
         };
-        let path = http.map_or("/", |h| h.path.as_str());
-        let method = http.map_or("GET", |h| h.method.as_str());
+        let request = Target {
+            method: http.map_or("GET", |h| h.method.as_str()),
+            scheme: http
+                .map(|h| h.scheme.as_str())
+                .filter(|s| !s.is_empty())
+                .unwrap_or("https"),
+            host: http.map_or("", |h| h.host.as_str()),
+            path: http.map_or("/", |h| h.path.as_str()),
+        };
         let app = &self.app;
-        with_scratch(|scratch| match app.decide(creds, path, method, scratch) {
+        with_scratch(|scratch| match app.decide(creds, &request, scratch) {
             Decision::Allow(v) => {
                 app.metrics.allowed();
                 let mut ok = OkHttpResponseBuilder::new();

@@ -23,6 +23,7 @@ pub struct Metrics {
     denied: Vec<Counter>,
     cache_hits: Counter,
     cache_misses: Counter,
+    replay_evictions: Counter,
     pub latency: Histogram,
 }
 
@@ -38,6 +39,7 @@ impl Metrics {
                 .collect(),
             cache_hits: metrics::counter!("portcullis_verifier_cache_hits_total"),
             cache_misses: metrics::counter!("portcullis_verifier_cache_misses_total"),
+            replay_evictions: metrics::counter!("portcullis_verifier_dpop_replay_evictions_total"),
             latency: metrics::histogram!("portcullis_verifier_request_duration_seconds"),
         }
     }
@@ -59,6 +61,12 @@ impl Metrics {
         } else {
             self.cache_misses.increment(1)
         }
+    }
+
+    /// A DPoP proof pushed out another that was still usable: the replay table is too
+    /// small for the traffic (`PORTCULLIS_VERIFIER_DPOP_REPLAY_ENTRIES`).
+    pub fn replay_evicted(&self) {
+        self.replay_evictions.increment(1);
     }
 
     /// The Prometheus text exposition, with the sync gauges brought up to date.

@@ -6,11 +6,12 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use portcullis_common::{ErrorCode, credentials};
 
+use crate::core::dpop::{self, Expect, KeyTables, ProofBuf, ReplayTable, Seen, Target};
 use crate::core::{Reject, Scratch, Verified, Verifier};
 use crate::policy::{Gate, Policy};
 use crate::state::{Shared, unix_now};
@@ -23,16 +24,79 @@ pub struct App {
     pub policy: ArcSwap<Policy>,
     pub cookie: Option<String>,
     pub metrics: metrics::Metrics,
+    pub dpop: DpopCheck,
 }
 
 /// Where the caller's credentials are, as the transport found them.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Credentials<'r> {
     /// The `Authorization` header value.
     pub authorization: Option<&'r [u8]>,
     /// The `Cookie` header values, in order.
     pub cookies: &'r [&'r [u8]],
+    /// The first `DPoP` header value.
+    pub dpop: Option<&'r [u8]>,
+    /// How many `DPoP` header fields the request had (a proof must come alone).
+    pub dpop_fields: usize,
 }
+
+/// How the token was presented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scheme {
+    Bearer,
+    Dpop,
+    Cookie,
+}
+
+/// DPoP proofs at this verifier (RFC 9449 §7): how old a proof may be, the proofs
+/// already accepted, and the tables of the clients' keys that prove most. Both are
+/// allocated when the first DPoP-bound token arrives, so verifiers that never see one do
+/// not carry them.
+#[derive(Debug)]
+pub struct DpopCheck {
+    pub max_age_secs: i64,
+    replay_entries: usize,
+    replay: OnceLock<ReplayTable>,
+    tables: OnceLock<KeyTables>,
+}
+
+/// Client keys given a precomputed table ([`KeyTables`]): 30 KiB each, 2 MiB in all.
+const KEY_TABLES: usize = 64;
+
+impl DpopCheck {
+    pub fn new(max_age_secs: i64, replay_entries: usize) -> Self {
+        Self {
+            max_age_secs,
+            replay_entries,
+            replay: OnceLock::new(),
+            tables: OnceLock::new(),
+        }
+    }
+
+    fn tables(&self) -> &KeyTables {
+        self.tables.get_or_init(|| KeyTables::new(KEY_TABLES))
+    }
+
+    fn replay(&self) -> &ReplayTable {
+        self.replay.get_or_init(|| {
+            // Without randomness the table's buckets could be predicted, not its answers:
+            // a fixed key only costs the protection against aimed bucket floods.
+            let mut key = [0u8; 16];
+            let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key);
+            ReplayTable::new(self.replay_entries, key)
+        })
+    }
+}
+
+impl Default for DpopCheck {
+    fn default() -> Self {
+        Self::new(dpop::DEFAULT_MAX_AGE_SECS, DEFAULT_REPLAY_ENTRIES)
+    }
+}
+
+/// Proofs remembered by default (about 9 MiB): every proof of 11,000 a second for the
+/// 90 s a proof stays usable with the default window and leeway.
+pub const DEFAULT_REPLAY_ENTRIES: usize = 1 << 20;
 
 /// A decision on one request.
 // Boxing `Allow` would put an allocation on every allowed request; the value only lives
@@ -60,38 +124,47 @@ const MISSING: Reject = Reject {
     reason: "no bearer token or cookie",
 };
 
+const fn dpop_refusal(reason: &'static str) -> Reject {
+    Reject {
+        code: ErrorCode::InvalidDpopProof,
+        reason,
+    }
+}
+
 impl App {
-    /// Decides on a request for `path` and `method` carrying `creds`. Verification and the
-    /// policy check allocate nothing; the payload is decoded into `scratch`.
+    /// Decides on `request` carrying `creds`. Verification and the policy check allocate
+    /// nothing; the payload is decoded into `scratch`.
     pub fn decide<'s>(
         &self,
         creds: Credentials<'_>,
-        path: &str,
-        method: &str,
+        request: &Target<'_>,
         scratch: &'s mut Scratch,
     ) -> Decision<'s> {
+        let (path, method) = (request.path, request.method);
         let policy = self.policy.load();
         match policy.gate(path, method) {
             Gate::Public => return Decision::Public,
             Gate::Deny => return Decision::Deny(UNNORMALIZED),
             Gate::Token => {}
         }
-        match self.authenticate(creds, scratch, false) {
+        match self.authenticate(creds, request, scratch, false) {
             Ok(v) if policy.permits(path, method, &v.identity) => Decision::Allow(v),
             Ok(_) => Decision::Deny(FORBIDDEN),
             Err(reject) => Decision::Deny(reject),
         }
     }
 
-    /// Finds and verifies the caller's token, without any route policy (`/v1/verify`);
-    /// `with_payload` asks for the claims JSON even on a cache hit.
+    /// Finds and verifies the caller's token for `request` (a DPoP-bound token's proof
+    /// must describe it), without any route policy (`/v1/verify`); `with_payload` asks
+    /// for the claims JSON even on a cache hit.
     pub fn authenticate<'s>(
         &self,
         creds: Credentials<'_>,
+        request: &Target<'_>,
         scratch: &'s mut Scratch,
         with_payload: bool,
     ) -> Result<Verified<'s>, Reject> {
-        let token = self.token(creds).ok_or(MISSING)?;
+        let (token, scheme) = self.token(creds).ok_or(MISSING)?;
         let snapshot = self.shared.load();
         let now = unix_now();
         let result = match with_payload {
@@ -107,15 +180,79 @@ impl App {
             }
             Err(_) => {}
         }
-        result
+        let verified = result?;
+        self.check_binding(&verified, token, scheme, creds, request, now)?;
+        Ok(verified)
     }
 
-    fn token<'r>(&self, creds: Credentials<'r>) -> Option<&'r [u8]> {
-        if let Some(token) = creds.authorization.and_then(credentials::bearer) {
-            return Some(token);
+    /// RFC 9449 §7: a token bound to a DPoP key comes as `Authorization: DPoP` with one
+    /// proof, by that key, of this request, with this token's hash, not seen before. An
+    /// unbound token comes as `Bearer` (or in the cookie).
+    fn check_binding(
+        &self,
+        verified: &Verified<'_>,
+        token: &[u8],
+        scheme: Scheme,
+        creds: Credentials<'_>,
+        request: &Target<'_>,
+        now: i64,
+    ) -> Result<(), Reject> {
+        let jkt = match (verified.identity.facts().jkt(), scheme) {
+            (None, Scheme::Dpop) => {
+                return Err(Reject {
+                    code: ErrorCode::InvalidToken,
+                    reason: "token is not DPoP-bound: send it as Bearer",
+                });
+            }
+            (None, _) => return Ok(()),
+            (Some(_), Scheme::Bearer | Scheme::Cookie) => {
+                return Err(dpop_refusal("DPoP-bound token presented without DPoP"));
+            }
+            (Some(jkt), Scheme::Dpop) => jkt,
+        };
+        let proof = match (creds.dpop, creds.dpop_fields) {
+            (Some(proof), 1) => proof,
+            (None, _) | (_, 0) => return Err(dpop_refusal("DPoP proof missing")),
+            _ => return Err(dpop_refusal("more than one DPoP header")),
+        };
+        let expect = Expect {
+            target: *request,
+            access_token: Some(token),
+            jkt: Some(jkt),
+            now,
+            max_age_secs: self.dpop.max_age_secs,
+            leeway_secs: self.verifier.settings().leeway_secs,
+        };
+        let mut buf = ProofBuf::new();
+        let accepted = dpop::check_with(proof, &expect, Some(self.dpop.tables()), &mut buf)?;
+        let until = accepted.usable_until(&expect);
+        match self
+            .dpop
+            .replay()
+            .first_use(&accepted.jkt, accepted.jti, until, now)
+        {
+            Seen::Again => Err(dpop_refusal("DPoP proof replayed (jti seen before)")),
+            Seen::First { evicted } => {
+                if evicted {
+                    self.metrics.replay_evicted();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn token<'r>(&self, creds: Credentials<'r>) -> Option<(&'r [u8], Scheme)> {
+        if let Some(auth) = creds.authorization {
+            if let Some(token) = credentials::bearer(auth) {
+                return Some((token, Scheme::Bearer));
+            }
+            if let Some(token) = credentials::dpop(auth) {
+                return Some((token, Scheme::Dpop));
+            }
         }
         let name = self.cookie.as_deref()?;
         credentials::cookie(creds.cookies.iter().copied(), name.as_bytes())
+            .map(|token| (token, Scheme::Cookie))
     }
 }
 
@@ -144,6 +281,9 @@ pub fn identity_headers<'s>(v: &Verified<'s>) -> [Option<&'s str>; 5] {
     ]
 }
 
+/// The challenge to a refused DPoP proof, with the proof algorithms accepted.
+const DPOP_CHALLENGE: &str = "DPoP error=\"invalid_dpop_proof\", algs=\"EdDSA Ed25519 ES256\"";
+
 thread_local! {
     /// One payload buffer per worker thread: reused across requests instead of zeroing
     /// 6 KiB on every one.
@@ -170,8 +310,11 @@ pub fn problem_body(reject: &Reject) -> String {
     .to_string()
 }
 
-/// The `WWW-Authenticate` challenge for a refusal (RFC 6750 §3).
+/// The `WWW-Authenticate` challenge for a refusal (RFC 6750 §3, RFC 9449 §7.1).
 pub fn challenge(reject: &Reject) -> Option<&'static str> {
+    if reject.code == ErrorCode::InvalidDpopProof {
+        return Some(DPOP_CHALLENGE);
+    }
     match reject.code.status() {
         401 => Some("Bearer error=\"invalid_token\""),
         403 => Some("Bearer error=\"insufficient_scope\""),
@@ -182,6 +325,12 @@ pub fn challenge(reject: &Reject) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dpop_challenge_names_the_algorithms() {
+        assert!(DPOP_CHALLENGE.contains(&format!("algs=\"{}\"", dpop::ALGS)));
+        assert_eq!(challenge(&dpop_refusal("x")), Some(DPOP_CHALLENGE));
+    }
 
     #[test]
     fn problem_bodies_carry_the_code() {

@@ -124,9 +124,10 @@ fn verify_allocates_nothing() {
 #[test]
 fn decide_allocates_nothing() {
     use arc_swap::ArcSwap;
+    use portcullis_verifier::core::dpop::Target;
     use portcullis_verifier::policy::Policy;
     use portcullis_verifier::serve::metrics::Metrics;
-    use portcullis_verifier::serve::{App, Credentials, Decision};
+    use portcullis_verifier::serve::{App, Credentials, Decision, DpopCheck};
     use portcullis_verifier::state::Shared;
 
     let key = signing_key(1);
@@ -142,6 +143,7 @@ fn decide_allocates_nothing() {
         policy: ArcSwap::from_pointee(policy),
         cookie: Some("at".into()),
         metrics: Metrics::new(),
+        dpop: DpopCheck::default(),
     };
     let token = live_token(&key, SID, SUB);
     let bearer = format!("Bearer {token}");
@@ -152,8 +154,15 @@ fn decide_allocates_nothing() {
         let creds = Credentials {
             authorization: auth.map(str::as_bytes),
             cookies: cookie.as_slice(),
+            ..Credentials::default()
         };
-        match app.decide(creds, path, "GET", &mut scratch) {
+        let request = Target {
+            method: "GET",
+            scheme: "https",
+            host: "api.test",
+            path,
+        };
+        match app.decide(creds, &request, &mut scratch) {
             Decision::Allow(_) => "allow",
             Decision::Public => "public",
             Decision::Deny(r) => r.code.as_str(),
@@ -173,5 +182,83 @@ fn decide_allocates_nothing() {
     for (auth, cookies, path, want) in cases {
         let n = allocations_during(|| assert_eq!(decide(auth, cookies, path), want));
         assert_eq!(n, 0, "{path} ({want}) allocated");
+    }
+}
+
+/// DPoP-bound tokens: the proof check (EdDSA and ES256), the replay table, and the
+/// refusals allocate nothing either, once the replay table exists.
+#[test]
+fn dpop_checks_allocate_nothing() {
+    use arc_swap::ArcSwap;
+    use portcullis_tests::dpop::LocalKey;
+    use portcullis_verifier::core::dpop::Target;
+    use portcullis_verifier::policy::Policy;
+    use portcullis_verifier::serve::metrics::Metrics;
+    use portcullis_verifier::serve::{App, Credentials, Decision, DpopCheck};
+    use portcullis_verifier::state::Shared;
+
+    let key = signing_key(1);
+    let shared = Shared::new(60);
+    shared.update(|_| snapshot(&[&key]));
+    let app = App {
+        shared,
+        verifier: verifier(),
+        policy: ArcSwap::from_pointee(Policy::default()),
+        cookie: None,
+        metrics: Metrics::new(),
+        dpop: DpopCheck::default(),
+    };
+    let request = Target {
+        method: "GET",
+        scheme: "https",
+        host: "api.test",
+        path: "/orders",
+    };
+    let url = "https://api.test/orders";
+    let holders = [LocalKey::ed25519(7), LocalKey::p256()];
+    let decide = |auth: &str, proof: Option<&str>, scratch: &mut Scratch| -> &'static str {
+        let creds = Credentials {
+            authorization: Some(auth.as_bytes()),
+            dpop: proof.map(str::as_bytes),
+            dpop_fields: usize::from(proof.is_some()),
+            ..Credentials::default()
+        };
+        match app.decide(creds, &request, scratch) {
+            Decision::Allow(_) => "allow",
+            Decision::Public => "public",
+            Decision::Deny(r) => r.code.as_str(),
+        }
+    };
+    let mut scratch = Scratch::default();
+    for holder in &holders {
+        let mut c = live_claims(SID, SUB);
+        c["cnf"] = json!({"jkt": holder.jkt()});
+        let token = mint(&key, &header(&key), &c);
+        let auth = format!("DPoP {token}");
+        let proofs: Vec<String> = (0..20)
+            .map(|i| holder.proof("GET", url, &format!("p{i}"), wall_now(), &token))
+            .collect();
+        let wrong = holder.proof("POST", url, "w", wall_now(), &token);
+        // Warm-up: the replay table and lazily initialised statics.
+        assert_eq!(decide(&auth, Some(&proofs[0]), &mut scratch), "allow");
+        for (i, proof) in proofs.iter().enumerate().skip(1) {
+            let n = allocations_during(|| {
+                assert_eq!(decide(&auth, Some(proof), &mut scratch), "allow", "{i}")
+            });
+            assert_eq!(n, 0, "accepted proof {i} allocated");
+        }
+        let bearer = format!("Bearer {token}");
+        let refusals: [(&str, Option<&str>); 4] = [
+            (&auth, Some(&proofs[3])), // replayed
+            (&auth, Some(&wrong)),
+            (&auth, None),
+            (&bearer, None),
+        ];
+        for (auth, proof) in refusals {
+            let n = allocations_during(|| {
+                assert_eq!(decide(auth, proof, &mut scratch), "invalid_dpop_proof")
+            });
+            assert_eq!(n, 0, "refusal allocated");
+        }
     }
 }

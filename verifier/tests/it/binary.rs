@@ -11,7 +11,7 @@ use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis-verifier");
 
-/// A verifier process; killed on drop.
+/// A verifier (or the nginx in front of one) and its HTTP address; killed on drop.
 struct Process {
     child: Child,
     http: SocketAddr,
@@ -160,6 +160,8 @@ http {{
       proxy_set_header Content-Length "";
       proxy_set_header X-Original-URI $request_uri;
       proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Forwarded-Proto $scheme;
     }}
     location / {{
       auth_request /_portcullis;
@@ -209,18 +211,23 @@ async fn nginx_auth_request_allows_and_denies() {
         nginx_conf(&dir, port, verifier.http),
     )
     .unwrap();
-    let mut proxy = Command::new(nginx)
-        .arg("-p")
-        .arg(&dir)
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .arg("-e")
-        .arg(dir.join("error.log"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // In a `Process` so that a failing check still stops nginx (it would otherwise
+    // outlive the test, holding whatever it inherited).
     let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let proxy = Process {
+        child: Command::new(nginx)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        http: front,
+    };
     eventually(Duration::from_secs(10), || async {
         tokio::net::TcpStream::connect(front).await.is_ok()
     })
@@ -250,8 +257,43 @@ async fn nginx_auth_request_allows_and_denies() {
         403,
         "policy sees the original URI"
     );
-    let _ = proxy.kill();
-    let _ = proxy.wait();
+
+    // A DPoP-bound token: nginx passes the proof on with the original request's host and
+    // scheme, which the proof's `htu` names.
+    let client = portcullis_tests::dpop::DpopClient::start().await.unwrap();
+    let holder = client.key("ES256").await.unwrap();
+    let mut claims = live_claims(&new_id(), &sub);
+    claims["cnf"] = serde_json::json!({"jkt": holder.jkt});
+    let bound = mint(&key, &header(&key), &claims);
+    let opts = portcullis_tests::dpop::ProofOpts {
+        access_token: Some(bound.clone()),
+        ..Default::default()
+    };
+    let proof = client
+        .proof(&holder, "GET", &format!("http://{front}/orders?x=1"), &opts)
+        .await
+        .unwrap();
+    let dpop_auth = format!("DPoP {bound}");
+    let headers = [
+        ("authorization", dpop_auth.as_str()),
+        ("dpop", proof.as_str()),
+    ];
+    let bound_ok = get(front, "/orders?x=1", &headers).await;
+    assert_eq!(bound_ok.status, 200);
+    assert_eq!(bound_ok.header("x-user"), Some(sub.as_str()));
+    assert_eq!(
+        get(front, "/orders?x=1", &headers).await.status,
+        401,
+        "replayed proof"
+    );
+    let as_bearer = format!("Bearer {bound}");
+    assert_eq!(
+        get(front, "/orders", &[("authorization", &as_bearer)])
+            .await
+            .status,
+        401
+    );
+    drop(proxy);
     let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
     assert!(!log.contains(&token), "token in nginx log");
     let _ = std::fs::remove_dir_all(&dir);

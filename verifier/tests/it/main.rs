@@ -2,7 +2,7 @@
 //! and more against the verify core, Wycheproof vectors, tokens minted by an independent
 //! library, the zero-allocation guarantee, and end to end against a real redis-server
 //! (also over TLS, as a Cluster and behind Sentinels), over HTTP, gRPC, TLS and mutual TLS,
-//! and behind nginx.
+//! and behind nginx; DPoP-bound tokens with proofs from an independent client.
 //!
 //! A test here is a scenario read top to bottom (set up, act, check, act again); many
 //! run past 80 lines on purpose, since splitting one would hide its order.
@@ -11,6 +11,7 @@
 mod alloc;
 mod attacks;
 mod binary;
+mod dpop;
 mod foreign;
 mod grpc;
 mod http_surface;

@@ -59,6 +59,21 @@ pub struct AppSettings {
     pub passkeys: Option<PasskeySettings>,
     /// How the OpenID Provider's pages look.
     pub branding: Branding,
+    /// DPoP (RFC 9449): whether token requests must carry a proof, and its nonce.
+    pub dpop: DpopSettings,
+}
+
+/// DPoP at this application's token requests (login, refresh, magic link, social login,
+/// the OpenID Provider's token endpoint). A proof is always accepted; these make it
+/// mandatory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct DpopSettings {
+    /// A token request without a DPoP proof is refused (`invalid_dpop_proof`).
+    pub required: bool,
+    /// A proof must carry a nonce this control plane issued (`DPoP-Nonce`) within the last
+    /// five minutes; else `use_dpop_nonce`, with a fresh one.
+    pub nonce_required: bool,
 }
 
 /// The OpenID Provider's pages: the application's logo and colour (its name is the title).
@@ -182,6 +197,7 @@ impl Default for AppSettings {
             oauth_providers: Vec::new(),
             passkeys: None,
             branding: Branding::default(),
+            dpop: DpopSettings::default(),
         }
     }
 }

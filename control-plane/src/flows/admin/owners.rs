@@ -93,6 +93,7 @@ pub async fn login(
         amr: vec![Amr::Pwd],
         guest: false,
         ttl: OWNER_TOKEN_TTL,
+        dpop: None,
     };
     // After a password change's cutoff, even within the same second.
     let issued = found

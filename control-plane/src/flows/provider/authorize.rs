@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Deps, OAuthCode, ProviderError, issuer, oauth};
-use crate::domain::Ctx;
 use crate::domain::apps::App;
 use crate::domain::authorizations::{self, BrowserSession, Code};
 use crate::domain::clients::{self, Client};
 use crate::domain::users::User;
+use crate::domain::{Ctx, Jkt};
 use crate::flows::signin::password::{self, Attempt};
 use crate::flows::signin::stepup;
 use crate::infra::clock;
@@ -33,6 +33,8 @@ pub struct Request {
     pub prompt: Option<String>,
     pub max_age: Option<String>,
     pub login_hint: Option<String>,
+    /// RFC 9449 §10: the thumbprint of the DPoP key that alone may redeem the code.
+    pub dpop_jkt: Option<String>,
 }
 
 /// A request that passed every check.
@@ -48,6 +50,8 @@ pub struct Valid {
     pub prompt: Vec<String>,
     pub max_age: Option<i64>,
     pub login_hint: Option<String>,
+    /// The DPoP key the code is bound to.
+    pub dpop_jkt: Option<Jkt>,
 }
 
 /// A refused request: shown as a page, or sent back to the client.
@@ -96,6 +100,7 @@ pub async fn validate(deps: Deps<'_>, app: &App, r: &Request) -> Result<Valid, R
         &r.nonce,
         &r.code_challenge,
         &r.login_hint,
+        &r.dpop_jkt,
     ]
     .iter()
     .any(|v| v.as_ref().is_some_and(|v| v.len() > LIMIT));
@@ -130,6 +135,7 @@ pub async fn validate(deps: Deps<'_>, app: &App, r: &Request) -> Result<Valid, R
             .collect(),
         max_age: None,
         login_hint: r.login_hint.clone(),
+        dpop_jkt: None,
     };
     let refuse = |valid: &Valid, code, why: &str| {
         Err(Refused::Redirect(error_redirect(
@@ -202,6 +208,16 @@ pub async fn validate(deps: Deps<'_>, app: &App, r: &Request) -> Result<Valid, R
                 );
             }
         }
+    }
+    if let Some(jkt) = &r.dpop_jkt {
+        let Some(jkt) = Jkt::parse(jkt) else {
+            return refuse(
+                &valid,
+                OAuthCode::InvalidRequest,
+                "dpop_jkt must be a JWK SHA-256 thumbprint (43 base64url characters)",
+            );
+        };
+        valid.dpop_jkt = Some(jkt);
     }
     let known = ["none", "login", "consent"];
     if valid.prompt.iter().any(|p| !known.contains(&p.as_str()))
@@ -299,6 +315,7 @@ async fn code_redirect(
         code_challenge: valid.code_challenge.clone(),
         amr: browser.amr.clone(),
         auth_time: browser.auth_time,
+        dpop_jkt: valid.dpop_jkt,
     };
     let db = deps.signin.pool.get().await?;
     let secret = authorizations::issue_code(&db, &code, now).await?;

@@ -12,6 +12,7 @@ use crate::domain::apps::App;
 use crate::domain::audit::{self, Event};
 use crate::domain::authorizations::{self, BrowserSession};
 use crate::domain::clients::{self, Client};
+use crate::domain::dpop::{self, Presented};
 use crate::domain::sessions::{self, Bound, Which};
 use crate::domain::tokens::Principal;
 use crate::domain::users;
@@ -37,13 +38,17 @@ async fn client_token(deps: Deps<'_>, app: &App, token: &str) -> Result<Principa
     Ok(principal)
 }
 
-/// The claims about the user of `access_token`, by its scope (which must have `openid`).
+/// The claims about the user of the presented access token, by its scope (which must have
+/// `openid`). A DPoP-bound token needs its proof (RFC 9449 §7).
 pub async fn userinfo(
     deps: Deps<'_>,
     app: &App,
-    access_token: &str,
+    presented: &Presented<'_>,
 ) -> Result<Value, ProviderError> {
-    let principal = client_token(deps, app, access_token).await?;
+    let principal = client_token(deps, app, presented.token).await?;
+    let cnf = principal.claims.cnf.as_ref().map(|c| c.jkt.as_str());
+    let (pool, secrets) = (deps.signin.pool, deps.signin.secrets);
+    dpop::check_binding(pool, secrets, app, presented, cnf, clock::unix_now()).await?;
     if !has_scope(&principal.claims.scope, "openid") {
         return Err(oauth(
             OAuthCode::InvalidToken,
@@ -83,11 +88,17 @@ pub async fn introspect(
         .await
     {
         let c = &p.claims;
-        return Ok(json!({
-            "active": true, "token_type": "Bearer", "scope": c.scope, "client_id": c.client_id,
+        // RFC 9449 §6.2: a bound token's answer says so, with the key.
+        let token_type = if c.cnf.is_some() { "DPoP" } else { "Bearer" };
+        let mut answer = json!({
+            "active": true, "token_type": token_type, "scope": c.scope, "client_id": c.client_id,
             "sub": c.sub, "aud": c.aud, "iss": c.iss, "exp": c.exp, "iat": c.iat, "jti": c.jti,
             "sid": c.sid,
-        }));
+        });
+        if let Some(cnf) = &c.cnf {
+            answer["cnf"] = json!({ "jkt": cnf.jkt });
+        }
+        return Ok(answer);
     }
     let db = deps.signin.pool.get().await?;
     let now = clock::at(clock::unix_now());

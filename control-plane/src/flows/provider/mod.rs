@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::domain::apps::App;
 use crate::domain::clients::Client;
+use crate::domain::dpop::DpopError;
 use crate::domain::keys::KeyError;
 use crate::domain::tokens::{TokenError, Verifiers};
 use crate::domain::users::User;
@@ -52,6 +53,10 @@ pub enum OAuthCode {
     LoginRequired,
     ConsentRequired,
     InvalidToken,
+    /// RFC 9449 §5: the DPoP proof is missing, refused, or by the wrong key.
+    InvalidDpopProof,
+    /// RFC 9449 §8: the proof must carry the `DPoP-Nonce` sent with this answer.
+    UseDpopNonce,
 }
 
 impl OAuthCode {
@@ -68,6 +73,8 @@ impl OAuthCode {
             Self::LoginRequired => "login_required",
             Self::ConsentRequired => "consent_required",
             Self::InvalidToken => "invalid_token",
+            Self::InvalidDpopProof => "invalid_dpop_proof",
+            Self::UseDpopNonce => "use_dpop_nonce",
         }
     }
 
@@ -102,6 +109,17 @@ impl From<TokenError> for ProviderError {
             TokenError::Refused(code) => Self::OAuth(OAuthCode::InvalidToken, code.to_string()),
             TokenError::Keys(e) => e.into(),
             TokenError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<DpopError> for ProviderError {
+    fn from(e: DpopError) -> Self {
+        match e {
+            DpopError::Invalid(why) => Self::OAuth(OAuthCode::InvalidDpopProof, why.to_owned()),
+            DpopError::UseNonce => Self::OAuth(OAuthCode::UseDpopNonce, e.to_string()),
+            DpopError::NotBound => Self::OAuth(OAuthCode::InvalidToken, e.to_string()),
+            DpopError::Db(e) => e.into(),
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::domain::apps::App;
 use crate::domain::authorizations::{self, Presented};
 use crate::domain::clients::{self, Client};
 use crate::domain::sessions::{self, Which};
-use crate::domain::tokens::{self, Grant};
+use crate::domain::tokens::{self, Grant, token_type};
 use crate::domain::users;
 use crate::flows::signin::SignInError;
 use crate::flows::signin::session::{self, ForClient};
@@ -140,9 +140,20 @@ async fn code(
     let mut db = deps.signin.pool.get().await?;
     let tx = db.transaction().await?;
     let presented = authorizations::use_code_in(&tx, client.id, secret, ctx.now).await?;
+    if let Presented::Fresh(code) = &presented
+        && code.dpop_jkt.is_some()
+        && code.dpop_jkt != ctx.dpop
+    {
+        // RFC 9449 §10: the code is the key's alone. Rolled back: it stays usable.
+        drop(tx);
+        return Err(oauth(
+            OAuthCode::InvalidDpopProof,
+            "the code is bound to a DPoP key: send a DPoP proof by that key",
+        ));
+    }
     tx.commit().await?;
     let code = match presented {
-        Presented::Fresh(code) => code,
+        Presented::Fresh(code) => *code,
         Presented::Replayed(session) => {
             // A code used twice: what its first use opened is revoked (RFC 6749 §4.1.2).
             if let Some(session) = session {
@@ -205,7 +216,7 @@ async fn code(
     };
     Ok(TokenResponse {
         access_token: tokens.access_token,
-        token_type: "Bearer",
+        token_type: tokens.token_type,
         expires_in: tokens.expires_in,
         refresh_token: client
             .allows_grant("refresh_token")
@@ -222,6 +233,7 @@ fn grant_refused(e: SignInError) -> ProviderError {
         | SignInError::RefreshTokenReused
         | SignInError::UserDisabled
         | SignInError::InvalidCredentials => invalid_grant(&e.to_string()),
+        SignInError::WrongDpopKey => oauth(OAuthCode::InvalidDpopProof, e.to_string()),
         other => other.into(),
     }
 }
@@ -239,7 +251,7 @@ async fn refresh(
         .map_err(grant_refused)?;
     Ok(TokenResponse {
         access_token: tokens.access_token,
-        token_type: "Bearer",
+        token_type: tokens.token_type,
         expires_in: tokens.expires_in,
         refresh_token: Some(tokens.refresh_token),
         id_token: None,
@@ -293,12 +305,13 @@ async fn client_credentials(
         amr: Vec::new(),
         guest: false,
         ttl,
+        dpop: ctx.dpop,
     };
     let (access_token, _) =
         tokens::mint(deps.signin.keys, deps.signin.issuer, grant, ctx.now).await?;
     Ok(TokenResponse {
         access_token,
-        token_type: "Bearer",
+        token_type: token_type(ctx.dpop),
         expires_in: ttl,
         refresh_token: None,
         id_token: None,

@@ -77,6 +77,10 @@ pub enum SignInError {
     InvalidRefreshToken,
     #[error("the refresh token was already used; the session is revoked")]
     RefreshTokenReused,
+    /// The refresh token (or code) is bound to a DPoP key and the request's proof, if
+    /// any, is by another.
+    #[error("the token is bound to a DPoP key: send a DPoP proof by that key")]
+    WrongDpopKey,
     #[error("the mfa_token is invalid, expired or already used; sign in again")]
     InvalidMfaToken,
     #[error("the code is wrong, expired or already used")]

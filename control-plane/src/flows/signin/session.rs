@@ -93,6 +93,11 @@ async fn open(
         .map_or(app.settings.refresh_token_ttl, i64::from);
     let expires = clock::at(ctx.now + refresh_ttl);
     let binding = for_client.map(|f| f.binding());
+    // A confidential client's refresh tokens stay unbound (RFC 9449 §5: the client
+    // authenticates itself); its access tokens are bound all the same.
+    let dpop = ctx
+        .dpop
+        .filter(|_| for_client.is_none_or(|f| !f.client.confidential));
     let mut client = deps.pool.get().await?;
     let mut attempt = 0;
     let mut mailed = false;
@@ -138,6 +143,7 @@ async fn open(
             expires,
             &refresh,
             binding.as_ref(),
+            dpop.as_ref(),
             ctx,
         )
         .await?;
@@ -169,7 +175,7 @@ async fn open(
         amr,
         for_client,
     };
-    let tokens = issue(deps, app, &user, issued, ctx.now).await?;
+    let tokens = issue(deps, app, &user, issued, ctx).await?;
     Ok((user, tokens))
 }
 
@@ -182,13 +188,14 @@ struct Issued<'a> {
 }
 
 /// An access token for `user`'s session, and the refresh token beside it. A client's token
-/// carries its id and the granted scope (and the roles only with the `roles` scope).
+/// carries its id and the granted scope (and the roles only with the `roles` scope); a
+/// request with a DPoP proof gets a token bound to its key.
 async fn issue(
     deps: Deps<'_>,
     app: &App,
     user: &User,
     issued: Issued<'_>,
-    now: i64,
+    ctx: &Ctx,
 ) -> Result<Tokens, SignInError> {
     let Issued {
         sid,
@@ -224,14 +231,15 @@ async fn issue(
             amr,
             guest: user.guest,
             ttl,
+            dpop: ctx.dpop,
         },
-        user.issued_at(now),
+        user.issued_at(ctx.now),
     )
     .await?;
     Ok(Tokens {
         access_token,
         refresh_token,
-        token_type: "Bearer",
+        token_type: tokens::token_type(ctx.dpop),
         expires_in: ttl,
         expires_at: clock::at(claims.exp),
         session_id: sid,
@@ -243,6 +251,10 @@ async fn issue(
 /// Rotates `presented`: exactly one concurrent caller wins (an atomic
 /// `UPDATE ... WHERE used_at IS NULL`). A token presented again within the application's
 /// grace window gets the same successor; any other reuse revokes the whole session.
+///
+/// A session bound to a DPoP key refreshes only with a proof by that key (`ctx.dpop`);
+/// without one nothing changes, whatever state the token is in (a stolen token, used or
+/// not, revokes nothing), and the successor stays bound.
 ///
 /// A client's session (`for_client`) refreshes only for that client; any other only
 /// without one.
@@ -275,12 +287,19 @@ pub async fn refresh(
             amr: won.amr,
             for_client: bound(for_client, &scope),
         };
-        return issue(deps, app, &won.user, issued, ctx.now).await;
+        return issue(deps, app, &won.user, issued, ctx).await;
     }
 
     let tx = client.transaction().await?;
-    // Not rotatable: unknown, expired, revoked, or already used.
+    // Not rotatable: unknown, expired, revoked, already used, or bound to another key.
     let found = sessions::presented_in(&tx, app.id, &hash, client_id, now).await?;
+    if found
+        .as_ref()
+        .is_some_and(|f| f.dpop.is_some() && f.dpop != ctx.dpop)
+    {
+        metrics::counter!("portcullis_refresh_total", "outcome" => "wrong_dpop_key").increment(1);
+        return Err(SignInError::WrongDpopKey);
+    }
     let Some(found) = found.filter(|f| f.live) else {
         metrics::counter!("portcullis_refresh_total", "outcome" => "invalid").increment(1);
         return Err(SignInError::InvalidRefreshToken);
@@ -322,7 +341,7 @@ pub async fn refresh(
                 amr: found.amr,
                 for_client: bound(for_client, &scope),
             };
-            return issue(deps, app, &user, issued, ctx.now).await;
+            return issue(deps, app, &user, issued, ctx).await;
         }
     }
     let which = Which::One {

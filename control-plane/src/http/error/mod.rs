@@ -9,6 +9,7 @@ use portcullis_common::ErrorCode;
 use serde::Serialize;
 
 use crate::domain::apps::AppError;
+use crate::domain::dpop::{self, DpopError};
 use crate::domain::factors::FactorError;
 use crate::domain::keys::KeyError;
 use crate::domain::mailings::MailError;
@@ -191,6 +192,17 @@ impl From<TokenError> for ApiError {
     }
 }
 
+impl From<DpopError> for ApiError {
+    fn from(e: DpopError) -> Self {
+        match e {
+            DpopError::Invalid(why) => Self::new(ErrorCode::InvalidDpopProof, why),
+            DpopError::UseNonce => Self::new(ErrorCode::UseDpopNonce, e.to_string()),
+            DpopError::NotBound => Self::new(ErrorCode::InvalidToken, e.to_string()),
+            DpopError::Db(e) => e.into(),
+        }
+    }
+}
+
 impl From<FactorError> for ApiError {
     fn from(e: FactorError) -> Self {
         match e {
@@ -247,6 +259,8 @@ impl From<ProviderError> for ApiError {
                 OAuthCode::AccessDenied | OAuthCode::UnauthorizedClient => {
                     Self::new(Forbidden, detail)
                 }
+                OAuthCode::InvalidDpopProof => Self::new(InvalidDpopProof, detail),
+                OAuthCode::UseDpopNonce => Self::new(UseDpopNonce, detail),
                 _ => Self::bad_request(detail),
             },
             ProviderError::SignIn(e) => e.into(),
@@ -264,6 +278,7 @@ impl From<SignInError> for ApiError {
             SignInError::UserDisabled => Self::new(UserDisabled, e.to_string()),
             SignInError::InvalidRefreshToken => Self::new(InvalidRefreshToken, e.to_string()),
             SignInError::RefreshTokenReused => Self::new(RefreshTokenReused, e.to_string()),
+            SignInError::WrongDpopKey => Self::new(InvalidDpopProof, e.to_string()),
             SignInError::InvalidMfaToken => Self::new(InvalidMfaToken, e.to_string()),
             SignInError::InvalidCode => Self::new(InvalidCode, e.to_string()),
             SignInError::NoSecondFactor => Self::new(Forbidden, e.to_string()),
@@ -443,6 +458,24 @@ fn is_access_token_code(code: ErrorCode) -> bool {
     )
 }
 
+/// The `WWW-Authenticate` of an answer with `code`: Bearer's for a refused access token
+/// (RFC 6750 §3), DPoP's (RFC 9449 §7.1) for a refused proof, with the algorithms taken,
+/// or a nonce to use (§8, the nonce itself in `DPoP-Nonce`).
+pub fn challenge(code: ErrorCode) -> Option<HeaderValue> {
+    match code {
+        ErrorCode::InvalidDpopProof => HeaderValue::from_str(&format!(
+            "DPoP error=\"invalid_dpop_proof\", algs=\"{}\"",
+            dpop::ALGS
+        ))
+        .ok(),
+        ErrorCode::UseDpopNonce => Some(HeaderValue::from_static("DPoP error=\"use_dpop_nonce\"")),
+        code if is_access_token_code(code) => {
+            Some(HeaderValue::from_static("Bearer error=\"invalid_token\""))
+        }
+        _ => None,
+    }
+}
+
 /// The problem document (RFC 9457) with the contract's `code`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
@@ -482,11 +515,8 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if is_access_token_code(self.code) {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
+        if let Some(challenge) = challenge(self.code) {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         response
     }

@@ -203,6 +203,22 @@ fn every_error_variant_maps_to_its_code() {
         (WebhookError::Invalid("x".into()).into(), InvalidRequest),
         (WebhookError::NotFound("webhook").into(), NotFound),
         (WebhookError::Db(db()).into(), Internal),
+        (
+            DpopError::Invalid("proof is too old").into(),
+            InvalidDpopProof,
+        ),
+        (DpopError::UseNonce.into(), UseDpopNonce),
+        (DpopError::NotBound.into(), InvalidToken),
+        (DpopError::Db(down()).into(), Unavailable),
+        (SignInError::WrongDpopKey.into(), InvalidDpopProof),
+        (
+            ProviderError::OAuth(OAuthCode::InvalidDpopProof, "x".into()).into(),
+            InvalidDpopProof,
+        ),
+        (
+            ProviderError::OAuth(OAuthCode::UseDpopNonce, "x".into()).into(),
+            UseDpopNonce,
+        ),
     ];
     for (i, (e, code)) in cases.into_iter().enumerate() {
         assert_eq!(e.code, code, "case {i}: {e}");
@@ -214,6 +230,20 @@ fn every_error_variant_maps_to_its_code() {
     assert_eq!(limited.retry_after, Some(30));
     let busy: ApiError = HashError::Busy.into();
     assert_eq!(busy.retry_after, Some(1));
+}
+
+#[test]
+fn refused_proofs_carry_the_dpop_challenge() {
+    let refused = ApiError::new(ErrorCode::InvalidDpopProof, "x").into_response();
+    assert_eq!(
+        refused.headers()[header::WWW_AUTHENTICATE],
+        "DPoP error=\"invalid_dpop_proof\", algs=\"EdDSA Ed25519 ES256\""
+    );
+    let nonce = ApiError::new(ErrorCode::UseDpopNonce, "x").into_response();
+    assert_eq!(
+        nonce.headers()[header::WWW_AUTHENTICATE],
+        "DPoP error=\"use_dpop_nonce\""
+    );
 }
 
 #[test]

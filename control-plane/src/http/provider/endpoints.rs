@@ -14,12 +14,16 @@ use utoipa_axum::routes;
 use super::{SESSION_COOKIE, cookie_path, no_store, oauth_error};
 use crate::domain::Ctx;
 use crate::domain::apps::App;
+use crate::domain::dpop::Presented;
 use crate::flows::provider::authorize;
 use crate::flows::provider::endpoints::{self, LoggedOut, LogoutRequest};
 use crate::flows::provider::token::{self, ClientAuth, TokenRequest, TokenResponse};
 use crate::flows::provider::{OAuthCode, ProviderError};
 use crate::http::error::ApiResult;
-use crate::http::extract::{LiveApp, bearer, cookie, limit_ip};
+use crate::http::error::challenge;
+use crate::http::extract::{
+    LiveApp, RequestTarget, authorization, cookie, dpop_header, limit_ip, token_proof,
+};
 use crate::http::pages::page;
 use crate::state::AppState;
 
@@ -90,7 +94,7 @@ async fn authenticated(
 /// The token endpoint: `authorization_code` (with PKCE), `refresh_token`,
 /// `client_credentials`.
 #[utoipa::path(post, path = "/v1/apps/{app}/oauth2/token", operation_id = "providerToken", tag = "provider",
-    params(("app" = String, Path)),
+    params(("app" = String, Path), ("DPoP" = Option<String>, Header, description = "A DPoP proof (RFC 9449): the tokens are bound to its key")),
     request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, body = TokenResponse),
               (status = 400, description = "RFC 6749 §5.2 error: invalid_grant, invalid_request, unsupported_grant_type, ...", body = Object),
@@ -99,6 +103,7 @@ async fn token_endpoint(
     State(state): State<AppState>,
     ctx: Ctx,
     LiveApp(app): LiveApp,
+    target: RequestTarget,
     headers: HeaderMap,
     axum::extract::Form(form): axum::extract::Form<TokenRequest>,
 ) -> Response {
@@ -112,6 +117,9 @@ async fn token_endpoint(
                     "too many requests; slow down",
                 )
             })?;
+        // RFC 9449 §5: the proof first; its refusal is an OAuth error like any other.
+        let dpop = token_proof(&state, &app, &headers, &target).await?;
+        let ctx = ctx.with_dpop(dpop);
         let client =
             authenticated(&state, &app, &headers, &form.client_id, &form.client_secret).await?;
         token::exchange(deps, &app, &client, &form, &ctx).await
@@ -127,15 +135,51 @@ async fn token_endpoint(
     }
 }
 
-async fn userinfo(state: &AppState, app: &App, headers: &HeaderMap) -> Response {
-    let Some(token) = bearer(headers) else {
+async fn userinfo(
+    state: &AppState,
+    app: &App,
+    headers: &HeaderMap,
+    target: &RequestTarget,
+) -> Response {
+    let Some((token, scheme)) = authorization(headers) else {
         return bearer_error("invalid_token", "an access token is required");
     };
-    match endpoints::userinfo(state.provider(), app, token).await {
+    let proof = match dpop_header(headers) {
+        Ok(proof) => proof,
+        Err(e) => return dpop_error(ProviderError::from(e)),
+    };
+    let presented = Presented {
+        token,
+        scheme,
+        proof,
+        endpoint: target.endpoint(&state.config.public_url),
+    };
+    match endpoints::userinfo(state.provider(), app, &presented).await {
         Ok(claims) => Json(claims).into_response(),
+        Err(e @ ProviderError::OAuth(OAuthCode::InvalidDpopProof | OAuthCode::UseDpopNonce, _)) => {
+            dpop_error(e)
+        }
         Err(ProviderError::OAuth(_, why)) => bearer_error("invalid_token", &why),
         Err(e) => oauth_error(e),
     }
+}
+
+/// A refused DPoP proof at a resource (RFC 9449 §7.1, §9): 401 with the DPoP challenge.
+fn dpop_error(e: ProviderError) -> Response {
+    let ProviderError::OAuth(code, _) = e else {
+        return oauth_error(e);
+    };
+    let code = match code {
+        OAuthCode::UseDpopNonce => portcullis_common::ErrorCode::UseDpopNonce,
+        _ => portcullis_common::ErrorCode::InvalidDpopProof,
+    };
+    let mut response = StatusCode::UNAUTHORIZED.into_response();
+    if let Some(value) = challenge(code) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
 }
 
 fn bearer_error(error: &str, description: &str) -> Response {
@@ -154,26 +198,28 @@ fn bearer_error(error: &str, description: &str) -> Response {
 
 /// UserInfo (OIDC Core 5.3): the claims the access token's scope allows.
 #[utoipa::path(get, path = "/v1/apps/{app}/oauth2/userinfo", operation_id = "providerUserinfo", tag = "provider",
-    params(("app" = String, Path)),
+    params(("app" = String, Path), ("DPoP" = Option<String>, Header, description = "With a DPoP-bound token (Authorization: DPoP): its proof (RFC 9449)")),
     responses((status = 200, body = Object), (status = 401, description = "WWW-Authenticate: Bearer error=\"invalid_token\"")))]
 async fn userinfo_get(
     State(state): State<AppState>,
     LiveApp(app): LiveApp,
+    target: RequestTarget,
     headers: HeaderMap,
 ) -> Response {
-    userinfo(&state, &app, &headers).await
+    userinfo(&state, &app, &headers, &target).await
 }
 
 /// UserInfo by POST (OIDC Core 5.3.1).
 #[utoipa::path(post, path = "/v1/apps/{app}/oauth2/userinfo", operation_id = "providerUserinfoPost", tag = "provider",
-    params(("app" = String, Path)),
+    params(("app" = String, Path), ("DPoP" = Option<String>, Header, description = "With a DPoP-bound token (Authorization: DPoP): its proof (RFC 9449)")),
     responses((status = 200, body = Object), (status = 401, description = "WWW-Authenticate: Bearer error=\"invalid_token\"")))]
 async fn userinfo_post(
     State(state): State<AppState>,
     LiveApp(app): LiveApp,
+    target: RequestTarget,
     headers: HeaderMap,
 ) -> Response {
-    userinfo(&state, &app, &headers).await
+    userinfo(&state, &app, &headers, &target).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

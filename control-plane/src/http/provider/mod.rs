@@ -14,14 +14,16 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use portcullis_common::ErrorCode;
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::ApiError;
+use super::error::{ApiError, challenge};
 use super::extract::LiveApp;
 use super::pages::locked_down;
 use crate::domain::apps::App;
+use crate::domain::dpop;
 use crate::flows::provider::{OAuthCode, ProviderError, issuer};
 use crate::state::AppState;
 
@@ -90,6 +92,7 @@ async fn discovery(State(state): State<AppState>, LiveApp(app): LiveApp) -> Json
         "backchannel_logout_supported": true,
         "backchannel_logout_session_supported": true,
         "frontchannel_logout_supported": false,
+        "dpop_signing_alg_values_supported": dpop::ALGS.split(' ').collect::<Vec<_>>(),
     }))
 }
 
@@ -100,11 +103,19 @@ pub(super) fn oauth_error(e: ProviderError) -> Response {
             let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST);
             let body = json!({"error": code.as_str(), "error_description": description});
             let mut response = (status, Json(body)).into_response();
-            if code == OAuthCode::InvalidClient {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"portcullis\""),
-                );
+            let challenge = match code {
+                OAuthCode::InvalidClient => {
+                    Some(HeaderValue::from_static("Basic realm=\"portcullis\""))
+                }
+                // RFC 9449 §8: the nonce itself rides in `DPoP-Nonce` (http/mod.rs).
+                OAuthCode::UseDpopNonce => challenge(ErrorCode::UseDpopNonce),
+                OAuthCode::InvalidDpopProof => challenge(ErrorCode::InvalidDpopProof),
+                _ => None,
+            };
+            if let Some(value) = challenge {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, value);
             }
             no_store(&mut response);
             response

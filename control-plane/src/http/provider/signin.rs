@@ -472,6 +472,7 @@ fn hidden<'a>(request: &'a Request, csrf: &'a str, action: &'a str) -> Vec<(&'a 
         ("prompt", &request.prompt),
         ("max_age", &request.max_age),
         ("login_hint", &request.login_hint),
+        ("dpop_jkt", &request.dpop_jkt),
     ];
     let mut out: Vec<(&str, &str)> = fields
         .iter()

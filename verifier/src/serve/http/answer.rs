@@ -22,6 +22,7 @@ use super::super::{
     with_scratch,
 };
 use crate::core::Reject;
+use crate::core::dpop::Target;
 use crate::state::unix_now;
 
 /// Prefix stripped from ext_authz check paths (Envoy `path_prefix: /ext_authz`).
@@ -64,6 +65,11 @@ pub(crate) struct Heads<'r> {
     pub forwarded_uri: Option<&'r [u8]>,
     pub original_method: Option<&'r [u8]>,
     pub forwarded_method: Option<&'r [u8]>,
+    pub host: Option<&'r [u8]>,
+    pub forwarded_host: Option<&'r [u8]>,
+    pub forwarded_proto: Option<&'r [u8]>,
+    dpop: Option<&'r [u8]>,
+    dpop_fields: usize,
 }
 
 impl<'r> Heads<'r> {
@@ -76,7 +82,15 @@ impl<'r> Heads<'r> {
             }
             return;
         }
+        if name.len() == 4 && name.eq_ignore_ascii_case("dpop") {
+            self.dpop.get_or_insert(value);
+            self.dpop_fields += 1;
+            return;
+        }
         let slot = match name.len() {
+            4 if name.eq_ignore_ascii_case("host") => &mut self.host,
+            16 if name.eq_ignore_ascii_case("x-forwarded-host") => &mut self.forwarded_host,
+            17 if name.eq_ignore_ascii_case("x-forwarded-proto") => &mut self.forwarded_proto,
             13 if name.eq_ignore_ascii_case("authorization") => &mut self.authorization,
             12 if name.eq_ignore_ascii_case("x-request-id") => &mut self.request_id,
             14 if name.eq_ignore_ascii_case("x-original-uri") => &mut self.original_uri,
@@ -92,6 +106,34 @@ impl<'r> Heads<'r> {
         Credentials {
             authorization: self.authorization,
             cookies: &self.cookies[..self.cookie_count],
+            dpop: self.dpop,
+            dpop_fields: self.dpop_fields,
+        }
+    }
+
+    /// The request the client made, as the proxy in front describes it: method and URI
+    /// from `X-Original-*` (nginx) or `X-Forwarded-*` (Traefik), else this request's own
+    /// (Envoy, with [`EXT_AUTHZ_PREFIX`] taken off); host from `X-Forwarded-Host`, else
+    /// `Host`; scheme from `X-Forwarded-Proto`, else `https`. The route policy reads the
+    /// method and path, a DPoP proof's `htm` and `htu` must match all four.
+    fn original<'a>(&'a self, req: &'a Req<'r>) -> Target<'a> {
+        fn text(v: Option<&[u8]>) -> Option<&str> {
+            v.and_then(|v| std::str::from_utf8(v).ok())
+        }
+        let path = text(self.original_uri.or(self.forwarded_uri)).unwrap_or_else(|| {
+            match req.path.strip_prefix(EXT_AUTHZ_PREFIX) {
+                Some("") => "/",
+                Some(rest) if rest.starts_with('/') => rest,
+                _ => req.path,
+            }
+        });
+        Target {
+            method: text(self.original_method.or(self.forwarded_method)).unwrap_or(req.method),
+            scheme: text(self.forwarded_proto)
+                .and_then(|p| p.split(',').next())
+                .map_or("https", str::trim),
+            host: text(self.forwarded_host.or(self.host)).unwrap_or(""),
+            path,
         }
     }
 }
@@ -193,8 +235,10 @@ fn readyz(app: &App, req: &Req<'_>, out: &mut impl Reply) {
 }
 
 fn verify(app: &App, req: &Req<'_>, out: &mut impl Reply) {
+    let h = &req.heads;
+    let request = h.original(req);
     with_scratch(
-        |scratch| match app.authenticate(req.heads.credentials(), scratch, true) {
+        |scratch| match app.authenticate(h.credentials(), &request, scratch, true) {
             Ok(v) => {
                 app.metrics.allowed();
                 out.status(200);
@@ -213,20 +257,10 @@ fn verify(app: &App, req: &Req<'_>, out: &mut impl Reply) {
 }
 
 fn ext_authz(app: &App, req: &Req<'_>, out: &mut impl Reply) {
-    fn text(v: Option<&[u8]>) -> Option<&str> {
-        v.and_then(|v| std::str::from_utf8(v).ok())
-    }
     let h = &req.heads;
-    let path = text(h.original_uri.or(h.forwarded_uri)).unwrap_or_else(|| {
-        match req.path.strip_prefix(EXT_AUTHZ_PREFIX) {
-            Some("") => "/",
-            Some(rest) if rest.starts_with('/') => rest,
-            _ => req.path,
-        }
-    });
-    let method = text(h.original_method.or(h.forwarded_method)).unwrap_or(req.method);
+    let request = h.original(req);
     with_scratch(
-        |scratch| match app.decide(h.credentials(), path, method, scratch) {
+        |scratch| match app.decide(h.credentials(), &request, scratch) {
             Decision::Allow(v) => {
                 app.metrics.allowed();
                 out.status(200);
@@ -285,6 +319,9 @@ mod tests {
         h.see("X-Original-URI", b"/x");
         h.see("cookie", b"c=1");
         h.see("x-unrelated", b"?");
+        h.see("DPoP", b"p1");
+        h.see("dpop", b"p2");
+        assert_eq!((h.dpop, h.dpop_fields), (Some(&b"p1"[..]), 2));
         assert_eq!(h.authorization, Some(&b"Bearer a"[..]));
         h.see("Cookie", b"d=2");
         assert_eq!(h.original_uri, Some(&b"/x"[..]));

@@ -153,6 +153,10 @@ fn hyper_answer<B>(app: &App, req: &Request<B>, no_client_cert: bool) -> Respons
     for (name, value) in req.headers() {
         heads.see(name.as_str(), value.as_bytes());
     }
+    // HTTP/2 names the host in `:authority`, which hyper keeps in the URI.
+    if heads.host.is_none() {
+        heads.host = req.uri().authority().map(|a| a.as_str().as_bytes());
+    }
     let view = Req {
         method: req.method().as_str(),
         path: req.uri().path(),
