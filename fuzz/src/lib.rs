@@ -9,6 +9,10 @@
 //!   signature, a changed claim, a cache hit on a look-alike) must be refused. And the
 //!   verified-token cache must change nothing: a verifier with a cache answers every
 //!   input, seen once or twice, exactly as one without (same verdict, same identity).
+//! - [`dpop`]: `core::dpop::check` of the input as a DPoP proof of a fixed request, and
+//!   `htu_matches` of it as a URI. It must accept only the proof [`seeds`] signed (the
+//!   fuzzer cannot sign with the proof's key either), and the replay table must then
+//!   refuse it the second time.
 //!
 //! Everything is deterministic (fixed key, fixed `now`, Ed25519 signatures are
 //! deterministic), so the seed files in `fuzz/seeds/` are exactly what [`seeds`] returns.
@@ -22,6 +26,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signer, SigningKey};
 use portcullis_common::ErrorCode;
 use portcullis_common::jwk::{Jwk, Jwks};
+use portcullis_verifier::core::dpop::{self, Expect, ProofBuf, ReplayTable, Seen, Target};
 use portcullis_verifier::core::jose::{
     self, Audience, Claims, Header, b64_decode, parse_claims, parse_header, split,
 };
@@ -84,6 +89,41 @@ fn mint(header: &str, claims: &str) -> Vec<u8> {
     token.into_bytes()
 }
 
+/// The request every `dpop` input is checked against.
+const DPOP_TARGET: Target<'static> = Target {
+    method: "POST",
+    scheme: "https",
+    host: "api.portcullis.test",
+    path: "/v1/orders",
+};
+/// The access token sent with the proof (its hash is the proof's `ath`).
+const DPOP_TOKEN: &str = "access.token.bytes";
+/// The proof key's seed (as public as [`SIGNING_SEED`]).
+const PROOF_SEED: [u8; 32] = [0x3c; 32];
+
+/// The one proof `dpop` may accept: by the fixed proof key, of [`DPOP_TARGET`] at [`NOW`].
+fn dpop_proof() -> Vec<u8> {
+    use sha2::Digest;
+    let key = SigningKey::from_bytes(&PROOF_SEED);
+    let x = URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes());
+    let header = format!(
+        r#"{{"typ":"dpop+jwt","alg":"EdDSA","jwk":{{"kty":"OKP","crv":"Ed25519","x":"{x}"}}}}"#
+    );
+    let ath = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(DPOP_TOKEN));
+    let claims = format!(
+        r#"{{"jti":"e1b2","htm":"POST","htu":"https:\/\/API.portcullis.test:443/v1/orders?x","iat":{NOW},"ath":"{ath}","nonce":"n"}}"#
+    );
+    let mut proof = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let sig = key.sign(proof.as_bytes());
+    proof.push('.');
+    proof.push_str(&URL_SAFE_NO_PAD.encode(sig.to_bytes()));
+    proof.into_bytes()
+}
+
 fn header(kid: &str) -> String {
     format!(r#"{{"alg":"EdDSA","typ":"at+jwt","kid":"{kid}"}}"#)
 }
@@ -125,6 +165,11 @@ fn seeds() -> Vec<Seed> {
     vec![
         text("claims-escaped.json", &escaped_claims),
         text("claims.json", &good_claims),
+        Seed {
+            name: "dpop-proof",
+            bytes: dpop_proof(),
+            expect: None,
+        },
         signed(
             "cut-off-token",
             &header(&kid),
@@ -144,12 +189,7 @@ fn seeds() -> Vec<Seed> {
             &claims(user, REVOKED_SID, NOW - 60, NOW + 3600),
             Err(ErrorCode::TokenRevoked),
         ),
-        signed(
-            "valid-token",
-            &header(&kid),
-            &good_claims,
-            Ok(()),
-        ),
+        signed("valid-token", &header(&kid), &good_claims, Ok(())),
         signed(
             "valid-token-escaped",
             &escaped_header,
@@ -227,8 +267,7 @@ pub fn jose(data: &[u8]) {
         seg.header.len() + 1 + seg.payload.len()
     );
     let mut buf = [0u8; jose::MAX_PAYLOAD_LEN];
-    if let Ok(Ok(h)) = b64_decode(seg.header, &mut buf[..jose::MAX_HEADER_LEN]).map(parse_header)
-    {
+    if let Ok(Ok(h)) = b64_decode(seg.header, &mut buf[..jose::MAX_HEADER_LEN]).map(parse_header) {
         touch_header(&h);
     }
     if let Ok(Ok(c)) = b64_decode(seg.payload, &mut buf).map(parse_claims) {
@@ -260,14 +299,57 @@ pub fn verify(data: &[u8]) {
             String::from_utf8_lossy(data)
         );
         touch_identity(&v.identity);
-        let claims = parse_claims(v.payload.expect("an uncached verdict has its payload").as_bytes())
-            .expect("accepted claims parse");
+        let claims = parse_claims(
+            v.payload
+                .expect("an uncached verdict has its payload")
+                .as_bytes(),
+        )
+        .expect("accepted claims parse");
         touch_claims(&claims, jose::MAX_PAYLOAD_LEN);
     }
 }
 
+/// Target `dpop`: the input as a proof (only the seed's may pass, once) and as a URI.
+/// Returns whether the proof was accepted.
+pub fn dpop(data: &[u8]) -> bool {
+    if let Ok(uri) = std::str::from_utf8(data) {
+        let _ = dpop::htu_matches(uri, &DPOP_TARGET);
+    }
+    let expect = Expect {
+        target: DPOP_TARGET,
+        access_token: Some(DPOP_TOKEN.as_bytes()),
+        jkt: None,
+        now: NOW,
+        max_age_secs: dpop::DEFAULT_MAX_AGE_SECS,
+        leeway_secs: 60,
+    };
+    let mut buf = ProofBuf::new();
+    let Ok(proof) = dpop::check(data, &expect, &mut buf) else {
+        return false;
+    };
+    assert!(
+        data == dpop_proof().as_slice(),
+        "accepted a proof its key never signed: {:?}",
+        String::from_utf8_lossy(data)
+    );
+    assert_eq!(proof.nonce, Some("n"));
+    let replay = ReplayTable::new(64, [1; 16]);
+    let until = proof.usable_until(&expect);
+    assert_eq!(
+        replay.first_use(&proof.jkt, proof.jti, until, NOW),
+        Seen::First { evicted: false }
+    );
+    assert_eq!(
+        replay.first_use(&proof.jkt, proof.jti, until, NOW),
+        Seen::Again
+    );
+    true
+}
+
 /// A verdict as comparable data: the error code, or every identity field.
-fn summary(v: &Result<Verified<'_>, portcullis_verifier::core::Reject>) -> Result<String, ErrorCode> {
+fn summary(
+    v: &Result<Verified<'_>, portcullis_verifier::core::Reject>,
+) -> Result<String, ErrorCode> {
     match v {
         Ok(v) => {
             let who = &v.identity;
@@ -389,7 +471,11 @@ mod tests {
             );
         }
         let files = std::fs::read_dir(&dir).expect("fuzz/seeds exists").count();
-        assert_eq!(files, seeds.len(), "fuzz/seeds holds files seeds() does not make");
+        assert_eq!(
+            files,
+            seeds.len(),
+            "fuzz/seeds holds files seeds() does not make"
+        );
     }
 
     #[test]
@@ -397,6 +483,12 @@ mod tests {
         for seed in seeds() {
             jose(&seed.bytes);
             verify(&seed.bytes);
+            assert_eq!(
+                dpop(&seed.bytes),
+                seed.name == "dpop-proof",
+                "{}",
+                seed.name
+            );
         }
         assert_eq!(FIXTURE.accepted.len(), 2);
     }
