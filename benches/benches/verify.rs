@@ -14,6 +14,12 @@
 //!   revocations still checked). Target: at most 250 ns.
 //! - `jsonwebtoken/decode`: `jsonwebtoken::decode` with validation as close as it allows
 //!   (see [`jsonwebtoken_decode`]), reported as a ratio.
+//! - `dpop/proof_eddsa`, `dpop/proof_es256`: `core::dpop::check` on one proof (header, key,
+//!   thumbprint, signature, claims, `htu`, `ath`), without the replay table;
+//! - `dpop/replay_first_use`: one insertion into the replay table (a new proof each time);
+//! - `dpop/cached_token+proof`: what a request with a DPoP-bound token costs the core once
+//!   the token is cached and the client's key has its table (`KeyTables`, as the sidecar
+//!   runs it): the cache hit, the EdDSA proof check and the replay table.
 //!
 //! Run: `cargo bench -p portcullis-benches --bench verify` (about 25 s); a smoke run:
 //! `... --bench verify -- --warm-up-time 1 --measurement-time 1`.
@@ -152,6 +158,101 @@ fn verify(c: &mut Criterion) {
         public.as_bytes(),
     );
     jsonwebtoken_decode(c, &token, &x_b64, kid(&public));
+    dpop(c, &key, now);
+}
+
+/// See the module documentation: the DPoP benches.
+fn dpop(c: &mut Criterion, key: &ed25519_dalek::SigningKey, now: i64) {
+    use portcullis_tests::dpop::LocalKey;
+    use portcullis_verifier::core::dpop::{
+        self, Expect, KeyTables, ProofBuf, ReplayTable, Seen, Target,
+    };
+
+    let snap = snapshot(&[key.verifying_key()]).expect("the bench key set loads");
+    let url = "https://api.example.test/api/orders";
+    let target = Target {
+        method: "GET",
+        scheme: "https",
+        host: "api.example.test",
+        path: "/api/orders",
+    };
+    let mut buf = ProofBuf::new();
+    for (name, holder) in [
+        ("dpop/proof_eddsa", LocalKey::ed25519(9)),
+        ("dpop/proof_es256", LocalKey::p256()),
+    ] {
+        let minter = portcullis_benches::Minter::new(key.clone(), ISSUER, AUDIENCE);
+        let token = minter.mint_bound(now, "j", "s", Some(&holder.jkt()));
+        let proof = holder.proof("GET", url, "p", now, &token);
+        let jkt: [u8; 32] = base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            holder.jkt(),
+        )
+        .ok()
+        .and_then(|j| j.try_into().ok())
+        .expect("a thumbprint");
+        let expect = Expect {
+            target,
+            access_token: Some(token.as_bytes()),
+            jkt: Some(&jkt),
+            now,
+            max_age_secs: dpop::DEFAULT_MAX_AGE_SECS,
+            leeway_secs: LEEWAY_SECS,
+        };
+        assert!(dpop::check(proof.as_bytes(), &expect, &mut buf).is_ok());
+        c.bench_function(name, |b| {
+            b.iter(|| dpop::check(black_box(proof.as_bytes()), &expect, &mut buf).is_ok())
+        });
+        if name != "dpop/proof_eddsa" {
+            continue;
+        }
+        let replay = ReplayTable::new(1 << 20, [3; 16]);
+        let mut n = 0u64;
+        c.bench_function("dpop/replay_first_use", |b| {
+            b.iter(|| {
+                n += 1;
+                let mut jkt = jkt;
+                jkt[..8].copy_from_slice(&n.to_le_bytes());
+                replay.first_use(&jkt, "jti", now + 90, now)
+            })
+        });
+        let cached = Verifier::new(settings(), CACHE_ENTRIES);
+        let mut scratch = Scratch::default();
+        assert!(
+            cached
+                .verify(token.as_bytes(), now, &snap, &mut scratch)
+                .is_ok()
+        );
+        let replay = ReplayTable::new(1 << 20, [4; 16]);
+        let tables = KeyTables::new(64);
+        for _ in 0..2 {
+            assert!(dpop::check_with(proof.as_bytes(), &expect, Some(&tables), &mut buf).is_ok());
+        }
+        let mut n = 0u64;
+        c.bench_function("dpop/cached_token+proof", |b| {
+            b.iter(|| {
+                let v = cached
+                    .verify(black_box(token.as_bytes()), now, &snap, &mut scratch)
+                    .ok()?;
+                let bound = v.identity.facts().jkt()?;
+                let proof = dpop::check_with(
+                    proof.as_bytes(),
+                    &Expect {
+                        jkt: Some(bound),
+                        ..expect
+                    },
+                    Some(&tables),
+                    &mut buf,
+                )
+                .ok()?;
+                // A new proof each time, as a client sends: vary the jti's key.
+                n += 1;
+                let mut jkt = proof.jkt;
+                jkt[..8].copy_from_slice(&n.to_le_bytes());
+                (replay.first_use(&jkt, proof.jti, now + 90, now) != Seen::Again).then_some(())
+            })
+        });
+    }
 }
 
 criterion_group! {

@@ -51,6 +51,11 @@ impl Minter {
 
     /// A token issued at `now` with the given `jti` and `sid`.
     pub fn mint(&self, now: i64, jti: &str, sid: &str) -> String {
+        self.mint_bound(now, jti, sid, None)
+    }
+
+    /// [`Minter::mint`], bound to the DPoP key of thumbprint `jkt` when given.
+    pub fn mint_bound(&self, now: i64, jti: &str, sid: &str, jkt: Option<&str>) -> String {
         let mut claims = self.0.claims(
             now - 10,
             TOKEN_TTL_SECS + 10,
@@ -58,6 +63,9 @@ impl Minter {
             sid,
         );
         claims.jti = jti.to_owned();
+        claims.cnf = jkt.map(|jkt| portcullis_common::token::Confirmation {
+            jkt: jkt.to_owned(),
+        });
         self.0.sign(&claims)
     }
 }

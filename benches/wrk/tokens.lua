@@ -15,9 +15,13 @@
 -- With a third argument `refresh`, each token is sent instead as a refresh token: `POST`
 -- with the JSON body `{"refresh_token":"<token>"}` (the control plane's refresh route).
 --
--- Usage: wrk -t T ... -s benches/wrk/tokens.lua URL -- TOKEN_FILE T [refresh]
+-- With `dpop TOKEN HOST`, each line is a DPoP proof instead: the request carries
+-- `Authorization: DPoP TOKEN`, `DPoP: <proof>` and `Host: HOST` (the host the proofs'
+-- `htu` names).
+--
+-- Usage: wrk -t T ... -s benches/wrk/tokens.lua URL -- TOKEN_FILE T [refresh | dpop TOKEN HOST]
 
-local path, nthreads, mode
+local path, nthreads, mode, dpop_token, dpop_host
 local data, first, stop, pos
 local inspected = false
 local threads_created = 0
@@ -31,6 +35,8 @@ function init(args)
   path = args[1]
   nthreads = tonumber(args[2] or "")
   mode = args[3] or "bearer"
+  dpop_token = args[4]
+  dpop_host = args[5]
   if path == nil or nthreads == nil then
     error("usage: wrk ... -s tokens.lua URL -- TOKEN_FILE THREADS")
   end
@@ -77,6 +83,13 @@ function request()
   pos = eol + 1
   if pos > stop then
     pos = first
+  end
+  if mode == "dpop" then
+    return wrk.format(nil, nil, {
+      ["Authorization"] = "DPoP " .. dpop_token,
+      ["DPoP"] = token,
+      ["Host"] = dpop_host,
+    })
   end
   if mode == "refresh" then
     return wrk.format("POST", nil, { ["Content-Type"] = "application/json" },
