@@ -55,6 +55,7 @@ pub mod dpop;
 pub mod github;
 pub mod http;
 pub mod mail;
+pub mod nginx;
 mod node_lines;
 mod npm;
 pub mod oidc;
@@ -125,6 +126,17 @@ pub fn crate_dir() -> std::path::PathBuf {
                 .find(|dir| dir.join("src/lib.rs").is_file() && dir.join("oidc").is_dir())
         })
         .unwrap_or_else(|| built.to_path_buf())
+}
+
+/// The `node_modules` of `tests/<name>`'s lock file (e.g. `"dpop"`), installed on first
+/// use into the cache as the harness's own scripts get it: for a test that runs a script
+/// of its own (link it beside the script: ES modules resolve packages next to the file).
+///
+/// # Errors
+///
+/// As the install: `npm` missing, or `npm ci` failing.
+pub fn npm_modules(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    npm::installed(&crate_dir().join(name), &format!("portcullis-{name}"))
 }
 
 /// Returns a TCP port on 127.0.0.1 that was free a moment ago.

@@ -11,6 +11,7 @@ mod cookies;
 mod deployment;
 mod dpop;
 mod dpop_flows;
+mod dpop_readme;
 mod flows;
 mod maintenance;
 mod mfa;

@@ -2,7 +2,7 @@
 //! `auth_request`, and a graceful stop on SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis-verifier");
 
-/// A verifier (or the nginx in front of one) and its HTTP address; killed on drop.
+/// A verifier process and its HTTP address; killed on drop.
 struct Process {
     child: Child,
     http: SocketAddr,
@@ -135,54 +135,8 @@ async fn sigterm_drains_and_exits_cleanly() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn nginx_conf(dir: &Path, port: u16, verifier: SocketAddr) -> String {
-    let d = dir.display();
-    format!(
-        r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  server {{
-    listen 127.0.0.1:{port};
-    location = /_portcullis {{
-      internal;
-      proxy_pass http://{verifier}/ext_authz;
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Original-URI $request_uri;
-      proxy_set_header X-Original-Method $request_method;
-      proxy_set_header X-Forwarded-Host $http_host;
-      proxy_set_header X-Forwarded-Proto $scheme;
-    }}
-    location / {{
-      auth_request /_portcullis;
-      auth_request_set $auth_user $upstream_http_x_auth_user_id;
-      auth_request_set $auth_roles $upstream_http_x_auth_roles;
-      add_header X-User $auth_user always;
-      add_header X-Roles $auth_roles always;
-      root {d}/www;
-      try_files /index.html =404;
-    }}
-  }}
-}}
-"#
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request_allows_and_denies() {
-    let nginx = portcullis_tests::find_binary("nginx").expect(
-        "nginx not found: install it with 'apt-get install nginx' (or run scripts/ensure-deps)",
-    );
     let dir = temp_dir("nginx");
     let key = signing_key(42);
     std::fs::write(dir.join("jwks.json"), jwks_of(&[&key])).unwrap();
@@ -203,35 +157,9 @@ async fn nginx_auth_request_allows_and_denies() {
     ]);
     eventually(Duration::from_secs(10), || ready(verifier.http)).await;
 
-    let port = portcullis_tests::free_port();
-    std::fs::create_dir_all(dir.join("www")).unwrap();
-    std::fs::write(dir.join("www/index.html"), "protected content").unwrap();
-    std::fs::write(
-        dir.join("nginx.conf"),
-        nginx_conf(&dir, port, verifier.http),
-    )
-    .unwrap();
-    // In a `Process` so that a failing check still stops nginx (it would otherwise
-    // outlive the test, holding whatever it inherited).
-    let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let proxy = Process {
-        child: Command::new(nginx)
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        http: front,
-    };
-    eventually(Duration::from_secs(10), || async {
-        tokio::net::TcpStream::connect(front).await.is_ok()
-    })
-    .await;
+    let proxy =
+        portcullis_tests::nginx::Nginx::in_front_of(verifier.http, "protected content").unwrap();
+    let front = proxy.addr;
 
     let sub = new_id();
     let token = live_token(&key, &new_id(), &sub);
@@ -293,8 +221,8 @@ async fn nginx_auth_request_allows_and_denies() {
             .status,
         401
     );
+    let log = proxy.log();
     drop(proxy);
-    let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
     assert!(!log.contains(&token), "token in nginx log");
     let _ = std::fs::remove_dir_all(&dir);
 }
