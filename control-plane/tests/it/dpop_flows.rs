@@ -195,6 +195,14 @@ async fn the_mfa_step_binds_its_tokens_and_a_refused_proof_spends_no_mfa_token()
     for (why, proof) in misfits(&w, &key, &other, "/login/mfa").await {
         assert_refused(&second(proof).await, why);
     }
+    // The step-up is bound to the first step's key: another key's proof, or none, cannot
+    // finish it (and spends nothing either).
+    assert_refused(
+        &second(w.fresh(&other, "POST", "/login/mfa").await).await,
+        "another key than the first step's",
+    );
+    let bare = w.send("POST", "/login/mfa", &[], body.clone()).await;
+    assert_refused(&bare, "no proof after a first step with one");
     assert_eq!(w.sessions().await, sessions, "no sign-in went through");
 
     let good = w.fresh(&key, "POST", "/login/mfa").await;

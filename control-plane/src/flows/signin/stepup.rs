@@ -80,7 +80,8 @@ pub async fn methods_for(
 }
 
 /// Opens a step-up for `user` after a first factor (`amr`): a short-lived, single-use
-/// `mfa_token` remembering the device and the methods offered.
+/// `mfa_token` remembering the device, the methods offered and the DPoP key the first
+/// step proved (only that key may finish it).
 pub async fn challenge(
     pool: &Pool,
     app: &App,
@@ -92,7 +93,12 @@ pub async fn challenge(
 ) -> Result<Challenge, SignInError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let data = json!({ "amr": amr, "methods": methods, "device_id": device });
+    let data = json!({
+        "amr": amr,
+        "methods": methods,
+        "device_id": device,
+        "dpop_jkt": ctx.dpop.map(|key| key.text()),
+    });
     let token = one_time::issue_in(&tx, app.id, user.id, Purpose::MfaLogin, data, ctx.now).await?;
     record(
         &tx,
@@ -171,6 +177,14 @@ pub async fn complete(
 ) -> Result<Passed, SignInError> {
     let mut client = deps.pool.get().await?;
     let found = step_up(&client, app, mfa_token, ctx.now, false).await?;
+    // A first step made with a DPoP proof is finished only with a proof by the same key:
+    // the mfa_token alone (copied from a log, say) cannot mint tokens bound to another
+    // key, or bearer ones. Refused before any attempt is counted.
+    if let Some(first) = found.data.get("dpop_jkt").and_then(Value::as_str)
+        && ctx.dpop.map(|key| key.text()).as_deref() != Some(first)
+    {
+        return Err(SignInError::WrongDpopKey);
+    }
     if !offered(&found).contains(&method) {
         return Err(SignInError::Invalid(
             "this method is not offered for this sign-in".into(),
