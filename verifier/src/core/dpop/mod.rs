@@ -8,7 +8,8 @@
 //! on the stack, the payload into a caller-owned [`ProofBuf`], the proof's key is read
 //! from its `jwk` header into a fixed array, and the signature checked with
 //! curve25519-dalek (EdDSA, see [`super::keys::ed25519_verify_strict_once`]) or ring
-//! (ES256). The replay table is a fixed array of small locked buckets.
+//! (ES256). The replay table ([`replay`]) is a fixed array of small locked buckets; the
+//! tables of the keys that prove most are in [`tables`].
 //!
 //! Order of checks: size, form, header (`typ` `dpop+jwt`, `alg` EdDSA (or `Ed25519`) or ES256 only, a
 //! public `jwk` of that algorithm's key type and nothing private in it), the key's
@@ -18,20 +19,18 @@
 //! only after the signature holds. Nonces and replay are the caller's: the control plane
 //! issues nonces, and each process keeps its own [`ReplayTable`].
 
-use std::sync::{Mutex, PoisonError, RwLock};
-
-use curve25519_dalek::constants::ED25519_BASEPOINT_TABLE;
-use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsBasepointTable};
-use curve25519_dalek::traits::BasepointTable;
-
 use portcullis_common::ErrorCode;
 use sha2::{Digest, Sha256};
-use siphasher::sip128::{Hasher128, SipHasher13};
 
+pub use self::replay::{ReplayTable, Seen};
+pub use self::tables::KeyTables;
 use super::Reject;
 use super::jose::{self, b64_decode};
 use super::json::{self, JsonError, JsonStr, Value};
-use super::keys::{ed25519_verify_strict_once, strict};
+use super::keys::ed25519_verify_strict_once;
+
+mod replay;
+mod tables;
 
 /// Longest proof accepted, checked before anything is parsed. A proof with a P-256 key
 /// and a long URI is under 1 KiB.
@@ -468,187 +467,6 @@ fn paths_equal(a: &str, b: &str) -> bool {
     })
 }
 
-/// Precomputed tables for the Ed25519 keys that prove most: a client proves with the same
-/// key on every request, so after its second valid proof its key gets a radix-16 table of
-/// `-A`, and its later proofs are checked as the verifier checks tokens (`[S]B - [k]A` as
-/// two fixed-base multiplications, [`super::keys::Ed25519Key::verify_strict`]): about a
-/// third less than the variable-base check a key used once needs.
-///
-/// Fixed size, allocated once: direct-mapped slots of 30 KiB, each under a read-write lock
-/// (a hit takes a read lock; learning a key takes the write lock only if it is free, and
-/// never waits). A key is learned only after it made a valid signature, and only on its
-/// second sighting in its slot, so one-off keys (and a flood of them) never cost a table
-/// build; a key pushed out by another one just takes the slow path again. The slot is
-/// chosen by the key's own bytes: a client grinding keys into another's slot only makes
-/// that client's proofs slower, never accepted or refused differently.
-pub struct KeyTables {
-    slots: Box<[RwLock<TableSlot>]>,
-}
-
-struct TableSlot {
-    /// The key whose table this is (all zero: none; no valid key encodes as that).
-    key: [u8; 32],
-    /// The last key seen here without a table: the next sighting builds one.
-    seen: [u8; 32],
-    minus_a: EdwardsBasepointTable,
-}
-
-impl std::fmt::Debug for KeyTables {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyTables")
-            .field("slots", &self.slots.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl KeyTables {
-    /// `slots` tables (at least one), 30 KiB each.
-    pub fn new(slots: usize) -> Self {
-        Self {
-            slots: (0..slots.max(1))
-                .map(|_| {
-                    RwLock::new(TableSlot {
-                        key: [0; 32],
-                        seen: [0; 32],
-                        minus_a: ED25519_BASEPOINT_TABLE.clone(),
-                    })
-                })
-                .collect(),
-        }
-    }
-
-    fn slot(&self, key: &[u8; 32]) -> &RwLock<TableSlot> {
-        let mut index = [0u8; 8];
-        index.copy_from_slice(&key[..8]);
-        let index = u64::from_le_bytes(index) as usize % self.slots.len();
-        &self.slots[index]
-    }
-
-    /// The strict verdict over `key`'s table, when it has one.
-    fn verify(&self, key: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> Option<bool> {
-        let slot = self
-            .slot(key)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        if slot.key != *key {
-            return None;
-        }
-        Some(strict(key, message, signature, |k, s| {
-            ED25519_BASEPOINT_TABLE * s + slot.minus_a.mul_base(k)
-        }))
-    }
-
-    /// `key` just made a valid signature: remember it, and build its table the second time.
-    fn learn(&self, key: &[u8; 32]) {
-        let Ok(mut slot) = self.slot(key).try_write() else {
-            return;
-        };
-        if slot.key == *key {
-            return;
-        }
-        if slot.seen != *key {
-            slot.seen = *key;
-            return;
-        }
-        // It verified a signature, so it decompresses and is not of small order.
-        let Some(a) = CompressedEdwardsY(*key).decompress() else {
-            return;
-        };
-        slot.minus_a = EdwardsBasepointTable::create(&-a);
-        slot.key = *key;
-    }
-}
-
-/// Ways per bucket of the [`ReplayTable`]: one 64-byte cache line of entries.
-const WAYS: usize = 8;
-
-/// What the replay table says about a proof.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Seen {
-    /// Not seen before; now remembered. `evicted` is true when remembering it pushed out
-    /// another proof that was still usable (the table is too small for the traffic).
-    First { evicted: bool },
-    /// Seen before, and still usable: a replay.
-    Again,
-}
-
-/// The proofs a process has accepted, remembered until they could no longer be accepted
-/// anyway (`iat` past the window), so a replayed `jti` is refused.
-///
-/// Fixed size, allocated once: buckets of [`WAYS`] entries, each a 32-bit fingerprint of
-/// the (key thumbprint, `jti`) pair and the second the proof stops being usable, under a
-/// lock held for a few comparisons. The bucket and fingerprint come from SipHash keyed
-/// with a secret drawn at start, so a client cannot aim its proofs at one bucket. An
-/// expired entry is reused first; a bucket full of live entries gives up the one that
-/// expires soonest, and says so ([`Seen::First`] `evicted`), which is what bounds the
-/// memory: size it at (proofs per second) × (window) entries. A fingerprint collision
-/// can refuse a fresh proof as a replay with odds of about 2^-29 per proof (8 ways ×
-/// 2^-32); the client's next proof gets through.
-pub struct ReplayTable {
-    buckets: Box<[Mutex<[u64; WAYS]>]>,
-    mask: usize,
-    hasher: SipHasher13,
-}
-
-impl std::fmt::Debug for ReplayTable {
-    // Never prints the hash key.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplayTable")
-            .field("entries", &self.capacity())
-            .finish_non_exhaustive()
-    }
-}
-
-impl ReplayTable {
-    /// A table of at least `entries` entries (rounded up to a power of two, at least one
-    /// bucket), keyed with `key`, which must be secret and random.
-    pub fn new(entries: usize, key: [u8; 16]) -> Self {
-        let buckets = entries.div_ceil(WAYS).max(1).next_power_of_two();
-        Self {
-            buckets: (0..buckets).map(|_| Mutex::new([0; WAYS])).collect(),
-            mask: buckets - 1,
-            hasher: SipHasher13::new_with_key(&key),
-        }
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.buckets.len() * WAYS
-    }
-
-    /// Records the proof `jti` made with key `jkt`, usable until `until`, at time `now`;
-    /// says whether it was seen before.
-    pub fn first_use(&self, jkt: &[u8; 32], jti: &str, until: i64, now: i64) -> Seen {
-        let mut h = self.hasher;
-        std::hash::Hasher::write(&mut h, jkt);
-        std::hash::Hasher::write(&mut h, jti.as_bytes());
-        let h = h.finish128();
-        // Fingerprint 0 marks an empty way.
-        let fingerprint = (h.h2 as u32).max(1);
-        let until = until.clamp(now, i64::from(u32::MAX)) as u32;
-        let now = now.clamp(0, i64::from(u32::MAX)) as u32;
-        let Some(bucket) = self.buckets.get(h.h1 as usize & self.mask) else {
-            return Seen::First { evicted: false };
-        };
-        let mut ways = bucket.lock().unwrap_or_else(PoisonError::into_inner);
-        let print = |w: u64| (w >> 32) as u32;
-        let expiry = |w: u64| w as u32;
-        let live = |w: u64| w != 0 && expiry(w) >= now;
-        if ways.iter().any(|w| live(*w) && print(*w) == fingerprint) {
-            return Seen::Again;
-        }
-        // The way to take: an empty or expired one, else the one expiring soonest.
-        let (slot, evicted) = match ways.iter().position(|w| !live(*w)) {
-            Some(i) => (i, false),
-            None => {
-                let soonest = (0..WAYS).min_by_key(|i| expiry(ways[*i])).unwrap_or(0);
-                (soonest, true)
-            }
-        };
-        ways[slot] = u64::from(fingerprint) << 32 | u64::from(until);
-        Seen::First { evicted }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -697,81 +515,5 @@ mod tests {
         };
         assert!(htu_matches("http://h.test/a", &t));
         assert!(!htu_matches("http://h.test:8080/a", &t));
-    }
-
-    /// With tables, the verdict is the same as without, for the key learned and others,
-    /// valid signatures and corrupted ones.
-    #[test]
-    fn key_tables_change_no_verdict() {
-        use ed25519_dalek::Signer;
-        let tables = KeyTables::new(2);
-        let keys: Vec<_> = (1..=3u8)
-            .map(|i| ed25519_dalek::SigningKey::from_bytes(&[i; 32]))
-            .collect();
-        for round in 0..4 {
-            for (i, sk) in keys.iter().enumerate() {
-                let public = sk.verifying_key().to_bytes();
-                let message = format!("message {round} {i}");
-                let good = sk.sign(message.as_bytes()).to_bytes();
-                let mut bad = good;
-                bad[40] ^= 1;
-                let key = ProofKey::Ed25519 {
-                    x: "",
-                    point: public,
-                };
-                assert!(key.verifies(message.as_bytes(), &good, Some(&tables)));
-                assert!(!key.verifies(message.as_bytes(), &bad, Some(&tables)));
-                assert!(!key.verifies(b"another message", &good, Some(&tables)));
-            }
-        }
-        // Keys 1 and 3 share a slot or not; either way some key got a table by now.
-        assert!(
-            tables
-                .slots
-                .iter()
-                .any(|s| s.read().unwrap().key != [0; 32])
-        );
-    }
-
-    #[test]
-    fn replay_table_remembers_until_expiry() {
-        let table = ReplayTable::new(64, [7; 16]);
-        let (a, b) = ([1u8; 32], [2u8; 32]);
-        assert_eq!(
-            table.first_use(&a, "j1", 160, 100),
-            Seen::First { evicted: false }
-        );
-        assert_eq!(table.first_use(&a, "j1", 160, 150), Seen::Again);
-        // Another key's jti of the same text is another proof.
-        assert_eq!(
-            table.first_use(&b, "j1", 160, 150),
-            Seen::First { evicted: false }
-        );
-        // Once the proof could no longer be accepted, its entry may go.
-        assert_eq!(
-            table.first_use(&a, "j1", 300, 161),
-            Seen::First { evicted: false }
-        );
-    }
-
-    #[test]
-    fn a_full_table_evicts_the_soonest_and_says_so() {
-        let table = ReplayTable::new(1, [7; 16]);
-        assert_eq!(table.capacity(), WAYS);
-        let key = [3u8; 32];
-        for i in 0..WAYS {
-            let jti = format!("j{i}");
-            assert_eq!(
-                table.first_use(&key, &jti, 200 + i as i64, 100),
-                Seen::First { evicted: false }
-            );
-        }
-        assert_eq!(
-            table.first_use(&key, "late", 300, 100),
-            Seen::First { evicted: true }
-        );
-        // j0 (expiring soonest) was given up; the others are still remembered.
-        assert_eq!(table.first_use(&key, "j1", 300, 100), Seen::Again);
-        assert_eq!(table.first_use(&key, "late", 300, 100), Seen::Again);
     }
 }
