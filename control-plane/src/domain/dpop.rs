@@ -17,6 +17,8 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use deadpool_postgres::{GenericClient, Pool};
+use portcullis_common::ErrorCode;
+pub use portcullis_verifier::core::dpop::Scheme;
 use portcullis_verifier::core::dpop::{self as checker, Expect, ProofBuf, Target};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq as _;
@@ -124,17 +126,6 @@ pub async fn token_request(
     .map(Some)
 }
 
-/// How a request carried its access token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scheme {
-    /// `Authorization: Bearer`.
-    Bearer,
-    /// `Authorization: DPoP` (RFC 9449 §7.1).
-    Dpop,
-    /// The application's access cookie.
-    Cookie,
-}
-
 /// An access token as a request presented it: how, with which proof (the `DPoP` header),
 /// to which endpoint.
 #[derive(Clone, Debug)]
@@ -158,17 +149,16 @@ pub async fn check_binding(
     cnf_jkt: Option<&str>,
     now: i64,
 ) -> Result<(), DpopError> {
-    let key = match (cnf_jkt, presented.scheme) {
-        (None, Scheme::Dpop) => return Err(DpopError::NotBound),
-        (None, Scheme::Bearer | Scheme::Cookie) => return Ok(()),
-        (Some(_), Scheme::Bearer | Scheme::Cookie) => {
-            return Err(DpopError::Invalid(
-                "the token is DPoP-bound: send it as Authorization: DPoP with a proof",
-            ));
+    let bound = cnf_jkt
+        .map(|jkt| Jkt::parse(jkt).ok_or(DpopError::Invalid("the token's cnf.jkt is malformed")))
+        .transpose()?;
+    let key = match checker::proof_key(bound.as_ref().map(|k| &k.0), presented.scheme) {
+        Ok(Some(key)) => Jkt(*key),
+        Ok(None) => return Ok(()),
+        Err(refused) if refused.code == ErrorCode::InvalidToken => {
+            return Err(DpopError::NotBound);
         }
-        (Some(jkt), Scheme::Dpop) => {
-            Jkt::parse(jkt).ok_or(DpopError::Invalid("the token's cnf.jkt is malformed"))?
-        }
+        Err(refused) => return Err(DpopError::Invalid(refused.reason)),
     };
     let proof = presented.proof.ok_or(DpopError::Invalid(
         "a DPoP-bound token needs a DPoP proof by its key",

@@ -64,8 +64,7 @@ pub struct Jkt(pub [u8; 32]);
 impl Jkt {
     /// base64url without padding, as `cnf.jkt` and `dpop_jkt` carry it.
     pub fn text(&self) -> String {
-        use base64::Engine as _;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0)
+        portcullis_verifier::core::dpop::jkt_text(&self.0)
     }
 
     /// The thumbprint in its text form (43 base64url characters), if it is one.

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwap;
 use portcullis_common::{ErrorCode, credentials};
 
-use crate::core::dpop::{self, Expect, KeyTables, ProofBuf, ReplayTable, Seen, Target};
+use crate::core::dpop::{self, Expect, KeyTables, ProofBuf, ReplayTable, Scheme, Seen, Target};
 use crate::core::{Reject, Scratch, Verified, Verifier};
 use crate::policy::{Gate, Policy};
 use crate::state::{Shared, unix_now};
@@ -38,14 +38,6 @@ pub struct Credentials<'r> {
     pub dpop: Option<&'r [u8]>,
     /// How many `DPoP` header fields the request had (a proof must come alone).
     pub dpop_fields: usize,
-}
-
-/// How the token was presented.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Scheme {
-    Bearer,
-    Dpop,
-    Cookie,
 }
 
 /// DPoP proofs at this verifier (RFC 9449 §7): how old a proof may be, the proofs
@@ -197,18 +189,8 @@ impl App {
         request: &Target<'_>,
         now: i64,
     ) -> Result<(), Reject> {
-        let jkt = match (verified.identity.facts().jkt(), scheme) {
-            (None, Scheme::Dpop) => {
-                return Err(Reject {
-                    code: ErrorCode::InvalidToken,
-                    reason: "token is not DPoP-bound: send it as Bearer",
-                });
-            }
-            (None, _) => return Ok(()),
-            (Some(_), Scheme::Bearer | Scheme::Cookie) => {
-                return Err(dpop_refusal("DPoP-bound token presented without DPoP"));
-            }
-            (Some(jkt), Scheme::Dpop) => jkt,
+        let Some(jkt) = dpop::proof_key(verified.identity.facts().jkt(), scheme)? else {
+            return Ok(());
         };
         let proof = match (creds.dpop, creds.dpop_fields) {
             (Some(proof), 1) => proof,

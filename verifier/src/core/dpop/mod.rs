@@ -132,6 +132,35 @@ const fn refuse(reason: &'static str) -> Reject {
     }
 }
 
+/// How a request carried its access token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// `Authorization: Bearer`.
+    Bearer,
+    /// `Authorization: DPoP` (RFC 9449 §7.1).
+    Dpop,
+    /// A cookie.
+    Cookie,
+}
+
+/// RFC 9449 §7, the rule for both binaries: a token bound to a key (`bound`, its
+/// `cnf.jkt`) comes only under the `DPoP` scheme, and then needs a proof by that key (the
+/// key returned); an unbound token comes only as `Bearer` or in a cookie (`None`: no proof
+/// to check).
+pub fn proof_key(bound: Option<&[u8; 32]>, scheme: Scheme) -> Result<Option<&[u8; 32]>, Reject> {
+    match (bound, scheme) {
+        (None, Scheme::Dpop) => Err(Reject {
+            code: ErrorCode::InvalidToken,
+            reason: "token is not DPoP-bound: send it as Bearer",
+        }),
+        (None, Scheme::Bearer | Scheme::Cookie) => Ok(None),
+        (Some(_), Scheme::Bearer | Scheme::Cookie) => {
+            Err(refuse("DPoP-bound token presented without DPoP"))
+        }
+        (Some(key), Scheme::Dpop) => Ok(Some(key)),
+    }
+}
+
 /// Checks `proof` (the `DPoP` header's value) against `expect`.
 pub fn check<'p>(
     proof: &[u8],
